@@ -1,0 +1,1 @@
+"""The infercdn edge gateway: aiohttp + uvloop, OpenAI-compatible endpoints."""

@@ -1,0 +1,1 @@
+"""infercdn sub-commands (one module each)."""

@@ -1,0 +1,1 @@
+"""infercdn loadtest: a geo-aware load generator for OpenAI-compatible APIs."""

@@ -1,0 +1,2 @@
+"""What runs beside the GPUs: the vLLM launcher/supervisor and the vLLM-compatible simulator.
+Never imports ``gateway``."""

@@ -1,0 +1,1 @@
+"""A vLLM-compatible simulator for local runs, tests, chaos and load tests."""
