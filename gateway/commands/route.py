@@ -1,0 +1,109 @@
+"""``infercdn route``: print the plan for a client IP and model, with its explanation.
+
+Two sources: a config file (``--config``; no servers are started, every endpoint counts as
+healthy unless ``--probe`` checks them once), or a running gateway (``--gateway URL``: its
+live health, latency and load).  With neither, the local gateway of ``infercdn up`` is asked
+if it answers, else the embedded default config is used."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import orjson
+
+from gateway.config import Config, ConfigError, load_config
+from routing.locate import ClientLocator, open_geoip
+from routing.observations import Observations
+from routing.plan import RequestContext
+from routing.topology import Location
+
+LOCAL_GATEWAY = "http://127.0.0.1:8080"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="plan from this config file (no servers started)")
+    parser.add_argument("--gateway", help="ask a running gateway, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--ip", help="client IP address (default: the gateway's own location)")
+    parser.add_argument("--model", "-m", required=True, help="model name")
+    parser.add_argument("--probe", action="store_true", help="with --config: health-check endpoints once first")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def plan_from_config(cfg: Config, ip: str | None, model: str, probe: bool = False) -> dict[str, Any]:
+    from gateway.app import make_snapshot, observation_params
+
+    obs = Observations(observation_params(cfg), time.monotonic)
+    placeholders = {p.name: [f"http://simulated.invalid/{p.name}/{j}" for j in range(p.simulate.endpoints)]
+                    for p in cfg.pools if p.simulate is not None}
+    snapshot = make_snapshot(cfg, obs, random.Random(0), placeholders)
+    if probe:
+        asyncio.run(_probe_once(snapshot.topology, obs, cfg))
+    g = cfg.gateway
+    locator = ClientLocator(g.trusted_proxies, open_geoip(cfg.geoip.database), Location(g.location.lat, g.location.lon))
+    location = locator.locate(ip)
+    plan = snapshot.planner.plan(RequestContext(model=model, client=location))
+    return {"source": "config", "ip": ip, **plan.explain()}
+
+
+async def _probe_once(topology: Any, obs: Observations, cfg: Config) -> None:
+    import aiohttp
+
+    from gateway.background import _probe
+
+    async with aiohttp.ClientSession() as session:
+        eps = list(topology.endpoints.values())
+        for _ in range(max(cfg.health.rise, cfg.health.fall)):
+            results = await asyncio.gather(*(_probe(session, ep, cfg.health.path, cfg.health.timeout_s) for ep in eps))
+            for ep, (ok, rtt) in zip(eps, results):
+                obs.record_probe(ep.id, ok, rtt)
+
+
+def plan_from_gateway(base: str, ip: str | None, model: str) -> dict[str, Any]:
+    query = urllib.parse.urlencode({"model": model, **({"ip": ip} if ip else {})})
+    with urllib.request.urlopen(f"{base.rstrip('/')}/admin/plan?{query}", timeout=3) as resp:
+        return {"source": f"gateway {base}", **orjson.loads(resp.read())}
+
+
+def render(plan: dict[str, Any]) -> str:
+    c = plan["client"]
+    lines = [f"plan for model {plan['model']!r}, client {plan.get('ip') or '-'} "
+             f"({c.get('country') or '?'}/{c.get('continent') or '?'} at {c['lat']:.2f},{c['lon']:.2f}, {c['source']}) "
+             f"from {plan['source']}; policy {plan['policy']}{' — PANIC: trying unhealthy endpoints' if plan['panic'] else ''}"]
+    lines.append(f"{'#':>2}  {'region':<14}{'pool':<20}{'endpoint':<24}{'score':>9}{'geo':>9}{'excess':>9}{'queue':>9}{'penalty':>9}")
+    for cand in plan["candidates"]:
+        lines.append(f"{cand['rank']:>2}  {cand['region']:<14}{cand['pool']:<20}{cand['endpoint']:<24}"
+                     f"{cand['score_ms']:>9.1f}{cand['geo_ms']:>9.1f}{cand['excess_ms']:>9.1f}"
+                     f"{cand['queue_ms']:>9.1f}{cand['penalty_ms']:>9.1f}")
+    for r in plan["rejected"]:
+        lines.append(f"    rejected {r['pool']}{'/' + r['endpoint'] if r['endpoint'] else ''}: {r['reason']}")
+    lines.extend(f"    note: {n}" for n in plan.get("notes", []))
+    lines.append("(scores are ms of expected time to first token: geo + excess latency + queueing + penalties)")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if args.gateway:
+            plan = plan_from_gateway(args.gateway, args.ip, args.model)
+        elif args.config:
+            plan = plan_from_config(load_config(args.config), args.ip, args.model, args.probe)
+        else:
+            try:
+                plan = plan_from_gateway(LOCAL_GATEWAY, args.ip, args.model)
+            except (urllib.error.URLError, OSError):
+                plan = plan_from_config(load_config(None), args.ip, args.model, args.probe)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cannot reach gateway {args.gateway}: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(plan, option=orjson.OPT_INDENT_2).decode() if args.json else render(plan))
+    return 0

@@ -1,0 +1,287 @@
+"""Gateway configuration: YAML validated once into frozen models.
+
+An invalid file raises :class:`ConfigError` naming the file, the field path, the value
+and the reason, e.g. ``configs/x.yaml: pools[0].endpoints[1].url = 'htp://a': must be an
+http(s) URL``."""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from routing.plan import RoutingParams
+
+DEFAULT_CONFIG = Path(__file__).parent / "data" / "local.yaml"
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file; ``problems`` holds (field path, value, reason)."""
+
+    def __init__(self, file: str, problems: list[tuple[str, Any, str]]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        out = []
+        for path, value, reason in self.problems:
+            shown = "" if value is _MISSING else f" = {value!r}"
+            out.append(f"{self.file}: {path or '<root>'}{shown}: {reason}")
+        return out
+
+
+_MISSING = object()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocationCfg(_Model):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    name: str | None = None
+
+
+class GatewayCfg(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    location: LocationCfg
+    region: str | None = None
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    keepalive_comment_s: float = Field(default=15.0, gt=0)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not an IP network ({exc})") from None
+        return v
+
+
+class GeoipCfg(_Model):
+    database: str = "embedded"
+    cache_size: int = Field(default=65536, ge=0)
+
+
+class RoutingCfg(_Model):
+    policy: str = "geo_latency"
+    balancer: str = "p2c"
+    geo_base_ms: float = Field(default=5.0, ge=0)
+    geo_ms_per_1000km: float = Field(default=10.0, ge=0)
+    queue_ms_per_waiting: float = Field(default=50.0, ge=0)
+    queue_ms_per_running: float = Field(default=2.0, ge=0)
+    kv_pressure_ms: float = Field(default=200.0, ge=0)
+    error_penalty_ms: float = Field(default=500.0, ge=0)
+    cost_ms_per_dollar: float = Field(default=0.0, ge=0)
+    panic_threshold: float = Field(default=0.5, ge=0, le=1)
+    max_pools: int = Field(default=8, ge=1)
+
+    def params(self) -> RoutingParams:
+        fields = self.model_dump(exclude={"policy", "balancer"})
+        return RoutingParams(**fields)
+
+
+class HealthCfg(_Model):
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    path: str = "/health"
+    rise: int = Field(default=2, ge=1)
+    fall: int = Field(default=2, ge=1)
+
+
+class OutlierCfg(_Model):
+    consecutive_failures: int = Field(default=3, ge=1)
+    base_ejection_s: float = Field(default=10.0, gt=0)
+    max_ejection_s: float = Field(default=300.0, gt=0)
+    max_ejected_percent: float = Field(default=50.0, ge=0, le=100)
+
+
+class LatencyCfg(_Model):
+    half_life_s: float = Field(default=30.0, gt=0)
+
+
+class LoadCfg(_Model):
+    scrape_interval_s: float = Field(default=1.0, gt=0)
+    stale_s: float = Field(default=5.0, gt=0)
+    enabled: bool = True
+
+
+class RetryCfg(_Model):
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    backoff_base_ms: float = Field(default=5.0, ge=0)
+    backoff_max_ms: float = Field(default=100.0, ge=0)
+    max_retry_after_s: float = Field(default=5.0, ge=0)
+
+
+class TimeoutsCfg(_Model):
+    connect_s: float = Field(default=2.0, gt=0)
+    first_byte_s: float = Field(default=60.0, gt=0)
+    total_s: float = Field(default=600.0, gt=0)
+
+
+class RegionCfg(_Model):
+    name: str = Field(min_length=1)
+    location: LocationCfg
+    jurisdiction: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+class EndpointCfg(_Model):
+    id: str | None = None
+    url: str
+    weight: float = Field(default=1.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")) or len(v.split("://", 1)[1]) == 0:
+            raise ValueError("must be an http(s) URL such as http://10.0.0.5:8000")
+        return v.rstrip("/").removesuffix("/v1")
+
+
+class SimulateCfg(_Model):
+    endpoints: int = Field(default=2, ge=1, le=64)
+    ttft_ms: float = Field(default=40.0, ge=0)
+    itl_ms: float = Field(default=15.0, ge=0)
+    rtt_ms: float | Literal["auto"] = "auto"
+    max_num_seqs: int = Field(default=64, ge=1)
+
+
+class PoolCfg(_Model):
+    name: str = Field(min_length=1)
+    region: str
+    models: dict[str, str]
+    endpoints: tuple[EndpointCfg, ...] = ()
+    simulate: SimulateCfg | None = None
+    tags: tuple[str, ...] = ()
+    price_per_mtok: float | None = Field(default=None, ge=0)
+    tier: int = Field(default=0, ge=0)
+    draining: bool = False
+    max_context: int | None = Field(default=None, gt=0)
+    can_continue: bool = True
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):  # ["a", "b"] means each served under its own name
+            return {str(m): str(m) for m in v}
+        return v
+
+    @model_validator(mode="after")
+    def _has_endpoints(self) -> PoolCfg:
+        if not self.endpoints and self.simulate is None:
+            raise ValueError("a pool needs `endpoints` (or `simulate` for local runs)")
+        if not self.models:
+            raise ValueError("a pool must serve at least one model")
+        return self
+
+
+class Config(_Model):
+    gateway: GatewayCfg
+    geoip: GeoipCfg = GeoipCfg()
+    routing: RoutingCfg = RoutingCfg()
+    health: HealthCfg = HealthCfg()
+    outlier: OutlierCfg = OutlierCfg()
+    latency: LatencyCfg = LatencyCfg()
+    load: LoadCfg = LoadCfg()
+    retry: RetryCfg = RetryCfg()
+    timeouts: TimeoutsCfg = TimeoutsCfg()
+    regions: tuple[RegionCfg, ...] = Field(min_length=1)
+    pools: tuple[PoolCfg, ...] = Field(min_length=1)
+
+
+def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:
+    problems: list[tuple[str, Any, str]] = []
+    regions = [r.name for r in cfg.regions]
+    for i, name in enumerate(regions):
+        if regions.index(name) != i:
+            problems.append((f"regions[{i}].name", name, "duplicate region name"))
+    if cfg.gateway.region is not None and cfg.gateway.region not in regions:
+        problems.append(("gateway.region", cfg.gateway.region, f"unknown region; known: {regions}"))
+    seen_pools: set[str] = set()
+    seen_eps: set[str] = set()
+    for i, pool in enumerate(cfg.pools):
+        if pool.name in seen_pools:
+            problems.append((f"pools[{i}].name", pool.name, "duplicate pool name"))
+        seen_pools.add(pool.name)
+        if pool.region not in regions:
+            problems.append((f"pools[{i}].region", pool.region, f"unknown region; known: {regions}"))
+        for j, ep in enumerate(pool.endpoints):
+            eid = ep.id or f"{pool.name}-{j}"
+            if eid in seen_eps:
+                problems.append((f"pools[{i}].endpoints[{j}].id", eid, "duplicate endpoint id"))
+            seen_eps.add(eid)
+    if cfg.routing.policy not in _policy_names():
+        problems.append(("routing.policy", cfg.routing.policy, f"unknown policy; known: {sorted(_policy_names())}"))
+    return problems
+
+
+def _policy_names() -> set[str]:
+    try:
+        from routing.policies import POLICIES
+    except ImportError:  # pragma: no cover - routing core always ships policies
+        return {"geo_latency"}
+    return set(POLICIES)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _value_at(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return data
+
+
+def _shown(value: Any) -> Any:
+    """Scalars are shown as they are; whole sections are not repeated in the message."""
+    return _MISSING if isinstance(value, (dict, list, tuple)) else value
+
+
+def parse_config(data: Any, file: str = "<config>") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(file, [("", _MISSING, "the top level must be a mapping")])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        errors = [(tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))),
+                   e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+        # an error inside an item also fails its container (e.g. "at least 1 item"): keep the inner one
+        inner = [(loc, msg) for loc, msg in errors
+                 if not any(len(other) > len(loc) and other[: len(loc)] == loc for other, _ in errors)]
+        raise ConfigError(file, [(_loc(loc), _shown(_value_at(data, loc)), msg) for loc, msg in inner]) from None
+    problems = _cross_checks(cfg)
+    if problems:
+        raise ConfigError(file, problems)
+    return cfg
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate ``path`` (the embedded default when None)."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), [("", _MISSING, f"cannot read file: {exc.strerror or exc}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(p), [("", _MISSING, f"invalid YAML: {where}{getattr(exc, 'problem', exc)}")]) from None
+    return parse_config(data, str(path) if path is not None else str(p))

@@ -1,0 +1,85 @@
+"""The gateway's one exception tree, translated to OpenAI's error format at the boundary.
+
+    GatewayError                      → {"error": {"message", "type", "param", "code"}}
+    ├── BadRequest (400)              invalid JSON, missing/invalid fields
+    ├── Unauthorized (401)            missing or unknown API key
+    ├── ModelNotFound (404)           no pool serves the model (for this tenant)
+    ├── PayloadTooLarge (413)         body over gateway.max_body_bytes
+    ├── RateLimited (429)             every candidate throttled; carries Retry-After
+    └── Unavailable (503)             no candidate could serve; carries the attempts
+
+Upstream failures are not exceptions here: the attempt loop records them as routing
+``Outcome``s and only raises ``Unavailable`` when the plan is exhausted."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "internal_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def response(self, extra_headers: dict[str, str] | None = None) -> web.Response:
+        headers = {**self.headers, **(extra_headers or {})}
+        return web.Response(status=self.status, body=orjson.dumps(self.body()),
+                            content_type="application/json", headers=headers)
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class Unavailable(GatewayError):
+    status = 503
+    type = "service_unavailable_error"
+    code = "no_healthy_upstream"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def sse_error_event(message: str, type_: str = "upstream_error", code: str | None = "stream_interrupted") -> bytes:
+    """An in-band error for a stream that already started: never a truncated success."""
+    return b"data: " + orjson.dumps(error_body(message, type_, None, code)) + b"\n\n"

@@ -1,0 +1,118 @@
+"""HTTP handlers: the OpenAI endpoints, probes of the gateway itself, metrics, admin."""
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import GatewayError, ModelNotFound, error_body
+from gateway.request import parse, read_body
+from gateway.state import LOCATOR, METRICS, OBSERVATIONS, PROXY, SNAPSHOT
+from routing.plan import RequestContext
+from routing.topology import Location
+
+_CREATED = int(time.time())
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def client_location(request: web.Request) -> tuple[str | None, Location]:
+    locator = request.app[LOCATOR]
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    ip = locator.client_ip(peer[0] if peer else None, request.headers.get("X-Forwarded-For"))
+    return ip, locator.locate(ip)
+
+
+async def _generate(request: web.Request, kind: str, path: str) -> web.StreamResponse:
+    snapshot = request.app[SNAPSHOT].current
+    rid = request.headers.get("X-Request-Id")
+    try:
+        raw = await read_body(request, snapshot.config.gateway.max_body_bytes)
+        req = parse(kind, path, raw, rid)
+        if req.model not in snapshot.models:
+            raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
+                                param="model")
+        _, location = client_location(request)
+        plan = snapshot.planner.plan(RequestContext(model=req.model, client=location))
+        return await request.app[PROXY].serve(request, req, plan, snapshot.config)
+    except GatewayError as exc:
+        return exc.response({"x-request-id": rid} if rid else None)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "chat", "/v1/chat/completions")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "completions", "/v1/completions")
+
+
+def _healthy_models(request: web.Request) -> list[str]:
+    snapshot, obs = request.app[SNAPSHOT].current, request.app[OBSERVATIONS]
+    models: set[str] = set()
+    for pool in snapshot.topology.pools:
+        if pool.draining:
+            continue
+        if any(_usable(obs.view(ep.id)) for ep in pool.endpoints):
+            models.update(pool.models)
+    return sorted(models)
+
+
+def _usable(view: object) -> bool:
+    return bool(view.healthy) and not view.ejected
+
+
+async def list_models(request: web.Request) -> web.Response:
+    data = [{"id": m, "object": "model", "created": _CREATED, "owned_by": "infercdn"}
+            for m in _healthy_models(request)]
+    return _json({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    models = _healthy_models(request)
+    return _json({"status": "ready" if models else "no healthy pool", "models": models},
+                 200 if models else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def admin_plan(request: web.Request) -> web.Response:
+    """GET /admin/plan?model=M[&ip=IP]: the plan and its explanation, as `infercdn route` prints."""
+    snapshot = request.app[SNAPSHOT].current
+    model = request.query.get("model") or next(iter(sorted(snapshot.models)), "")
+    locator = request.app[LOCATOR]
+    ip = request.query.get("ip") or client_location(request)[0]
+    plan = snapshot.planner.plan(RequestContext(model=model, client=locator.locate(ip)))
+    return _json({"ip": ip, **plan.explain()})
+
+
+async def admin_observations(request: web.Request) -> web.Response:
+    return _json(request.app[OBSERVATIONS].snapshot())
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return _json(error_body(f"unknown path {request.path}", "invalid_request_error", None, "not_found"), 404)
+
+
+def routes() -> list[web.AbstractRouteDef]:
+    return [
+        web.post("/v1/chat/completions", chat_completions),
+        web.post("/v1/completions", completions),
+        web.get("/v1/models", list_models),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics),
+        web.get("/admin/plan", admin_plan),
+        web.get("/admin/observations", admin_observations),
+        web.route("*", "/{tail:.*}", not_found),
+    ]

@@ -1,0 +1,58 @@
+"""Typed application state: the immutable routing snapshot and the long-lived stores."""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.metrics import GatewayMetrics
+from routing.topology import Endpoint, Location, Pool, Region, Topology
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSnapshot:
+    """Everything a request needs from config; swapped atomically on reload.
+    In-flight requests keep the snapshot they started with."""
+
+    config: Config
+    topology: Topology
+    planner: object  # routing.planner.Planner
+    models: frozenset[str]
+
+
+def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None) -> Topology:
+    """Topology from validated config; ``simulated`` maps pool name -> URLs of local simulators."""
+    regions = {
+        r.name: Region(r.name, Location(r.location.lat, r.location.lon, city=r.location.name),
+                       r.jurisdiction, frozenset(r.tags))
+        for r in cfg.regions
+    }
+    pools = []
+    for p in cfg.pools:
+        eps = [Endpoint(e.id or f"{p.name}-{j}", e.url, p.name, e.weight) for j, e in enumerate(p.endpoints)]
+        for j, url in enumerate((simulated or {}).get(p.name, [])):
+            eps.append(Endpoint(f"{p.name}-sim{j}", url, p.name))
+        pools.append(Pool(p.name, p.region, dict(p.models), tuple(eps), frozenset(p.tags), p.price_per_mtok,
+                          p.tier, p.draining, p.max_context, p.can_continue))
+    g = cfg.gateway
+    return Topology(regions, tuple(pools), Location(g.location.lat, g.location.lon, city=g.location.name),
+                    g.region)
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Injected time and randomness (fake in tests)."""
+
+    clock: Callable[[], float]
+    rng: random.Random
+
+
+SNAPSHOT = web.AppKey("snapshot", object)  # holder: gateway.app.SnapshotHolder
+OBSERVATIONS = web.AppKey("observations", object)  # routing.observations.Observations
+LOCATOR = web.AppKey("locator", object)  # routing.locate.ClientLocator
+METRICS = web.AppKey("metrics", GatewayMetrics)
+RUNTIME = web.AppKey("runtime", Runtime)
+PROXY = web.AppKey("proxy", object)  # gateway.proxy.Proxy

@@ -1,0 +1,111 @@
+"""Failover before the first byte, client location trust, and cancellation."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+import orjson
+
+from tests.conftest import LONDON, SINGAPORE, base_config
+
+CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+
+
+def dead_url() -> str:
+    """A URL on which nothing listens (a port bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def post(url: str, body: dict, ip: str | None = None) -> tuple[int, dict, dict]:
+    headers = {"X-Forwarded-For": ip} if ip else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+            return r.status, await r.json(), dict(r.headers)
+
+
+async def test_dead_region_fails_over_to_next_nearest_without_errors(sim_factory, gateway_factory) -> None:
+    us, eu = await sim_factory(), await sim_factory()
+    gw = await gateway_factory(base_config({"ap-southeast": [dead_url(), dead_url()], "eu-west": [eu.url],
+                                            "us-east": [us.url]},
+                                           outlier={"consecutive_failures": 1, "max_ejected_percent": 100}))
+    results = [await post(gw.url, CHAT, SINGAPORE) for _ in range(5)]
+    assert [status for status, _, _ in results] == [200] * 5
+    # Singapore's next nearest region from these three is eu-west (10,300 km vs 15,500 km)
+    assert {h["x-infercdn-region"] for _, _, h in results} == {"eu-west"}
+    first_attempts = int(results[0][2]["x-infercdn-attempts"])
+    assert first_attempts == 3  # both ap-southeast endpoints refused, then eu-west answered
+    # once detected (ejected / unhealthy), later requests go straight to eu-west
+    assert int(results[-1][2]["x-infercdn-attempts"]) == 1
+    assert us.stats.requests_total == 0
+
+
+async def test_all_dead_is_a_503_naming_the_attempts(gateway_factory) -> None:
+    gw = await gateway_factory(base_config({"eu-west": [dead_url()], "us-east": [dead_url()]}))
+    status, body, headers = await post(gw.url, CHAT)
+    assert status == 503
+    assert body["error"]["type"] == "service_unavailable_error"
+    assert "eu-west-0" in body["error"]["message"] and "us-east-0" in body["error"]["message"]
+    assert headers["x-infercdn-attempts"] == "2"
+
+
+async def test_forwarded_for_ignored_from_untrusted_peers(sim_factory, gateway_factory) -> None:
+    sims = {r: await sim_factory() for r in ("us-east", "eu-west", "ap-southeast")}
+    data = base_config({r: [s.url] for r, s in sims.items()})
+    data["gateway"]["trusted_proxies"] = ["10.0.0.0/8"]  # loopback no longer trusted
+    gw = await gateway_factory(data)
+    _, _, headers = await post(gw.url, CHAT, SINGAPORE)
+    # the peer (127.0.0.1) is private: located at the gateway's own place, Frankfurt
+    assert headers["x-infercdn-region"] == "eu-west"
+
+
+async def test_client_disconnect_cancels_upstream_generation(sim_factory, gateway_factory) -> None:
+    sim = await sim_factory(itl_ms=5.0)
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}))
+    body = {**CHAT, "max_tokens": 2000, "stream": True}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.url + "/v1/chat/completions", json=body,
+                                headers={"X-Forwarded-For": LONDON}) as resp:
+            assert resp.status == 200
+            seen = 0
+            async for _ in resp.content.iter_any():
+                seen += 1
+                if seen >= 5:
+                    break
+            resp.close()  # the client leaves mid-stream
+    async with asyncio.timeout(5):
+        while sim.stats.requests_cancelled < 1:
+            await asyncio.sleep(0.01)
+    sent = sim.stats.tokens_sent
+    await asyncio.sleep(0.1)  # generation must have stopped: nothing more is sent
+    assert sim.stats.tokens_sent == sent
+    assert sent < 2000
+
+
+async def test_stream_is_relayed_unchanged(sim_factory, gateway_factory) -> None:
+    sim = await sim_factory()
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}))
+    body = {**CHAT, "stream": True, "max_tokens": 6, "stream_options": {"include_usage": True}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(sim.url + "/v1/chat/completions", json=body) as r:
+            direct = await r.read()
+        async with session.post(gw.url + "/v1/chat/completions", json=body) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            relayed = await r.read()
+
+    def events(raw: bytes) -> list[bytes]:
+        out = []
+        for event in raw.split(b"\n\n"):
+            if event.startswith(b"data: {"):
+                doc = orjson.loads(event[6:])
+                doc.pop("id", None)
+                doc.pop("created", None)
+                out.append(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+            elif event:
+                out.append(event)
+        return out
+
+    assert events(relayed) == events(direct)
+    assert relayed.rstrip().endswith(b"data: [DONE]")
