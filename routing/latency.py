@@ -1,0 +1,48 @@
+"""A time-aware EWMA of latency samples (probe RTTs, observed time to first byte).
+
+A sample arriving ``dt`` seconds after the previous one gets weight ``1 - 0.5 ** (dt /
+half_life_s)``: after one half-life of silence the new sample counts for half.  Samples at
+the same instant therefore move the estimate little, which keeps a burst of requests from
+overwriting what probes have measured over minutes.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+Clock = Callable[[], float]
+
+
+class LatencyEwma:
+    __slots__ = ("half_life_s", "_clock", "_value", "_at", "samples")
+
+    def __init__(self, half_life_s: float, clock: Clock) -> None:
+        if half_life_s <= 0:
+            raise ValueError("half_life_s must be > 0")
+        self.half_life_s = half_life_s
+        self._clock = clock
+        self._value: float | None = None
+        self._at = 0.0
+        self.samples = 0
+
+    def update(self, sample_ms: float) -> float:
+        """Feed one sample (negative or non-finite samples are ignored); returns the estimate."""
+        now = self._clock()
+        if not (sample_ms >= 0.0 and sample_ms != float("inf")):
+            return self._value if self._value is not None else 0.0
+        self.samples += 1
+        if self._value is None:
+            self._value = sample_ms
+        else:
+            dt = max(0.0, now - self._at)
+            w = 1.0 - 0.5 ** (dt / self.half_life_s)
+            self._value += w * (sample_ms - self._value)
+        self._at = now
+        return self._value
+
+    def value(self) -> float | None:
+        """The estimate in ms, or None before the first sample."""
+        return self._value
+
+    @property
+    def updated_at(self) -> float | None:
+        return self._at if self._value is not None else None

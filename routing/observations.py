@@ -1,0 +1,181 @@
+"""Everything the gateway has learned about each endpoint, in one store keyed by endpoint id.
+
+Health (active probes), latency (EWMA of probe RTTs and time to first byte), passive outlier
+state, in-flight counts and the load each vLLM endpoint reports.  ``sync(topology)`` after a
+reload adds new endpoints, drops removed ones and keeps the state of those that remain.
+
+Unknown endpoint ids never raise: records about them are ignored (a request that started on
+an older topology may finish after its endpoint was removed), and ``view`` answers with a
+neutral view (healthy, nothing measured).  Reported load older than ``load_stale_s`` counts
+as unknown (None), never as idle.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from routing.health import HealthCheck, TransitionCallback
+from routing.latency import LatencyEwma
+from routing.outcome import Outcome
+from routing.outlier import OutlierDetector, OutlierParams
+from routing.topology import Topology
+
+Clock = Callable[[], float]
+# (exclusion reason or None, latency_ms, inflight, running, waiting, kv_usage, error_rate)
+RouteInputs = tuple[str | None, float | None, int, int | None, int | None, float | None, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationParams:
+    half_life_s: float = 10.0  # latency EWMA
+    rise: int = 2  # probe successes to turn healthy again
+    fall: int = 2  # probe failures to turn unhealthy
+    consecutive_failures: int = 5  # request failures in a row that eject
+    base_ejection_s: float = 30.0
+    max_ejection_s: float = 300.0
+    max_ejected_percent: float = 50.0  # of one pool
+    load_stale_s: float = 10.0
+    ejection_decay_s: float = 60.0  # quiet time that forgets one past ejection
+    error_half_life_s: float = 30.0
+    error_min_volume: float = 5.0
+
+    def outlier(self) -> OutlierParams:
+        return OutlierParams(self.consecutive_failures, self.base_ejection_s, self.max_ejection_s,
+                             self.max_ejected_percent, self.ejection_decay_s,
+                             self.error_half_life_s, self.error_min_volume)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    healthy: bool
+    ejected: bool
+    ejected_until: float | None
+    latency_ms: float | None
+    inflight: int
+    running: int | None
+    waiting: int | None
+    kv_usage: float | None  # fraction 0..1, as vLLM's kv_cache_usage_perc
+    load_fresh: bool
+    consecutive_failures: int
+    error_rate: float
+
+
+_NEUTRAL_VIEW = EndpointView(True, False, None, None, 0, None, None, None, False, 0, 0.0)
+
+
+class _EndpointState:
+    __slots__ = ("health", "latency", "inflight", "running", "waiting", "kv_usage", "load_at")
+
+    def __init__(self, health: HealthCheck, latency: LatencyEwma) -> None:
+        self.health = health
+        self.latency = latency
+        self.inflight = 0
+        self.running: int | None = None
+        self.waiting: int | None = None
+        self.kv_usage: float | None = None
+        self.load_at: float | None = None
+
+
+class Observations:
+    def __init__(self, params: ObservationParams, clock: Clock,
+                 on_transition: TransitionCallback | None = None) -> None:
+        self.params = params
+        self._clock = clock
+        self._on_transition = on_transition
+        self._eps: dict[str, _EndpointState] = {}
+        self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
+
+    def sync(self, topology: Topology) -> None:
+        old, p = self._eps, self.params
+        self._eps = {}
+        for pool in topology.pools:
+            for ep in pool.endpoints:
+                self._eps[ep.id] = old.get(ep.id) or _EndpointState(
+                    HealthCheck(ep.id, p.rise, p.fall, self._on_transition),
+                    LatencyEwma(p.half_life_s, self._clock))
+        self.outliers.sync({pool.name: [e.id for e in pool.endpoints] for pool in topology.pools})
+
+    def endpoint_ids(self) -> list[str]:
+        return list(self._eps)
+
+    def record_probe(self, endpoint_id: str, ok: bool, rtt_ms: float | None = None) -> None:
+        st = self._eps.get(endpoint_id)
+        if st is None:
+            return
+        st.health.record(ok)
+        if ok and rtt_ms is not None:
+            st.latency.update(rtt_ms)
+
+    def record_outcome(self, endpoint_id: str, outcome: Outcome, ttfb_ms: float | None = None) -> None:
+        """One request attempt's outcome; ``ttfb_ms`` (time to response headers) feeds latency."""
+        st = self._eps.get(endpoint_id)
+        if st is None:
+            return
+        self.outliers.record(endpoint_id, outcome)
+        if ttfb_ms is not None and outcome is Outcome.SUCCESS:
+            st.latency.update(ttfb_ms)
+
+    def record_load(self, endpoint_id: str, running: int | None, waiting: int | None,
+                    kv_usage: float | None) -> None:
+        """Load scraped from the endpoint's /metrics; all None = the scrape told nothing."""
+        st = self._eps.get(endpoint_id)
+        if st is None:
+            return
+        st.running, st.waiting, st.kv_usage = running, waiting, kv_usage
+        known = running is not None or waiting is not None or kv_usage is not None
+        st.load_at = self._clock() if known else None
+
+    def acquire(self, endpoint_id: str) -> None:
+        st = self._eps.get(endpoint_id)
+        if st is not None:
+            st.inflight += 1
+
+    def release(self, endpoint_id: str) -> None:
+        st = self._eps.get(endpoint_id)
+        if st is not None and st.inflight > 0:
+            st.inflight -= 1
+
+    def _fresh(self, st: _EndpointState) -> bool:
+        return st.load_at is not None and self._clock() - st.load_at <= self.params.load_stale_s
+
+    def route_inputs(self, endpoint_id: str) -> RouteInputs:
+        """The planner's hot path: what ``view`` says, as a plain tuple (no allocation of a view)."""
+        st = self._eps.get(endpoint_id)
+        if st is None:
+            return (None, None, 0, None, None, None, 0.0)
+        if not st.health.healthy:
+            reason: str | None = "unhealthy"
+        else:
+            reason = "ejected" if self.outliers.is_ejected(endpoint_id) else None
+        err = self.outliers.error_rate(endpoint_id)
+        if self._fresh(st):
+            return (reason, st.latency.value(), st.inflight, st.running, st.waiting, st.kv_usage, err)
+        return (reason, st.latency.value(), st.inflight, None, None, None, err)
+
+    def view(self, endpoint_id: str) -> EndpointView:
+        st = self._eps.get(endpoint_id)
+        o = self.outliers.state(endpoint_id)
+        if st is None or o is None:
+            return _NEUTRAL_VIEW
+        ejected = self.outliers.is_ejected(endpoint_id)
+        fresh = self._fresh(st)
+        return EndpointView(
+            healthy=st.health.healthy, ejected=ejected, ejected_until=o.ejected_until if ejected else None,
+            latency_ms=st.latency.value(), inflight=st.inflight,
+            running=st.running if fresh else None, waiting=st.waiting if fresh else None,
+            kv_usage=st.kv_usage if fresh else None, load_fresh=fresh,
+            consecutive_failures=o.consecutive_failures, error_rate=self.outliers.error_rate(endpoint_id))
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready state of every endpoint, for the admin API."""
+        out: dict[str, Any] = {}
+        for eid, st in self._eps.items():
+            o = self.outliers.state(eid)
+            d = asdict(self.view(eid))
+            d["health"] = st.health.state.value
+            d["pool"] = o.pool if o is not None else None
+            d["times_ejected"] = self.outliers.times_ejected(eid)
+            d["latency_samples"] = st.latency.samples
+            out[eid] = d
+        return out

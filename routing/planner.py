@@ -1,0 +1,176 @@
+"""The planner: from a request context to an ordered, explained list of candidates.
+
+1. Eligibility, once, before any policy: the pool serves the model, carries the required
+   tags (its own or its region's), sits in an allowed jurisdiction, is not excluded or
+   draining; the endpoint is healthy and not ejected.  Every removal becomes a Rejection
+   (pool-level when the whole pool is out, endpoint-level otherwise).
+2. Panic: when fewer than ``panic_threshold`` of the model's endpoints (in pools that pass
+   the static filters) are eligible, the unhealthy and ejected ones are tried too, after
+   the eligible ones: better an unlikely endpoint than a certain failure.
+3. Score per pool, in ms of expected time to first token: geo (client -> region) + excess
+   (measured gateway -> pool latency above the distance prior, never negative) + queue
+   (fresh reported load) + penalty (recent errors, optional price).
+4. The policy ranks the pools; the balancer orders each pool's endpoints.
+
+Everything that depends only on the topology is computed once, in ``__init__``.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from routing.balance import get_balancer
+from routing.geo import geo_ms
+from routing.observations import Observations, RouteInputs
+from routing.plan import Candidate, Plan, Rejection, RequestContext, RoutingParams, ScoreComponents
+from routing.policies import ScoredPool, get_policy
+from routing.topology import Endpoint, Location, Pool, Region, Topology
+
+_Group = list[tuple[Endpoint, RouteInputs]]
+
+
+@dataclass(frozen=True, slots=True)
+class _PoolInfo:
+    pool: Pool
+    region: Region
+    tags: frozenset[str]  # the pool's tags and its region's
+    prior_ms: float  # geo prior gateway -> pool region
+    price_ms: float
+
+
+class Planner:
+    def __init__(self, topology: Topology, observations: Observations, params: RoutingParams,
+                 rng: random.Random, policy: str = "geo_latency", balancer: str = "p2c") -> None:
+        self.topology = topology
+        self.observations = observations
+        self.params = params
+        self.rng = rng
+        self.policy = get_policy(policy)
+        self.balancer = get_balancer(balancer)
+        infos = [self._info(p) for p in topology.pools]
+        self._by_model: dict[str, list[_PoolInfo]] = {}
+        self._not_serving: dict[str, tuple[Rejection, ...]] = {}
+        for model in topology.models():
+            self._by_model[model] = [i for i in infos if model in i.pool.models]
+            self._not_serving[model] = tuple(Rejection(i.pool.name, None, "model_not_served")
+                                             for i in infos if model not in i.pool.models)
+        self._all_not_serving = tuple(Rejection(i.pool.name, None, "model_not_served") for i in infos)
+
+    def _info(self, pool: Pool) -> _PoolInfo:
+        region = self.topology.regions[pool.region]
+        price = (pool.price_per_mtok or 0.0) * self.params.cost_ms_per_dollar
+        return _PoolInfo(pool, region, pool.tags | region.tags,
+                         geo_ms(self.topology.gateway_location, region.location, self.params), price)
+
+    def plan(self, ctx: RequestContext) -> Plan:
+        infos = self._by_model.get(ctx.model)
+        if infos is None:
+            return Plan(ctx.model, ctx.client, (), self._all_not_serving, policy=self.policy.name,
+                        notes=(f"no pool serves model {ctx.model!r}",))
+        rejected = list(self._not_serving[ctx.model])
+        route_inputs = self.observations.route_inputs
+        ok: list[tuple[_PoolInfo, _Group]] = []
+        out: list[tuple[_PoolInfo, _Group]] = []
+        total = eligible = 0
+        for info in infos:
+            reason = self._static_reason(info, ctx)
+            if reason is not None:
+                rejected.append(Rejection(info.pool.name, None, reason))
+                continue
+            good: _Group = []
+            bad: _Group = []
+            for ep in info.pool.endpoints:
+                inputs = route_inputs(ep.id)
+                (bad if inputs[0] is not None else good).append((ep, inputs))
+            total += len(info.pool.endpoints)
+            eligible += len(good)
+            if good:
+                ok.append((info, good))
+                rejected.extend(Rejection(info.pool.name, ep.id, inp[0]) for ep, inp in bad)  # type: ignore[arg-type]
+            else:
+                rejected.append(Rejection(info.pool.name, None, _pool_reason(bad)))
+            if bad:
+                out.append((info, bad))
+        panic = total > 0 and eligible < self.params.panic_threshold * total
+        candidates = self._candidates(ctx, ok)
+        notes: list[str] = []
+        if panic:
+            candidates += self._candidates(ctx, out)
+            notes.append(f"panic: {eligible} of {total} endpoints eligible (threshold "
+                         f"{self.params.panic_threshold:.0%}); unhealthy and ejected endpoints follow")
+        if not candidates:
+            notes.append(f"no eligible endpoint for model {ctx.model!r}")
+        return Plan(ctx.model, ctx.client, tuple(candidates), tuple(rejected), panic,
+                    self.policy.name, tuple(notes))
+
+    @staticmethod
+    def _static_reason(info: _PoolInfo, ctx: RequestContext) -> str | None:
+        pool = info.pool
+        if pool.name in ctx.exclude_pools:
+            return "excluded"
+        if pool.draining:
+            return "draining"
+        if ctx.required_tags and not ctx.required_tags <= info.tags:
+            return "tags"
+        allowed = ctx.allowed_jurisdictions
+        if allowed is not None and info.region.jurisdiction not in allowed:
+            return "jurisdiction"
+        if not pool.endpoints:
+            return "no_endpoints"
+        return None
+
+    def _candidates(self, ctx: RequestContext, groups: list[tuple[_PoolInfo, _Group]]) -> list[Candidate]:
+        if not groups:
+            return []
+        geo_by_region: dict[str, float] = {}
+        scored = []
+        for info, group in groups:
+            g = geo_by_region.get(info.region.name)
+            if g is None:
+                g = geo_by_region[info.region.name] = geo_ms(ctx.client, info.region.location, self.params)
+            scored.append(self._score(info, group, g))
+        ranked = self.policy.rank(ctx, scored)[: self.params.max_pools]
+        out: list[Candidate] = []
+        for sp in ranked:
+            upstream = sp.pool.models[ctx.model]
+            for ep in self.balancer.order(ctx, sp.endpoints, self.rng):
+                out.append(Candidate(sp.pool, ep, upstream, sp.score_ms, sp.components))
+        return out
+
+    def _score(self, info: _PoolInfo, group: _Group, geo: float) -> ScoredPool:
+        p = self.params
+        lat_sum = err_sum = w_sum = r_sum = kv_sum = 0.0
+        lat_n = w_n = r_n = kv_n = 0
+        loaded: list[tuple[Endpoint, float]] = []
+        for ep, (_, lat, inflight, running, waiting, kv, err) in group:
+            if lat is not None:
+                lat_sum += lat
+                lat_n += 1
+            if running is not None:
+                r_sum += running
+                r_n += 1
+            if waiting is not None:
+                w_sum += waiting
+                w_n += 1
+            if kv is not None:
+                kv_sum += kv
+                kv_n += 1
+            err_sum += err
+            loaded.append((ep, (inflight + (waiting or 0)) / (ep.weight if ep.weight > 0 else 1.0)))
+        measured = lat_sum / lat_n if lat_n else None
+        excess = max(0.0, measured - info.prior_ms) if measured is not None else 0.0
+        queue = 0.0
+        if w_n:
+            queue += w_sum / w_n * p.queue_ms_per_waiting
+        if r_n:
+            queue += r_sum / r_n * p.queue_ms_per_running
+        if kv_n:
+            queue += p.kv_pressure_ms * max(0.0, (kv_sum / kv_n - 0.5) / 0.5)
+        penalty = err_sum / len(group) * p.error_penalty_ms + info.price_ms
+        comps = ScoreComponents(geo, excess, queue, penalty)
+        return ScoredPool(info.pool, comps, geo + excess + queue + penalty, measured, loaded)
+
+
+def _pool_reason(bad: _Group) -> str:
+    reasons = {inputs[0] for _, inputs in bad}
+    return reasons.pop() if len(reasons) == 1 else "unhealthy_or_ejected"  # type: ignore[return-value]
