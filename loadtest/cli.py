@@ -109,12 +109,14 @@ def summary_text(report: dict) -> str:
         s = lat[name]
         return f"  {name:5} p50 {s['p50']} ms  p90 {s['p90']} ms  p99 {s['p99']} ms  max {s['max']} ms"
 
+    lag = gen["schedule_lag_ms"]["p99"]
+    health = (f"generator: cpu {gen['cpu_util']:.0%} of a core, event-loop lag p99 {gen['loop_lag_ms']['p99']} ms"
+              + (f", schedule lag p99 {lag} ms" if lag is not None else "")
+              + ("  SATURATED: figures may understate the target" if gen["saturated"] else ""))
     lines = [f"requests {t['requests']}  ok {t['ok']}  errors {t['errors']} {report['errors'] or ''}  "
              f"cancelled {t['cancelled']}  failovers {t['failovers']}",
              f"{t['requests_per_s']} req/s  {t['output_tokens_per_s']} output tok/s over {t['duration_s']} s",
-             row("ttft"), row("itl"), row("e2e"),
-             f"generator: cpu {gen['cpu_util']:.0%} of a core, schedule lag p99 {gen['schedule_lag_ms']['p99']} ms"
-             f"{'  SATURATED' if gen['saturated'] else ''}"]
+             row("ttft"), row("itl"), row("e2e"), health]
     return "\n".join(lines)
 
 

@@ -18,9 +18,10 @@ def format_line(live: Live, elapsed: float, d_done: int, d_tokens: int, dt: floa
             f"{rate:8.1f} req/s  {tps:10.1f} tok/s  errors {live.errors}")
 
 
-async def progress_loop(live: Live, total: int | None, stream: TextIO = sys.stderr,
+async def progress_loop(live: Live, total: int | None, stream: TextIO | None = None,
                         interval: float = 1.0) -> None:
-    """Print until cancelled; on a terminal the line is rewritten in place."""
+    """Print until cancelled (to stderr by default); on a terminal the line is rewritten in place."""
+    stream = stream or sys.stderr
     tty = stream.isatty()
     start = last_t = time.perf_counter()
     last_done, last_tokens = live.done, live.tokens
