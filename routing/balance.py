@@ -41,8 +41,9 @@ class P2CBalancer:
             return [endpoints[0][0]]
         if n == 0:
             return []
-        i = rng.randrange(n)
-        j = rng.randrange(n - 1)
+        rand = rng.random  # int(random() * n) is uniform enough here and 10x cheaper than randrange
+        i = int(rand() * n)
+        j = int(rand() * (n - 1))
         if j >= i:
             j += 1
         a, b = endpoints[i], endpoints[j]

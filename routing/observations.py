@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from routing.health import HealthCheck, TransitionCallback
+from routing.health import HealthCheck, HealthState, TransitionCallback
 from routing.latency import LatencyEwma
 from routing.outcome import Outcome
-from routing.outlier import OutlierDetector, OutlierParams
+from routing.outlier import EndpointOutlier, OutlierDetector, OutlierParams
 from routing.topology import Topology
 
 Clock = Callable[[], float]
@@ -61,11 +61,12 @@ class EndpointView:
     error_rate: float
 
 
+_UNHEALTHY = HealthState.UNHEALTHY
 _NEUTRAL_VIEW = EndpointView(True, False, None, None, 0, None, None, None, False, 0, 0.0)
 
 
 class _EndpointState:
-    __slots__ = ("health", "latency", "inflight", "running", "waiting", "kv_usage", "load_at")
+    __slots__ = ("health", "latency", "inflight", "running", "waiting", "kv_usage", "load_at", "outlier")
 
     def __init__(self, health: HealthCheck, latency: LatencyEwma) -> None:
         self.health = health
@@ -75,6 +76,7 @@ class _EndpointState:
         self.waiting: int | None = None
         self.kv_usage: float | None = None
         self.load_at: float | None = None
+        self.outlier: EndpointOutlier | None = None  # the detector's record, linked by sync()
 
 
 class Observations:
@@ -95,6 +97,8 @@ class Observations:
                     HealthCheck(ep.id, p.rise, p.fall, self._on_transition),
                     LatencyEwma(p.half_life_s, self._clock))
         self.outliers.sync({pool.name: [e.id for e in pool.endpoints] for pool in topology.pools})
+        for eid, st in self._eps.items():
+            st.outlier = self.outliers.state(eid)
 
     def endpoint_ids(self) -> list[str]:
         return list(self._eps)
@@ -140,18 +144,26 @@ class Observations:
         return st.load_at is not None and self._clock() - st.load_at <= self.params.load_stale_s
 
     def route_inputs(self, endpoint_id: str) -> RouteInputs:
-        """The planner's hot path: what ``view`` says, as a plain tuple (no allocation of a view)."""
+        """The planner's hot path: what ``view`` says, as a plain tuple, with one clock read."""
         st = self._eps.get(endpoint_id)
         if st is None:
             return (None, None, 0, None, None, None, 0.0)
-        if not st.health.healthy:
-            reason: str | None = "unhealthy"
-        else:
-            reason = "ejected" if self.outliers.is_ejected(endpoint_id) else None
-        err = self.outliers.error_rate(endpoint_id)
-        if self._fresh(st):
-            return (reason, st.latency.value(), st.inflight, st.running, st.waiting, st.kv_usage, err)
-        return (reason, st.latency.value(), st.inflight, None, None, None, err)
+        now = self._clock()
+        o = st.outlier
+        reason: str | None = None
+        if st.health.state is _UNHEALTHY:
+            reason = "unhealthy"
+        elif o is not None and o.ejected_until is not None:
+            reason = "ejected" if now < o.ejected_until else self._uneject(endpoint_id)
+        err = o.errors.value(now) if o is not None else 0.0
+        lat = st.latency.value()
+        if st.load_at is not None and now - st.load_at <= self.params.load_stale_s:
+            return (reason, lat, st.inflight, st.running, st.waiting, st.kv_usage, err)
+        return (reason, lat, st.inflight, None, None, None, err)
+
+    def _uneject(self, endpoint_id: str) -> None:
+        self.outliers.is_ejected(endpoint_id)  # notices the end of the ejection and reports it
+        return None
 
     def view(self, endpoint_id: str) -> EndpointView:
         st = self._eps.get(endpoint_id)

@@ -27,6 +27,7 @@ from routing.policies import ScoredPool, get_policy
 from routing.topology import Endpoint, Location, Pool, Region, Topology
 
 _Group = list[tuple[Endpoint, RouteInputs]]
+_GEO_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,7 @@ class _PoolInfo:
     tags: frozenset[str]  # the pool's tags and its region's
     prior_ms: float  # geo prior gateway -> pool region
     price_ms: float
+    unusable: bool  # draining or without endpoints, whatever the request
 
 
 class Planner:
@@ -55,12 +57,14 @@ class Planner:
             self._not_serving[model] = tuple(Rejection(i.pool.name, None, "model_not_served")
                                              for i in infos if model not in i.pool.models)
         self._all_not_serving = tuple(Rejection(i.pool.name, None, "model_not_served") for i in infos)
+        self._geo_cache: dict[tuple[float, float], dict[str, float]] = {}  # client -> region -> ms
 
     def _info(self, pool: Pool) -> _PoolInfo:
         region = self.topology.regions[pool.region]
         price = (pool.price_per_mtok or 0.0) * self.params.cost_ms_per_dollar
         return _PoolInfo(pool, region, pool.tags | region.tags,
-                         geo_ms(self.topology.gateway_location, region.location, self.params), price)
+                         geo_ms(self.topology.gateway_location, region.location, self.params), price,
+                         pool.draining or not pool.endpoints)
 
     def plan(self, ctx: RequestContext) -> Plan:
         infos = self._by_model.get(ctx.model)
@@ -72,8 +76,9 @@ class Planner:
         ok: list[tuple[_PoolInfo, _Group]] = []
         out: list[tuple[_PoolInfo, _Group]] = []
         total = eligible = 0
+        constrained = bool(ctx.exclude_pools or ctx.required_tags or ctx.allowed_jurisdictions is not None)
         for info in infos:
-            reason = self._static_reason(info, ctx)
+            reason = self._static_reason(info, ctx) if constrained or info.unusable else None
             if reason is not None:
                 rejected.append(Rejection(info.pool.name, None, reason))
                 continue
@@ -122,13 +127,8 @@ class Planner:
     def _candidates(self, ctx: RequestContext, groups: list[tuple[_PoolInfo, _Group]]) -> list[Candidate]:
         if not groups:
             return []
-        geo_by_region: dict[str, float] = {}
-        scored = []
-        for info, group in groups:
-            g = geo_by_region.get(info.region.name)
-            if g is None:
-                g = geo_by_region[info.region.name] = geo_ms(ctx.client, info.region.location, self.params)
-            scored.append(self._score(info, group, g))
+        geo = self._client_geo(ctx.client)
+        scored = [self._score(info, group, geo[info.region.name]) for info, group in groups]
         ranked = self.policy.rank(ctx, scored)[: self.params.max_pools]
         out: list[Candidate] = []
         for sp in ranked:
@@ -136,6 +136,18 @@ class Planner:
             for ep in self.balancer.order(ctx, sp.endpoints, self.rng):
                 out.append(Candidate(sp.pool, ep, upstream, sp.score_ms, sp.components))
         return out
+
+    def _client_geo(self, client: Location) -> dict[str, float]:
+        """geo_ms from the client to every region; clients cluster on GeoIP city points, so a
+        small bounded cache keyed by coordinates removes the trigonometry from the hot path."""
+        key = (client.lat, client.lon)
+        geo = self._geo_cache.get(key)
+        if geo is None:
+            if len(self._geo_cache) >= _GEO_CACHE_SIZE:
+                self._geo_cache.clear()
+            geo = {name: geo_ms(client, r.location, self.params) for name, r in self.topology.regions.items()}
+            self._geo_cache[key] = geo
+        return geo
 
     def _score(self, info: _PoolInfo, group: _Group, geo: float) -> ScoredPool:
         p = self.params

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from routing.observations import EndpointView, ObservationParams, Observations
+from routing.outcome import Outcome
+from tests.routing.helpers import make_topology
+
+PARAMS = ObservationParams(half_life_s=10.0, rise=2, fall=2, consecutive_failures=3,
+                           base_ejection_s=30.0, max_ejection_s=300.0, max_ejected_percent=50.0,
+                           load_stale_s=5.0)
+
+
+@pytest.fixture
+def events() -> list[tuple[str, str, str, str]]:
+    return []
+
+
+@pytest.fixture
+def obs(clock, topology, events) -> Observations:  # type: ignore[no-untyped-def]
+    o = Observations(PARAMS, clock, lambda *a: events.append(a))
+    o.sync(topology)
+    return o
+
+
+def test_defaults_are_sensible() -> None:
+    p = ObservationParams()
+    assert p.half_life_s > 0 and p.rise >= 1 and p.fall >= 1 and p.consecutive_failures >= 1
+    assert 0 < p.base_ejection_s <= p.max_ejection_s and 0 < p.max_ejected_percent <= 100
+    assert p.load_stale_s > 0
+
+
+def test_fresh_endpoint_view(obs) -> None:  # type: ignore[no-untyped-def]
+    v = obs.view("us-east-0")
+    assert v == EndpointView(healthy=True, ejected=False, ejected_until=None, latency_ms=None, inflight=0,
+                             running=None, waiting=None, kv_usage=None, load_fresh=False,
+                             consecutive_failures=0, error_rate=0.0)
+    assert sorted(obs.endpoint_ids()) == sorted(make_topology().endpoints)
+
+
+def test_probes_drive_health_and_latency(obs, events) -> None:  # type: ignore[no-untyped-def]
+    obs.record_probe("eu-west-0", True, 12.0)
+    assert obs.view("eu-west-0").latency_ms == 12.0
+    obs.record_probe("eu-west-0", False, None)
+    obs.record_probe("eu-west-0", False, None)
+    assert not obs.view("eu-west-0").healthy
+    assert ("eu-west-0", "health", "healthy", "unhealthy") in events
+    assert obs.route_inputs("eu-west-0")[0] == "unhealthy"
+
+
+def test_outcomes_eject_and_ttfb_feeds_latency(obs, clock, events) -> None:  # type: ignore[no-untyped-def]
+    obs.record_outcome("us-east-1", Outcome.SUCCESS, ttfb_ms=90.0)
+    assert obs.view("us-east-1").latency_ms == 90.0
+    obs.record_outcome("us-east-1", Outcome.HTTP_5XX, ttfb_ms=5000.0)  # failures do not teach latency
+    assert obs.view("us-east-1").latency_ms == 90.0
+    assert obs.view("us-east-1").consecutive_failures == 1
+    obs.record_outcome("us-east-1", Outcome.RESET)
+    obs.record_outcome("us-east-1", Outcome.TIMEOUT)
+    v = obs.view("us-east-1")
+    assert v.ejected and v.ejected_until == clock.now + 30.0 and v.healthy
+    assert v.error_rate == pytest.approx(3 / 5)
+    assert obs.route_inputs("us-east-1")[0] == "ejected"
+    assert ("us-east-1", "outlier", "active", "ejected") in events
+    clock.advance(30.0)
+    assert not obs.view("us-east-1").ejected
+
+
+def test_load_fresh_then_stale_is_unknown_not_idle(obs, clock) -> None:  # type: ignore[no-untyped-def]
+    obs.record_load("ap-southeast-0", running=4, waiting=7, kv_usage=0.8)
+    v = obs.view("ap-southeast-0")
+    assert (v.running, v.waiting, v.kv_usage, v.load_fresh) == (4, 7, 0.8, True)
+    clock.advance(5.0)
+    assert obs.view("ap-southeast-0").load_fresh
+    clock.advance(0.1)
+    v = obs.view("ap-southeast-0")
+    assert (v.running, v.waiting, v.kv_usage, v.load_fresh) == (None, None, None, False)
+    assert obs.route_inputs("ap-southeast-0")[3:6] == (None, None, None)
+    obs.record_load("ap-southeast-0", None, None, None)  # a scrape that told nothing
+    assert not obs.view("ap-southeast-0").load_fresh
+
+
+def test_inflight_never_negative(obs) -> None:  # type: ignore[no-untyped-def]
+    obs.acquire("eu-west-1")
+    obs.acquire("eu-west-1")
+    assert obs.view("eu-west-1").inflight == 2
+    for _ in range(4):
+        obs.release("eu-west-1")
+    assert obs.view("eu-west-1").inflight == 0
+
+
+def test_unknown_ids_do_not_crash(obs) -> None:  # type: ignore[no-untyped-def]
+    obs.record_probe("ghost", False, 1.0)
+    obs.record_outcome("ghost", Outcome.HTTP_5XX)
+    obs.record_load("ghost", 1, 2, 0.3)
+    obs.acquire("ghost")
+    obs.release("ghost")
+    assert obs.view("ghost").healthy and obs.view("ghost").inflight == 0
+    assert obs.route_inputs("ghost")[0] is None
+    assert "ghost" not in obs.snapshot()
+
+
+def test_sync_keeps_remaining_drops_removed_adds_new(obs, clock) -> None:  # type: ignore[no-untyped-def]
+    obs.record_probe("eu-west-0", True, 15.0)
+    obs.acquire("eu-west-0")
+    for _ in range(3):
+        obs.record_outcome("eu-west-0", Outcome.CONNECT_ERROR)
+    obs.record_probe("us-east-0", True, 80.0)
+    smaller = make_topology()
+    pools = tuple(p for p in smaller.pools if p.name != "us-east-a")
+    from routing.topology import Topology
+    obs.sync(Topology(smaller.regions, pools, smaller.gateway_location))
+    v = obs.view("eu-west-0")
+    assert (v.latency_ms, v.inflight, v.ejected) == (15.0, 1, True)
+    assert "us-east-0" not in obs.snapshot()
+    obs.sync(make_topology())  # added back: starts afresh
+    assert obs.view("us-east-0").latency_ms is None
+
+
+def test_snapshot_is_json_ready(obs) -> None:  # type: ignore[no-untyped-def]
+    obs.record_probe("eu-west-0", True, 15.0)
+    obs.record_load("eu-west-0", 1, 0, 0.1)
+    snap = json.loads(json.dumps(obs.snapshot()))
+    e = snap["eu-west-0"]
+    assert e["health"] == "healthy" and e["pool"] == "eu-west-a" and e["latency_ms"] == 15.0
+    assert e["waiting"] == 0 and e["load_fresh"] is True and e["times_ejected"] == 0
+    assert snap["us-east-0"]["health"] == "unknown" and snap["us-east-0"]["healthy"] is True

@@ -1,0 +1,273 @@
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+
+from routing.geo import geo_ms
+from routing.observations import ObservationParams, Observations
+from routing.outcome import Outcome
+from routing.plan import Plan, Rejection, RequestContext, RoutingParams
+from routing.planner import Planner
+from routing.topology import Location, Topology
+from tests.routing.helpers import FRANKFURT, SINGAPORE, VIRGINIA, make_topology
+
+SG_CLIENT = Location(1.29, 103.85, "SG", "AS", "Singapore", source="geoip")
+LONDON_CLIENT = Location(51.51, -0.13, "GB", "EU", "London", source="geoip")
+US_CLIENT = Location(37.75, -97.82, "US", "NA", None, source="geoip")
+PARAMS = RoutingParams()
+
+
+@pytest.fixture
+def obs(clock, topology) -> Observations:  # type: ignore[no-untyped-def]
+    o = Observations(ObservationParams(consecutive_failures=3, load_stale_s=10.0), clock)
+    o.sync(topology)
+    return o
+
+
+def planner(topology: Topology, obs: Observations, params: RoutingParams = PARAMS, **kw: str) -> Planner:
+    return Planner(topology, obs, params, random.Random(1), **kw)
+
+
+def ctx(client: Location = LONDON_CLIENT, **kw) -> RequestContext:  # type: ignore[no-untyped-def]
+    return RequestContext(model="tiny-chat", client=client, **kw)
+
+
+def regions(plan: Plan) -> list[str]:
+    """Region order, one entry per pool visited."""
+    out: list[str] = []
+    for c in plan.candidates:
+        if not out or out[-1] != c.region:
+            out.append(c.region)
+    return out
+
+
+def kill(obs: Observations, *endpoint_ids: str) -> None:
+    for eid in endpoint_ids:
+        obs.record_probe(eid, False)
+
+
+@pytest.mark.parametrize("client, expected", [
+    (SG_CLIENT, ["ap-southeast", "eu-west", "us-east"]),
+    (LONDON_CLIENT, ["eu-west", "us-east", "ap-southeast"]),
+    (US_CLIENT, ["us-east", "eu-west", "ap-southeast"]),
+])
+def test_nearest_region_first(topology, obs, client, expected) -> None:  # type: ignore[no-untyped-def]
+    plan = planner(topology, obs).plan(ctx(client))
+    assert regions(plan) == expected
+    assert len(plan.candidates) == 6 and not plan.panic and plan.policy == "geo_latency"
+    assert plan.candidates[0].upstream_model == f"tiny-{expected[0]}"
+    first = plan.candidates[0].components
+    assert first.geo_ms == pytest.approx(geo_ms(client, topology.regions[expected[0]].location, PARAMS))
+    assert (first.excess_ms, first.queue_ms, first.penalty_ms) == (0.0, 0.0, 0.0)
+    assert [c.score_ms for c in plan.candidates] == sorted(c.score_ms for c in plan.candidates)
+
+
+def test_unhealthy_pool_skipped_with_reason(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    kill(obs, "ap-southeast-0", "ap-southeast-1")
+    plan = planner(topology, obs).plan(ctx(SG_CLIENT))
+    assert regions(plan) == ["eu-west", "us-east"]
+    assert Rejection("ap-southeast-a", None, "unhealthy") in plan.rejected
+    assert not plan.panic  # 4 of 6 still eligible
+
+
+def test_ejected_endpoint_rejected_but_pool_stays(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(3):
+        obs.record_outcome("ap-southeast-1", Outcome.HTTP_5XX)
+    plan = planner(topology, obs).plan(ctx(SG_CLIENT))
+    assert plan.candidates[0].endpoint.id == "ap-southeast-0" and plan.candidates[1].region == "eu-west"
+    assert Rejection("ap-southeast-a", "ap-southeast-1", "ejected") in plan.rejected
+    assert "ap-southeast-1" not in {c.endpoint.id for c in plan.candidates}
+
+
+def test_pool_with_mixed_reasons(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    kill(obs, "ap-southeast-0")
+    for _ in range(3):
+        obs.record_outcome("ap-southeast-1", Outcome.CONNECT_ERROR)
+    plan = planner(topology, obs).plan(ctx(SG_CLIENT))
+    assert Rejection("ap-southeast-a", None, "unhealthy_or_ejected") in plan.rejected
+    assert regions(plan) == ["eu-west", "us-east"]
+
+
+def test_panic_tries_everything_eligible_first(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    kill(obs, "ap-southeast-0", "ap-southeast-1", "eu-west-0", "eu-west-1")
+    plan = planner(topology, obs).plan(ctx(SG_CLIENT))
+    assert plan.panic
+    ids = [c.endpoint.id for c in plan.candidates]
+    assert len(ids) == 6 and set(ids[:2]) == {"us-east-0", "us-east-1"}
+    assert regions(plan) == ["us-east", "ap-southeast", "eu-west"]  # the rest still by score
+    assert any("panic" in n and "2 of 6" in n for n in plan.notes)
+    assert Rejection("eu-west-a", None, "unhealthy") in plan.rejected  # the record stays
+
+
+def test_panic_when_nothing_is_eligible(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    kill(obs, *topology.endpoints)
+    plan = planner(topology, obs).plan(ctx(SG_CLIENT))
+    assert plan.panic and regions(plan) == ["ap-southeast", "eu-west", "us-east"]
+
+
+def test_no_panic_when_threshold_is_zero(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    kill(obs, *topology.endpoints)
+    plan = planner(topology, obs, RoutingParams(panic_threshold=0.0)).plan(ctx(SG_CLIENT))
+    assert not plan.panic and plan.candidates == ()
+    assert any("no eligible endpoint" in n for n in plan.notes)
+
+
+def test_measured_excess_latency_reorders(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    # the gateway sits in Frankfurt: eu-west's prior is ~5 ms; a measured 250 ms is congestion
+    for eid in ("eu-west-0", "eu-west-1"):
+        obs.record_probe(eid, True, 250.0)
+    us_prior = geo_ms(FRANKFURT, VIRGINIA, PARAMS)
+    for eid in ("us-east-0", "us-east-1"):
+        obs.record_probe(eid, True, us_prior - 10.0)  # faster than the prior: no bonus, no penalty
+    plan = planner(topology, obs).plan(ctx(LONDON_CLIENT))
+    assert regions(plan)[0] == "us-east"
+    eu = next(c for c in plan.candidates if c.region == "eu-west")
+    assert eu.components.excess_ms == pytest.approx(250.0 - PARAMS.geo_base_ms)
+    assert plan.candidates[0].components.excess_ms == 0.0
+
+
+def test_only_known_latencies_are_averaged(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    obs.record_probe("eu-west-0", True, 105.0)  # eu-west-1 never measured
+    plan = planner(topology, obs).plan(ctx(LONDON_CLIENT))
+    eu = next(c for c in plan.candidates if c.region == "eu-west")
+    assert eu.components.excess_ms == pytest.approx(100.0)
+
+
+def test_fresh_waiting_load_reorders_and_stale_is_ignored(topology, obs, clock) -> None:  # type: ignore[no-untyped-def]
+    for eid in ("eu-west-0", "eu-west-1"):
+        obs.record_load(eid, running=8, waiting=10, kv_usage=0.9)
+    p = planner(topology, obs)
+    plan = p.plan(ctx(LONDON_CLIENT))
+    assert regions(plan)[0] == "us-east"
+    eu = next(c for c in plan.candidates if c.region == "eu-west")
+    assert eu.components.queue_ms == pytest.approx(10 * 50.0 + 8 * 2.0 + 200.0 * 0.8)
+    clock.advance(10.5)
+    plan = p.plan(ctx(LONDON_CLIENT))
+    assert regions(plan)[0] == "eu-west"
+    assert plan.candidates[0].components.queue_ms == 0.0
+
+
+def test_queue_averages_over_endpoints_with_fresh_load(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    obs.record_load("eu-west-0", running=0, waiting=4, kv_usage=None)
+    obs.record_load("eu-west-1", running=0, waiting=0, kv_usage=None)
+    obs.record_load("us-east-0", running=None, waiting=6, kv_usage=None)  # us-east-1: unknown, not idle
+    plan = planner(topology, obs).plan(ctx(LONDON_CLIENT))
+    by_region = {c.region: c.components.queue_ms for c in plan.candidates}
+    assert by_region["eu-west"] == pytest.approx(2 * 50.0)
+    assert by_region["us-east"] == pytest.approx(6 * 50.0)
+    assert by_region["ap-southeast"] == 0.0
+
+
+def test_in_pool_order_follows_inflight_and_waiting(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    p = planner(topology, obs, RoutingParams(queue_ms_per_waiting=1.0))  # keep eu-west first
+    for _ in range(3):
+        obs.acquire("eu-west-0")
+    assert [c.endpoint.id for c in p.plan(ctx(LONDON_CLIENT)).candidates[:2]] == ["eu-west-1", "eu-west-0"]
+    obs.record_load("eu-west-1", running=1, waiting=5, kv_usage=0.1)
+    assert [c.endpoint.id for c in p.plan(ctx(LONDON_CLIENT)).candidates[:2]] == ["eu-west-0", "eu-west-1"]
+
+
+def test_error_rate_and_price_penalties(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    obs.record_outcome("eu-west-0", Outcome.HTTP_5XX)
+    plan = planner(topology, obs).plan(ctx(LONDON_CLIENT))
+    eu = plan.candidates[0]
+    assert eu.components.penalty_ms == pytest.approx(0.2 * 500.0 / 2)  # one of 5 min volume, mean of 2
+    priced = make_topology()
+    pools = tuple(type(p)(p.name, p.region, p.models, p.endpoints, p.tags, price_per_mtok=2.0)
+                  for p in priced.pools)
+    topo = Topology(priced.regions, pools, priced.gateway_location)
+    plan = planner(topo, obs, RoutingParams(cost_ms_per_dollar=10.0)).plan(ctx(LONDON_CLIENT))
+    assert plan.candidates[-1].components.penalty_ms == pytest.approx(20.0)
+
+
+def test_static_filters_are_pool_rejections(obs) -> None:  # type: ignore[no-untyped-def]
+    topo = make_topology(draining="us-east")
+    p = planner(topo, obs)
+    plan = p.plan(ctx(US_CLIENT, exclude_pools=frozenset({"eu-west-a"})))
+    assert regions(plan) == ["ap-southeast"]
+    assert Rejection("us-east-a", None, "draining") in plan.rejected
+    assert Rejection("eu-west-a", None, "excluded") in plan.rejected
+    plan = p.plan(ctx(US_CLIENT, required_tags=frozenset({"soc2"})))
+    assert regions(plan) == ["eu-west"]
+    assert Rejection("ap-southeast-a", None, "tags") in plan.rejected
+    assert regions(p.plan(ctx(US_CLIENT, required_tags=frozenset({"gdpr", "soc2"})))) == ["eu-west"]  # region tag
+    plan = p.plan(ctx(SG_CLIENT, allowed_jurisdictions=frozenset({"EU", "US"})))
+    assert regions(plan) == ["eu-west"]
+    assert Rejection("ap-southeast-a", None, "jurisdiction") in plan.rejected
+
+
+def test_unknown_model(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    plan = planner(topology, obs).plan(RequestContext(model="gpt-9", client=LONDON_CLIENT))
+    assert plan.candidates == () and len(plan.rejected) == 3
+    assert {r.reason for r in plan.rejected} == {"model_not_served"}
+    assert "gpt-9" in plan.notes[0]
+
+
+def test_max_pools_cap(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    plan = planner(topology, obs, RoutingParams(max_pools=2)).plan(ctx(SG_CLIENT))
+    assert regions(plan) == ["ap-southeast", "eu-west"] and len(plan.candidates) == 4
+
+
+def test_other_policies_plug_in(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    obs.record_probe("us-east-0", True, 30.0)
+    obs.record_probe("eu-west-0", True, 60.0)
+    plan = planner(topology, obs, policy="lowest_latency").plan(ctx(SG_CLIENT))
+    assert plan.policy == "lowest_latency" and regions(plan) == ["us-east", "eu-west", "ap-southeast"]
+    with pytest.raises(ValueError):
+        planner(topology, obs, policy="nope")
+
+
+def test_explanation(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    kill(obs, "us-east-0")
+    obs.record_probe("eu-west-0", True, 40.0)
+    ex = planner(topology, obs).plan(ctx(LONDON_CLIENT)).explain()
+    json.dumps(ex)
+    assert ex["model"] == "tiny-chat" and ex["policy"] == "geo_latency" and ex["panic"] is False
+    assert ex["client"]["country"] == "GB" and ex["client"]["source"] == "geoip"
+    first = ex["candidates"][0]
+    assert first["rank"] == 1 and first["region"] == "eu-west" and first["pool"] == "eu-west-a"
+    assert first["upstream_model"] == "tiny-eu-west" and first["url"].startswith("http://")
+    assert first["excess_ms"] == pytest.approx(35.0)
+    assert first["score_ms"] == pytest.approx(first["geo_ms"] + first["excess_ms"]
+                                              + first["queue_ms"] + first["penalty_ms"], abs=0.02)
+    assert [c["endpoint"] for c in ex["candidates"]].count("us-east-0") == 0
+    assert {"pool": "us-east-a", "endpoint": "us-east-0", "reason": "unhealthy"} in ex["rejected"]
+
+
+def test_plan_is_fast(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    for eid in topology.endpoints:
+        obs.record_probe(eid, True, 20.0)
+        obs.record_load(eid, 2, 1, 0.3)
+    p = planner(topology, obs)
+    c = ctx(SG_CLIENT)
+    n = 5000
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            p.plan(c)
+        best = min(best, (time.perf_counter() - t0) / n)
+    assert best < 100e-6, f"plan() took {best * 1e6:.1f} us"  # target ~20 us; loose for slow CI
+
+
+def test_ejected_endpoint_returns_when_ejection_ends(topology, clock) -> None:  # type: ignore[no-untyped-def]
+    events: list[tuple[str, str, str, str]] = []
+    obs = Observations(ObservationParams(consecutive_failures=1, base_ejection_s=30.0), clock,
+                       lambda *a: events.append(a))
+    obs.sync(topology)
+    p = planner(topology, obs)
+    obs.record_outcome("eu-west-0", Outcome.RESET)
+    assert "eu-west-0" not in {c.endpoint.id for c in p.plan(ctx()).candidates}
+    clock.advance(30.0)
+    assert "eu-west-0" in {c.endpoint.id for c in p.plan(ctx()).candidates}
+    assert events == [("eu-west-0", "outlier", "active", "ejected"), ("eu-west-0", "outlier", "ejected", "active")]
+
+
+def test_reload_keeps_observations(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    kill(obs, "eu-west-0", "eu-west-1")
+    obs.sync(make_topology())  # a reload: same endpoints, new snapshot
+    plan = planner(make_topology(), obs).plan(ctx())
+    assert regions(plan)[0] == "us-east"
