@@ -123,7 +123,7 @@ class Proxy:
                       headers: dict[str, str]) -> web.Response:
         ready.release()
         self.obs.release(cand.endpoint.id)
-        self._record(cand, Outcome.SUCCESS, ready.ttfb_s * 1000)
+        self._record(cand, Outcome.SUCCESS, None)
         self._usage(req, find_usage(ready.first))
         self._count(req, cand, "200")
         return web.Response(status=200, body=ready.first, headers={**ready.headers, **headers})
@@ -150,7 +150,7 @@ class Proxy:
         finally:
             ready.close() if outcome is not Outcome.SUCCESS else ready.release()
             self.obs.release(cand.endpoint.id)
-            self._record(cand, outcome, ready.ttfb_s * 1000)
+            self._record(cand, outcome, ready.headers_s * 1000 if ready.headers_s is not None else None)
             self._count(req, cand, "200" if outcome is Outcome.SUCCESS else outcome.value)
         self._usage(req, tail.usage())
         await response.write_eof()

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -32,27 +33,60 @@ def sim_rtt_ms(cfg: Config, pool: PoolCfg) -> float:
 
 @dataclass(slots=True)
 class LocalFleet:
-    """In-process simulators standing in for the pools that have a ``simulate`` block."""
+    """Simulators standing in for the pools that have a ``simulate`` block: in this process
+    (tests), or one process each (``infercdn up``: kill one to see failover)."""
 
+    processes: bool = False
     urls: dict[str, list[str]] = field(default_factory=dict)
+    pids: dict[str, list[int]] = field(default_factory=dict)
     sims: list[object] = field(default_factory=list)
+    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     async def start(self, cfg: Config) -> None:
-        from worker.sim import SimConfig, Simulator
-
         for pool in cfg.pools:
             if pool.simulate is None:
                 continue
-            s = pool.simulate
-            model = next(iter(pool.models.values()))
-            for _ in range(s.endpoints):
-                sim = Simulator(SimConfig(model=model, ttft_ms=s.ttft_ms, itl_ms=s.itl_ms,
-                                          rtt_ms=sim_rtt_ms(cfg, pool), max_num_seqs=s.max_num_seqs))
-                self.urls.setdefault(pool.name, []).append(await sim.start(host="127.0.0.1", port=0))
-                self.sims.append(sim)
+            for _ in range(pool.simulate.endpoints):
+                url = await (self._spawn(cfg, pool) if self.processes else self._inprocess(cfg, pool))
+                self.urls.setdefault(pool.name, []).append(url)
+
+    async def _inprocess(self, cfg: Config, pool: PoolCfg) -> str:
+        from worker.sim import SimConfig, Simulator
+
+        s = pool.simulate
+        assert s is not None
+        sim = Simulator(SimConfig(model=next(iter(pool.models.values())), ttft_ms=s.ttft_ms, itl_ms=s.itl_ms,
+                                  rtt_ms=sim_rtt_ms(cfg, pool), max_num_seqs=s.max_num_seqs))
+        self.sims.append(sim)
+        return await sim.start(host="127.0.0.1", port=0)
+
+    async def _spawn(self, cfg: Config, pool: PoolCfg) -> str:
+        s = pool.simulate
+        assert s is not None
+        args = ["-m", "gateway.cli", "worker", "sim", "--host", "127.0.0.1", "--port", "0",
+                "--model", next(iter(pool.models.values())), "--ttft-ms", str(s.ttft_ms), "--itl-ms", str(s.itl_ms),
+                "--rtt-ms", str(sim_rtt_ms(cfg, pool)), "--max-num-seqs", str(s.max_num_seqs)]
+        proc = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=asyncio.subprocess.PIPE)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode().strip()
+        if not line.startswith("http://"):
+            raise RuntimeError(f"simulator for pool {pool.name} failed to start (exit {proc.returncode})")
+        self.pids.setdefault(pool.name, []).append(proc.pid)
+        return line
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.sims), return_exceptions=True)
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in self.procs:
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(5):
+                    await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -67,8 +101,9 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(cfg: Config, host: str, port: int, **kwargs: object) -> AsyncIterator[tuple[LocalFleet, int]]:
-    fleet = LocalFleet()
+async def running_gateway(cfg: Config, host: str, port: int, *, sim_processes: bool = False,
+                          **kwargs: object) -> AsyncIterator[tuple[LocalFleet, int]]:
+    fleet = LocalFleet(processes=sim_processes)
     await fleet.start(cfg)
     runner = None
     try:

@@ -24,8 +24,9 @@ class Ready:
 
     response: aiohttp.ClientResponse
     first: bytes
-    ttfb_s: float
+    ttfb_s: float  # request sent → first body bytes (includes the model's time to first token)
     headers: dict[str, str]
+    headers_s: float | None = None  # request sent → response head: a network round trip for streams
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self.response.content.iter_any()
@@ -89,6 +90,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(first_byte_s):
                 resp = await self.session.post(url, data=body, headers=headers)
+                headers_s = time.monotonic() - t0
                 if resp.status != 200:
                     return await _not_ok(resp)
                 first = await (resp.content.readany() if stream else resp.read())
@@ -103,7 +105,8 @@ class UpstreamClient:
         if not first:
             resp.close()
             return Failed(Outcome.BAD_STREAM, "upstream closed the stream before any data")
-        return Ready(resp, first, time.monotonic() - t0, relay_headers(resp))
+        # a non-stream head arrives after the whole generation: no network signal in it
+        return Ready(resp, first, time.monotonic() - t0, relay_headers(resp), headers_s if stream else None)
 
 
 async def _not_ok(resp: aiohttp.ClientResponse) -> Failed | Refused:

@@ -14,12 +14,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--config", "-c", help="use this config instead of the embedded default")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the simulated pools inside the gateway process (default: one process each)")
 
 
-def banner(port: int, regions: list[str]) -> str:
+def banner(port: int, regions: list[str], pids: dict[str, list[int]]) -> str:
     base = f"http://127.0.0.1:{port}"
+    kill = [f"  {pool}: kill {' '.join(map(str, p))}" for pool, p in pids.items()]
     return "\n".join([
         f"infercdn is up: gateway {base}, simulated regions: {', '.join(regions)}",
+        *(["simulated endpoints (kill a pool's processes to watch the gateway fail over):", *kill] if kill else []),
         "try it (X-Forwarded-For places the client; 103.4.96.1 is Singapore):",
         f"  curl -sN {base}/v1/chat/completions -H 'Content-Type: application/json' "
         "-H 'X-Forwarded-For: 103.4.96.1' -D - \\",
@@ -40,8 +44,8 @@ def main(args: argparse.Namespace) -> int:
     async def serve() -> int:
         if cfg.geoip.database == EMBEDDED:
             print(embedded_db_notice(), file=sys.stderr)
-        async with running_gateway(cfg, args.host, args.port) as (_, bound):
-            print(banner(bound, [r.name for r in cfg.regions]), flush=True)
+        async with running_gateway(cfg, args.host, args.port, sim_processes=not args.in_process) as (fleet, bound):
+            print(banner(bound, [r.name for r in cfg.regions], fleet.pids), flush=True)
             await wait_for_signal()
         return 0
 

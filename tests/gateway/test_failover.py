@@ -87,7 +87,7 @@ async def test_client_disconnect_cancels_upstream_generation(sim_factory, gatewa
 async def test_stream_is_relayed_unchanged(sim_factory, gateway_factory) -> None:
     sim = await sim_factory()
     gw = await gateway_factory(base_config({"eu-west": [sim.url]}))
-    body = {**CHAT, "stream": True, "max_tokens": 6, "stream_options": {"include_usage": True}}
+    body = {**CHAT, "stream": True, "max_tokens": 6, "temperature": 0, "stream_options": {"include_usage": True}}
     async with aiohttp.ClientSession() as session:
         async with session.post(sim.url + "/v1/chat/completions", json=body) as r:
             direct = await r.read()
