@@ -20,7 +20,7 @@ def render_html(report: dict) -> str:
         _kv_table("Run", _run_summary(report)),
         "<h2>Latency (ms)</h2>" + _latency_table(report["latency_ms"]),
         '<div class="charts">' + "".join(_cdf_charts(report["cdf_ms"])) + "</div>",
-        "<h2>Throughput over time</h2><div class=\"charts\">" + "".join(_timeline_charts(report["timeline"])) + "</div>",
+        "<h2>Throughput over time</h2><div class=\"charts\">" + "".join(_timeline_charts(report["timeline"], report["totals"]["duration_s"])) + "</div>",
         "<h2>Routing: client region × serving region</h2>" + _matrix_table(report["routing_matrix"]),
         "<h2>By client region</h2>" + _group_table(report["by_client_region"]),
         "<h2>By serving region</h2>" + _group_table(report["by_serving_region"]),
@@ -84,11 +84,19 @@ def _cdf_charts(cdfs: dict) -> list[str]:
     return charts
 
 
-def _timeline_charts(timeline: list[dict]) -> list[str]:
-    ts = [float(row["t"]) for row in timeline]
-    reqs = [Series("ok req/s", ts, [row["ok"] for row in timeline], PALETTE[0]),
-            Series("errors/s", ts, [row["errors"] for row in timeline], PALETTE[1])]
-    toks = [Series("output tokens/s", ts, [row["tokens"] for row in timeline], PALETTE[2])]
+def _timeline_charts(timeline: list[dict], duration_s: float) -> list[str]:
+    """Per-second rates at bucket centres; the last, partial second is scaled to its length."""
+    ts, ok, errors, tokens = [], [], [], []
+    for row in timeline:
+        span = min(1.0, duration_s - row["t"])
+        if span < 0.25:
+            continue
+        ts.append(row["t"] + span / 2)
+        ok.append(row["ok"] / span)
+        errors.append(row["errors"] / span)
+        tokens.append(row["tokens"] / span)
+    reqs = [Series("ok req/s", ts, ok, PALETTE[0]), Series("errors/s", ts, errors, PALETTE[1])]
+    toks = [Series("output tokens/s", ts, tokens, PALETTE[2])]
     return [line_chart("Requests completed per second", reqs, "seconds", "per second"),
             line_chart("Tokens per second (by completion)", toks, "seconds", "tokens/s")]
 
