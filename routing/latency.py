@@ -4,6 +4,10 @@ A sample arriving ``dt`` seconds after the previous one gets weight ``1 - 0.5 **
 half_life_s)``: after one half-life of silence the new sample counts for half.  Samples at
 the same instant therefore move the estimate little, which keeps a burst of requests from
 overwriting what probes have measured over minutes.
+
+Warm-up: the n-th sample weighs at least ``1 / n``, so the estimate starts as the plain mean
+of the first samples.  Without it the first sample (often a cold connection: TCP set-up, a
+busy event loop) would stick for about a half-life, however many good samples follow.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ class LatencyEwma:
             self._value = sample_ms
         else:
             dt = max(0.0, now - self._at)
-            w = 1.0 - 0.5 ** (dt / self.half_life_s)
+            w = max(1.0 - 0.5 ** (dt / self.half_life_s), 1.0 / self.samples)
             self._value += w * (sample_ms - self._value)
         self._at = now
         return self._value
