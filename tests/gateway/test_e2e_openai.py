@@ -67,6 +67,12 @@ async def test_clients_land_in_their_nearest_region(three_regions, ip: str, regi
     async with client_for(gw, ip) as client:
         raw = await client.chat.completions.with_raw_response.create(
             model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    if raw.headers["x-infercdn-region"] != region:
+        import aiohttp
+        async with aiohttp.ClientSession() as s, s.get(gw.url + f"/admin/plan?ip={ip}&model=tiny-chat") as r:
+            print(await r.text())
+        async with aiohttp.ClientSession() as s, s.get(gw.url + "/admin/observations") as r:
+            print(await r.text())
     assert raw.headers["x-infercdn-region"] == region
 
 
