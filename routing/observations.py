@@ -154,16 +154,15 @@ class Observations:
         if st.health.state is _UNHEALTHY:
             reason = "unhealthy"
         elif o is not None and o.ejected_until is not None:
-            reason = "ejected" if now < o.ejected_until else self._uneject(endpoint_id)
+            if now < o.ejected_until:
+                reason = "ejected"
+            else:
+                self.outliers.is_ejected(endpoint_id)  # notices the end of the ejection, reports it
         err = o.errors.value(now) if o is not None else 0.0
         lat = st.latency.value()
         if st.load_at is not None and now - st.load_at <= self.params.load_stale_s:
             return (reason, lat, st.inflight, st.running, st.waiting, st.kv_usage, err)
         return (reason, lat, st.inflight, None, None, None, err)
-
-    def _uneject(self, endpoint_id: str) -> None:
-        self.outliers.is_ejected(endpoint_id)  # notices the end of the ejection and reports it
-        return None
 
     def view(self, endpoint_id: str) -> EndpointView:
         st = self._eps.get(endpoint_id)

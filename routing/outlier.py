@@ -62,7 +62,7 @@ class DecayingErrorRate:
     def value(self, now: float) -> float:
         if not self._total:
             return 0.0
-        k = 0.5 ** (max(0.0, now - self._at) / self.half_life_s)
+        k: float = 0.5 ** (max(0.0, now - self._at) / self.half_life_s)
         return (self._failures * k) / max(self._total * k, self.min_volume)
 
 
