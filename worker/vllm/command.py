@@ -90,13 +90,11 @@ def requests_in_flight(metrics_text: str) -> float | None:
     (never read an absent metric as idle)."""
     total, seen = 0.0, False
     for line in metrics_text.splitlines():
-        if line.startswith(IN_FLIGHT_METRICS):
-            name_end = len(line.split("{", 1)[0].split(" ", 1)[0])
-            if line[:name_end] not in IN_FLIGHT_METRICS:
-                continue
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-            except (IndexError, ValueError):
-                continue
-            seen = True
+        if line.split("{", 1)[0].split(" ", 1)[0] not in IN_FLIGHT_METRICS:
+            continue
+        try:
+            total += float(line.rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        seen = True
     return total if seen else None
