@@ -1,0 +1,1 @@
+"""Reproducible benchmarks: infercdn against direct upstream access and peer gateways (`make bench`)."""

@@ -1,0 +1,116 @@
+"""infercdn-only extras: the 10,000 idle-ish streams memory test and the py-spy profile of W3."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench import peers
+from bench.peers import CACHE, PeerError, _run
+from bench.procs import tree_rss
+from bench.workloads import start_upstreams
+
+PYSPY_VERSION = "0.4.3"
+
+
+def idle_streams(work: Path, streams: int = 10_000, itl_ms: float = 1000.0, ramp_s: float = 12.0,
+                 hold_s: float = 10.0) -> dict:
+    """``streams`` concurrent streams through one gateway, the upstream sending one token per
+    ``itl_ms``; the gateway's RSS is sampled every 0.5 s and its peak reported."""
+    ups = start_upstreams(2, itl_ms, work / "idle")
+    run = None
+    try:
+        run = peers.start("infercdn", ups.urls, work / "idle")
+        assert run.proc is not None
+        rss0 = tree_rss(run.proc.pid)
+        t0 = time.monotonic() + 1.0 + ramp_s + 2.0
+        t1 = t0 + hold_s
+        max_tokens = int((ramp_s + hold_s + 10) * 1000 / itl_ms) + 5  # no stream ends inside the test
+        cmd = [sys.executable, "-m", "bench.client", "--url", run.urls[0], "--concurrency", str(streams),
+               "--max-tokens", str(max_tokens), "--ramp", str(ramp_s), "--t0", f"{t0:.4f}", "--t1", f"{t1:.4f}"]
+        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak = 0
+        while time.monotonic() < t1:
+            peak = max(peak, tree_rss(run.proc.pid))
+            time.sleep(0.5)
+        out, err = client.communicate(timeout=120)
+        if client.returncode != 0:
+            raise RuntimeError(f"bench.client exited {client.returncode}: {err[-400:]}")
+        res = json.loads(out)
+        return {"status": "ok", "target": streams, "itl_ms": itl_ms, "streams_open": res["open_peak"],
+                "rss_idle_mib": round(rss0 / 2**20, 1), "rss_peak_mib": round(peak / 2**20, 1),
+                "rss_per_stream_kib": round((peak - rss0) / max(1, res["open_peak"]) / 1024, 1),
+                "errors": res["errors"], "error_kinds": {k: v for k, v in res["outcomes"].items() if k != "ok"},
+                "tokens_per_s": res["tokens_per_s"], "client_cpu_util": res["client_cpu_util"]}
+    except (PeerError, RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        return {"status": "failed", "error": str(exc)[:500]}
+    finally:
+        if run is not None:
+            run.stop()
+        ups.stop()
+
+
+def pyspy() -> Path:
+    home = CACHE / f"py-spy-{PYSPY_VERSION}"
+    exe = home / "bin" / "py-spy"
+    if not exe.exists():
+        log = CACHE / f"py-spy-{PYSPY_VERSION}.log"
+        _run([sys.executable, "-m", "venv", str(home)], log, 120)
+        _run([str(home / "bin" / "pip"), "install", "-q", f"py-spy=={PYSPY_VERSION}"], log, 300)
+    return exe
+
+
+def profile_w3(work: Path, svg: Path, seconds: float = 10.0) -> dict:
+    """Run W3 through infercdn (not measured) while py-spy samples it: a flame graph SVG plus
+    the functions with the most samples on top of the stack (self time)."""
+    from bench.workloads import WORKLOADS, Timing, measure_stream
+    ups = start_upstreams(2, 20.0, work / "profile")
+    run = None
+    spies: list[subprocess.Popen] = []
+    try:
+        exe = pyspy()
+        run = peers.start("infercdn", ups.urls, work / "profile")
+        assert run.proc is not None
+        raw = work / "profile" / "w3.raw"
+        common = ["record", "--pid", str(run.proc.pid), "--duration", str(int(seconds + 3)), "--rate", "200",
+                  "--nonblocking"]
+        spies = [subprocess.Popen([str(exe), *common, "--format", fmt, "-o", str(path)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for fmt, path in (("flamegraph", svg), ("raw", raw))]
+        measure_stream(run, WORKLOADS["W3"], Timing(warmup_s=1.0, window_s=seconds))
+        logs = [p.communicate(timeout=60)[0] for p in spies]
+        if not svg.exists() or not raw.exists():
+            raise RuntimeError(f"py-spy wrote no profile: {' | '.join(x[-300:] for x in logs)}")
+        return {"status": "ok", "svg": str(svg), **top_frames(raw)}
+    except (PeerError, RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        return {"status": "failed", "error": str(exc)[:500]}
+    finally:
+        for p in spies:
+            if p.poll() is None:
+                p.kill()
+        if run is not None:
+            run.stop()
+        ups.stop()
+
+
+def top_frames(raw: Path, n: int = 15) -> dict:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_c: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        c = int(count)
+        total += c
+        self_c[frames[-1]] += c
+        for f in set(frames):
+            incl[f] += c
+    share = lambda cnt: [(f, round(100 * v / total, 1)) for f, v in cnt.most_common(n)]  # noqa: E731
+    return {"samples": total, "self_pct": share(self_c), "inclusive_pct": share(incl)}
