@@ -82,7 +82,7 @@ class Simulator:
         runner = web.AppRunner(self.build_app(), handler_cancellation=True, access_log=None,
                                shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, backlog=4096)  # load tests open thousands at once
         await site.start()
         self._runner = runner
         bound = runner.addresses[0]
