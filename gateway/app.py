@@ -15,6 +15,8 @@ from gateway.proxy import Proxy
 from gateway.state import (LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT, RoutingSnapshot, Runtime,
                            build_topology)
 from gateway.upstream import UpstreamClient
+from routing.breaker import BreakerParams
+from routing.budget import RetryBudget
 from routing.locate import ClientLocator, open_geoip
 from routing.observations import ObservationParams, Observations
 from routing.planner import Planner
@@ -35,7 +37,10 @@ def observation_params(cfg: Config) -> ObservationParams:
         half_life_s=cfg.latency.half_life_s, rise=cfg.health.rise, fall=cfg.health.fall,
         consecutive_failures=cfg.outlier.consecutive_failures, base_ejection_s=cfg.outlier.base_ejection_s,
         max_ejection_s=cfg.outlier.max_ejection_s, max_ejected_percent=cfg.outlier.max_ejected_percent,
-        load_stale_s=cfg.load.stale_s)
+        load_stale_s=cfg.load.stale_s,
+        breaker=BreakerParams(cfg.breaker.enabled, cfg.breaker.failures, cfg.breaker.open_s,
+                              cfg.breaker.max_open_s, cfg.breaker.half_open_probes),
+        max_throttle_s=cfg.retry.max_retry_after_s)
 
 
 def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
@@ -78,7 +83,9 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
 
 async def _upstream_client(app: web.Application):  # type: ignore[no-untyped-def]
     cfg = app[SNAPSHOT].current.config
-    client = UpstreamClient(cfg.timeouts.connect_s, cfg.timeouts.total_s)
-    app[PROXY] = Proxy(client, app[OBSERVATIONS], app[METRICS], app[RUNTIME])
+    client = UpstreamClient(cfg.timeouts.connect_s)
+    b = cfg.budget
+    budget = RetryBudget(b.ratio, b.min_per_s, b.window_s, app[RUNTIME].clock)
+    app[PROXY] = Proxy(client, app[OBSERVATIONS], app[METRICS], app[RUNTIME], budget)
     yield
     await client.close()

@@ -121,10 +121,44 @@ class RetryCfg(_Model):
     max_retry_after_s: float = Field(default=5.0, ge=0)
 
 
+class BudgetCfg(_Model):
+    """Retries (and hedges) are bounded to a fraction of recent requests, so that a regional
+    outage cannot multiply the load on the regions that are left."""
+
+    ratio: float = Field(default=0.5, ge=0)  # extra attempts per request, on average
+    min_per_s: float = Field(default=10.0, ge=0)  # always allowed, for low traffic
+    window_s: float = Field(default=10.0, gt=0)
+
+
+class BreakerCfg(_Model):
+    enabled: bool = True
+    failures: int = Field(default=5, ge=1)  # consecutive failures that open the breaker
+    open_s: float = Field(default=5.0, gt=0)  # first open period; doubles while it keeps failing
+    max_open_s: float = Field(default=60.0, gt=0)
+    half_open_probes: int = Field(default=1, ge=1)  # trial requests let through when half-open
+
+
 class TimeoutsCfg(_Model):
-    connect_s: float = Field(default=2.0, gt=0)
-    first_byte_s: float = Field(default=60.0, gt=0)
-    total_s: float = Field(default=600.0, gt=0)
+    connect_s: float = Field(default=2.0, gt=0)  # TCP connect to an endpoint
+
+
+class HedgeCfg(_Model):
+    enabled: bool = False
+    after_ms: float | Literal["p95"] = "p95"  # fixed threshold, or the pool's observed p95 time to first token
+    min_after_ms: float = Field(default=50.0, ge=0)  # floor for the p95 threshold (and before enough samples)
+    max_hedges: int = Field(default=1, ge=1, le=4)
+
+
+class ModelCfg(_Model):
+    """Per public model: deadlines, resume, hedging and fallbacks (all optional)."""
+
+    ttft_deadline_s: float = Field(default=30.0, gt=0)  # time to first token; exceeded → next candidate
+    stall_timeout_s: float = Field(default=30.0, gt=0)  # silence inside a stream; exceeded → resume
+    total_deadline_s: float = Field(default=600.0, gt=0)
+    resume: Literal["token_ids", "text", "off"] = "token_ids"
+    hedge: HedgeCfg = HedgeCfg()
+    fallbacks: tuple[str, ...] = ()
+    larger_context: tuple[str, ...] = ()  # pools to try when a pool answers context_length_exceeded
 
 
 class RegionCfg(_Model):
@@ -167,6 +201,7 @@ class PoolCfg(_Model):
     draining: bool = False
     max_context: int | None = Field(default=None, gt=0)
     can_continue: bool = True
+    ttft_deadline_s: float | None = Field(default=None, gt=0)  # overrides the model's
 
     @field_validator("models", mode="before")
     @classmethod
@@ -185,6 +220,13 @@ class PoolCfg(_Model):
 
 
 class Config(_Model):
+    def pool_cfg(self, name: str) -> PoolCfg | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+    def model_cfg(self, model: str) -> ModelCfg:
+        """Settings of ``model``: its own entry, else the ``"*"`` entry, else the defaults."""
+        return self.models.get(model) or self.models.get("*") or _DEFAULT_MODEL
+
     gateway: GatewayCfg
     geoip: GeoipCfg = GeoipCfg()
     routing: RoutingCfg = RoutingCfg()
@@ -194,8 +236,14 @@ class Config(_Model):
     load: LoadCfg = LoadCfg()
     retry: RetryCfg = RetryCfg()
     timeouts: TimeoutsCfg = TimeoutsCfg()
+    budget: BudgetCfg = BudgetCfg()
+    breaker: BreakerCfg = BreakerCfg()
+    models: dict[str, ModelCfg] = Field(default_factory=dict)
     regions: tuple[RegionCfg, ...] = Field(min_length=1)
     pools: tuple[PoolCfg, ...] = Field(min_length=1)
+
+
+_DEFAULT_MODEL = ModelCfg()
 
 
 def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:
@@ -219,6 +267,18 @@ def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:
             if eid in seen_eps:
                 problems.append((f"pools[{i}].endpoints[{j}].id", eid, "duplicate endpoint id"))
             seen_eps.add(eid)
+    served = {m for p in cfg.pools for m in p.models}
+    for name, model in cfg.models.items():
+        if name != "*" and name not in served:
+            problems.append((f"models.{name}", _MISSING, "no pool serves this model"))
+        for k, fb in enumerate(model.fallbacks):
+            if fb not in served:
+                problems.append((f"models.{name}.fallbacks[{k}]", fb, "no pool serves this model"))
+            if fb == name:
+                problems.append((f"models.{name}.fallbacks[{k}]", fb, "a model cannot fall back to itself"))
+        for k, pool in enumerate(model.larger_context):
+            if pool not in seen_pools:
+                problems.append((f"models.{name}.larger_context[{k}]", pool, "unknown pool"))
     if cfg.routing.policy not in _policy_names():
         problems.append(("routing.policy", cfg.routing.policy, f"unknown policy; known: {sorted(_policy_names())}"))
     return problems

@@ -36,8 +36,8 @@ async def _generate(request: web.Request, kind: str, path: str) -> web.StreamRes
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
         _, location = client_location(request)
-        plan = snapshot.planner.plan(RequestContext(model=req.model, client=location))
-        return await request.app[PROXY].serve(request, req, plan, snapshot.config)
+        ctx = RequestContext(model=req.model, client=location)
+        return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx)
     except GatewayError as exc:
         return exc.response({"x-request-id": rid} if rid else None)
 

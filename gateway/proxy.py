@@ -1,194 +1,174 @@
-"""The attempt loop: walk the plan, fail over before the first byte, relay after it.
+"""The attempt loop: walk the plan (then the model's fallbacks) until a first token, relay
+the answer, and if a stream breaks after its first byte resume it on another candidate.
 
-Before anything is written to the client, every failure (connect error, reset, timeout,
-5xx, 429, empty stream) moves on to the next candidate, within ``retry.max_attempts``
-and with jittered backoff.  After the first byte, a broken upstream ends the stream with
-an in-band error event: never a truncated stream presented as success."""
+Never a truncated stream presented as success: a stream that cannot be completed ends with
+an in-band error event and no ``[DONE]``."""
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
-import aiohttp
 from aiohttp import web
 
+from gateway.attempts import FirstToken, Won
 from gateway.config import Config
-from gateway.errors import RateLimited, Unavailable, sse_error_event
+from gateway.errors import ModelNotFound, RateLimited, Unavailable
+from gateway.exchange import Exchange, Tried
 from gateway.metrics import GatewayMetrics
-from gateway.relay import StreamTail, find_usage, pump
+from gateway.relay import find_usage
 from gateway.request import ParsedRequest
+from gateway.resume_loop import StreamSession
 from gateway.state import Runtime
 from gateway.upstream import Failed, Ready, Refused, UpstreamClient
+from routing.budget import RetryBudget
 from routing.observations import Observations
 from routing.outcome import Outcome
-from routing.plan import Candidate, Plan
-from routing.retry import backoff_delay, parse_retry_after
+from routing.plan import Candidate, Plan, RequestContext
 
-
-@dataclass(slots=True)
-class AttemptLog:
-    tried: list[tuple[Candidate, Outcome, str]] = field(default_factory=list)
-    retry_after_s: float | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self.tried)
-
-    def summary(self) -> str:
-        return "; ".join(f"{c.endpoint.id} ({c.region}): {detail}" for c, _, detail in self.tried)
+CONTEXT_MARKERS = (b"maximum context length", b"context_length_exceeded")
 
 
 class Proxy:
-    """Serves one parsed request against a plan.  Built per app; stateless per request."""
+    """Serves parsed requests.  Built once per app; holds no per-request state."""
 
     def __init__(self, upstream: UpstreamClient, observations: Observations, metrics: GatewayMetrics,
-                 runtime: Runtime) -> None:
+                 runtime: Runtime, budget: RetryBudget) -> None:
         self.upstream = upstream
         self.obs = observations
         self.metrics = metrics
         self.rt = runtime
+        self.budget = budget
 
-    async def serve(self, request: web.Request, req: ParsedRequest, plan: Plan, cfg: Config) -> web.StreamResponse:
-        """Walk ``plan`` for ``req`` under the config of the snapshot the request started with."""
-        log = AttemptLog()
-        retry = cfg.retry
-        for cand in plan.candidates[: retry.max_attempts]:
-            if log.count:
-                await asyncio.sleep(backoff_delay(log.count, retry.backoff_base_ms / 1000,
-                                                  retry.backoff_max_ms / 1000, self.rt.rng))
-            result = await self._attempt(cand, req, cfg.timeouts.first_byte_s)
-            if isinstance(result, Failed):
-                self._failed(cand, result, log)
+    async def serve(self, request: web.Request, req: ParsedRequest, planner: object, cfg: Config,
+                    ctx: RequestContext) -> web.StreamResponse:
+        mcfg = cfg.model_cfg(req.model)
+        loop = asyncio.get_running_loop()
+        ex = Exchange(request, req, cfg, mcfg, loop.time() + mcfg.total_deadline_s)
+        self.budget.record_request()
+        resume = req.stream and mcfg.resume == "token_ids" and not req.body.get("return_token_ids")
+        last_refusal: tuple[Candidate, Refused] | None = None
+        plan: Plan | None = None
+        for model in (req.model, *mcfg.fallbacks):
+            plan = planner.plan(RequestContext(model=model, client=ctx.client, required_tags=ctx.required_tags,
+                                               allowed_jurisdictions=ctx.allowed_jurisdictions))
+            won = await FirstToken(self, ex, lambda c, m=model: self._body(req, c, resume),
+                                   req.path).run(self._candidates(ex, plan, model), req.stream)
+            if won is None:
                 continue
-            log.tried.append((cand, Outcome.SUCCESS, "ok"))
-            headers = self._headers(req, cand, log, plan)
-            if isinstance(result, Refused):
-                self._record(cand, Outcome.CLIENT_ERROR, None)
-                self._count(req, cand, str(result.status))
-                return web.Response(status=result.status, body=result.body,
-                                    headers={**result.headers, **headers})
-            return await self._deliver(request, req, cand, result, headers, log)
-        raise self._exhausted(req, plan, log)
+            if isinstance(won.result, Refused):
+                won = await self._context_reroute(ex, won, plan, resume) or won
+                if isinstance(won.result, Refused):
+                    last_refusal = (won.cand, won.result)
+                    self.record(won.cand, Outcome.CLIENT_ERROR)
+                    ex.tried.append(Tried(won.cand, Outcome.CLIENT_ERROR, f"refused ({won.result.status})", model))
+                    continue
+            ex.served_by, ex.served_model = won.cand, model
+            return await self._deliver(ex, won.cand, won.result, resume, plan)
+        if last_refusal is not None:
+            return self._refused(ex, *last_refusal)
+        raise self._exhausted(ex, plan)
 
-    async def _attempt(self, cand: Candidate, req: ParsedRequest, first_byte_s: float) -> Ready | Failed | Refused:
-        body = req.body_for(cand.upstream_model)
-        headers = {"Content-Type": "application/json", "X-Request-Id": req.request_id,
-                   "Accept": "text/event-stream" if req.stream else "application/json"}
+    def _candidates(self, ex: Exchange, plan: Plan, model: str) -> Iterator[Candidate]:
+        limit = ex.cfg.retry.max_attempts
+        tried = ex.endpoints_tried()
+        for n, cand in enumerate(c for c in plan.candidates if c.endpoint.id not in tried):
+            if n >= limit:
+                return
+            yield cand
+
+    @staticmethod
+    def _body(req: ParsedRequest, cand: Candidate, resume: bool) -> bytes:
+        if not resume:
+            return req.body_for(cand.upstream_model)
+        extra = {"return_token_ids": True}
+        if cand.upstream_model != req.model:
+            extra["model"] = cand.upstream_model
+        return req.body_with(extra)
+
+    async def attempt(self, cand: Candidate, body: bytes, path: str, deadline_s: float, stream: bool) -> Ready | Failed | Refused:
+        """One request to one endpoint; the in-flight count is held while a Ready is open."""
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
         self.obs.acquire(cand.endpoint.id)
         try:
-            result = await self.upstream.open(cand.endpoint.url + req.path, body, headers, req.stream,
-                                              first_byte_s)
+            result = await self.upstream.open(cand.endpoint.url + path, body, headers, stream, deadline_s)
         except BaseException:
             self.obs.release(cand.endpoint.id)
             raise
-        if not isinstance(result, Ready):
+        if isinstance(result, Ready):
+            result.endpoint_id = cand.endpoint.id
+            if stream:
+                self.obs.record_ttft(cand.endpoint.id, result.ttfb_s * 1000)
+        else:
             self.obs.release(cand.endpoint.id)
         return result
 
-    def _failed(self, cand: Candidate, failed: Failed, log: AttemptLog) -> None:
-        log.tried.append((cand, failed.outcome, failed.detail))
-        self._record(cand, failed.outcome, None)
-        if failed.outcome is Outcome.HTTP_429:
-            delay = parse_retry_after(failed.retry_after, time.time())
-            if delay is not None:
-                best = log.retry_after_s
-                log.retry_after_s = delay if best is None else min(best, delay)
+    async def _context_reroute(self, ex: Exchange, won: Won, plan: Plan, resume: bool) -> Won | None:
+        """A pool answered "context too long": try the pools configured for longer contexts."""
+        refused = won.result
+        if not isinstance(refused, Refused) or refused.status != 400 \
+                or not any(m in refused.body for m in CONTEXT_MARKERS):
+            return None
+        larger = set(ex.mcfg.larger_context) - {won.cand.pool.name}
+        tried = ex.endpoints_tried() | {won.cand.endpoint.id}
+        cands = [c for c in plan.candidates if c.pool.name in larger and c.endpoint.id not in tried]
+        if not cands:
+            return None
+        ex.tried.append(Tried(won.cand, Outcome.CLIENT_ERROR, "context too long for this pool", ex.req.model))
+        self.record(won.cand, Outcome.CLIENT_ERROR)
+        return await FirstToken(self, ex, lambda c: self._body(ex.req, c, resume), ex.req.path).run(
+            iter(cands), ex.req.stream)
 
-    def _exhausted(self, req: ParsedRequest, plan: Plan, log: AttemptLog) -> Exception:
-        region = log.tried[-1][0].region if log.tried else "-"
-        if log.tried and all(o is Outcome.HTTP_429 for _, o, _ in log.tried):
-            self._count_status(req, region, "429")
-            wait = log.retry_after_s if log.retry_after_s is not None else 1.0
-            return RateLimited(f"every pool serving {req.model!r} is throttling requests; retry later",
-                               headers={"Retry-After": str(max(1, round(wait))), **self._id_headers(req, log)})
-        self._count_status(req, region, "503")
-        if not plan.candidates:
-            reasons = sorted({r.reason for r in plan.rejected})
-            msg = f"no healthy pool can serve model {req.model!r} ({', '.join(reasons) or 'no candidates'})"
-        else:
-            msg = f"no upstream could serve the request after {log.count} attempt(s): {log.summary()}"
-        return Unavailable(msg, headers=self._id_headers(req, log))
-
-    async def _deliver(self, request: web.Request, req: ParsedRequest, cand: Candidate, ready: Ready,
-                       headers: dict[str, str], log: AttemptLog) -> web.StreamResponse:
+    async def _deliver(self, ex: Exchange, cand: Candidate, ready: Ready, resume: bool, plan: Plan) -> web.StreamResponse:
         self.metrics.ttft_seconds.labels(cand.region).observe(ready.ttfb_s)
-        if log.count > 1:
-            self.metrics.failovers.labels(log.tried[0][0].region, cand.region).inc()
-        if not req.stream:
-            return self._deliver_body(req, cand, ready, headers)
-        return await self._deliver_stream(request, req, cand, ready, headers)
-
-    def _deliver_body(self, req: ParsedRequest, cand: Candidate, ready: Ready,
-                      headers: dict[str, str]) -> web.Response:
-        ready.release()
-        self.obs.release(cand.endpoint.id)
-        self._record(cand, Outcome.SUCCESS, None)
-        self._usage(req, find_usage(ready.first))
-        self._count(req, cand, "200")
-        return web.Response(status=200, body=ready.first, headers={**ready.headers, **headers})
-
-    async def _deliver_stream(self, request: web.Request, req: ParsedRequest, cand: Candidate, ready: Ready,
-                              headers: dict[str, str]) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers={**ready.headers, **headers,
-                                                           "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        tail = StreamTail()
-        outcome = Outcome.BAD_STREAM
-        try:
-            await response.prepare(request)
-            await pump(response, ready.first, ready.chunks(), tail)
-            outcome = Outcome.SUCCESS if tail.complete() else Outcome.BAD_STREAM
-            if outcome is not Outcome.SUCCESS:
-                await response.write(sse_error_event("the upstream stream ended before completion"))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            outcome = Outcome.TIMEOUT if isinstance(exc, asyncio.TimeoutError) else Outcome.RESET
-            await _try_write(response, sse_error_event(f"the upstream stream was interrupted ({type(exc).__name__})"))
-        except (ConnectionResetError, asyncio.CancelledError):
-            outcome = Outcome.CANCELLED
-            self.metrics.client_disconnects.labels(req.model).inc()
-            raise
-        finally:
-            ready.close() if outcome is not Outcome.SUCCESS else ready.release()
+        if ex.tried:
+            self.metrics.failovers.labels(ex.tried[0].cand.region, cand.region).inc()
+        if not ex.req.stream:
+            ready.release()
             self.obs.release(cand.endpoint.id)
-            self._record(cand, outcome, ready.headers_s * 1000 if ready.headers_s is not None else None)
-            self._count(req, cand, "200" if outcome is Outcome.SUCCESS else outcome.value)
-        self._usage(req, tail.usage())
-        await response.write_eof()
-        return response
+            self.record(cand, Outcome.SUCCESS, None)
+            self.usage(ex, find_usage(ready.first))
+            self.count(ex, cand.region, "200")
+            return web.Response(status=200, body=ready.first, headers={**ready.headers, **ex.headers(cand, ex.served_model)})
+        session = StreamSession(self, ex, plan, strip_ids=resume)
+        return await session.run(cand, ready)
 
-    def _headers(self, req: ParsedRequest, cand: Candidate, log: AttemptLog, plan: Plan) -> dict[str, str]:
-        return {"x-request-id": req.request_id, "x-infercdn-region": cand.region,
-                "x-infercdn-pool": cand.pool.name, "x-infercdn-attempts": str(log.count)}
+    def _refused(self, ex: Exchange, cand: Candidate, refused: Refused) -> web.Response:
+        self.count(ex, cand.region, str(refused.status))
+        return web.Response(status=refused.status, body=refused.body, headers={**refused.headers, **ex.headers(cand)})
 
-    @staticmethod
-    def _id_headers(req: ParsedRequest, log: AttemptLog) -> dict[str, str]:
-        return {"x-request-id": req.request_id, "x-infercdn-attempts": str(log.count)}
+    def _exhausted(self, ex: Exchange, plan: Plan | None) -> Exception:
+        region = ex.tried[-1].cand.region if ex.tried else "-"
+        ids = ex.headers(None)
+        if ex.tried and all(t.outcome is Outcome.HTTP_429 for t in ex.tried):
+            self.count(ex, region, "429")
+            wait = ex.retry_after_s if ex.retry_after_s is not None else 1.0
+            return RateLimited(f"every pool serving {ex.req.model!r} is throttling requests; retry later",
+                               headers={"Retry-After": str(max(1, round(wait))), **ids})
+        self.count(ex, region, "503")
+        if not ex.tried:
+            reasons = sorted({r.reason for r in plan.rejected}) if plan else []
+            if plan is not None and not plan.candidates and reasons == ["model_not_served"]:
+                return ModelNotFound(f"The model '{ex.req.model}' is not served by any pool", param="model")
+            return Unavailable(f"no healthy pool can serve model {ex.req.model!r} ({', '.join(reasons) or 'no candidates'})",
+                               headers=ids)
+        return Unavailable(f"no upstream could serve the request after {len(ex.tried)} attempt(s): {ex.summary()}",
+                           headers=ids)
 
-    def _record(self, cand: Candidate, outcome: Outcome, ttfb_ms: float | None) -> None:
+    def record(self, cand: Candidate, outcome: Outcome, ttfb_ms: float | None = None) -> None:
         self.obs.record_outcome(cand.endpoint.id, outcome, ttfb_ms)
         self.metrics.attempts.labels(cand.pool.name, cand.endpoint.id, outcome.value).inc()
 
-    def _count(self, req: ParsedRequest, cand: Candidate, status: str) -> None:
-        self._count_status(req, cand.region, status)
-
-    def _count_status(self, req: ParsedRequest, region: str, status: str) -> None:
+    def count(self, ex: Exchange, region: str, status: str) -> None:
+        req = ex.req
         self.metrics.requests.labels(req.model, region, status).inc()
         self.metrics.request_seconds.labels(req.model, "true" if req.stream else "false").observe(
-            time.monotonic() - req.started)
+            asyncio.get_running_loop().time() - (ex.deadline - ex.mcfg.total_deadline_s))
 
-    def _usage(self, req: ParsedRequest, usage: dict | None) -> None:
+    def usage(self, ex: Exchange, usage: dict | None) -> None:
         if not usage:
             return
         for kind in ("prompt_tokens", "completion_tokens"):
             value = usage.get(kind)
             if isinstance(value, int) and value > 0:
-                self.metrics.tokens.labels(req.model, kind.removesuffix("_tokens")).inc(value)
-
-
-async def _try_write(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        await response.write(data)
-    except (ConnectionResetError, RuntimeError):
-        pass
-
+                self.metrics.tokens.labels(ex.served_model or ex.req.model, kind.removesuffix("_tokens")).inc(value)
 

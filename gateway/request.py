@@ -34,6 +34,14 @@ class ParsedRequest:
             cached = self._bodies[upstream_model] = orjson.dumps({**self.body, "model": upstream_model})
         return cached
 
+    def body_with(self, extra: dict[str, Any]) -> bytes:
+        """The body with ``extra`` fields set (re-encoded; cached per distinct ``extra``)."""
+        key = repr(sorted(extra.items()))
+        cached = self._bodies.get(key)
+        if cached is None:
+            cached = self._bodies[key] = orjson.dumps({**self.body, **extra})
+        return cached
+
 
 _REQUIRED = {"chat": ("messages", list), "completions": ("prompt", (str, list))}
 

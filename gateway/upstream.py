@@ -27,6 +27,7 @@ class Ready:
     ttfb_s: float  # request sent → first body bytes (includes the model's time to first token)
     headers: dict[str, str]
     headers_s: float | None = None  # request sent → response head: a network round trip for streams
+    endpoint_id: str = ""
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self.response.content.iter_any()
@@ -73,10 +74,11 @@ def classify_exception(exc: BaseException) -> Outcome:
 class UpstreamClient:
     """One pooled aiohttp session for all upstream traffic (TCP_NODELAY, keep-alive)."""
 
-    def __init__(self, connect_s: float, read_s: float, limit: int = 0) -> None:
+    def __init__(self, connect_s: float, limit: int = 0) -> None:
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
                                          enable_cleanup_closed=True, keepalive_timeout=30)
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
+        # read deadlines are the gateway's own (first-token deadline, stall watchdog)
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=None)
         self.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
                                              auto_decompress=False, skip_auto_headers=("User-Agent",))
 
@@ -84,17 +86,23 @@ class UpstreamClient:
         await self.session.close()
 
     async def open(self, url: str, body: bytes, headers: dict[str, str], stream: bool,
-                   first_byte_s: float) -> Ready | Failed | Refused:
+                   first_token_s: float) -> Ready | Failed | Refused:
+        """POST and wait, within ``first_token_s``, for the response head and then the whole
+        body (non-stream) or the first event that carries a token (stream)."""
         t0 = time.monotonic()
         resp: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout(first_byte_s):
+            async with asyncio.timeout(first_token_s):
                 resp = await self.session.post(url, data=body, headers=headers)
                 headers_s = time.monotonic() - t0
                 if resp.status != 200:
                     return await _not_ok(resp)
-                first = await (resp.content.readany() if stream else resp.read())
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                first = await (_first_token(resp) if stream else resp.read())
+        except asyncio.TimeoutError:
+            if resp is not None:
+                resp.close()
+            return Failed(Outcome.TIMEOUT, f"no first token within {first_token_s:g} s")
+        except (aiohttp.ClientError, OSError) as exc:
             if resp is not None:
                 resp.close()
             return Failed(classify_exception(exc), f"{type(exc).__name__}: {exc}".rstrip(": "))
@@ -107,6 +115,20 @@ class UpstreamClient:
             return Failed(Outcome.BAD_STREAM, "upstream closed the stream before any data")
         # a non-stream head arrives after the whole generation: no network signal in it
         return Ready(resp, first, time.monotonic() - t0, relay_headers(resp), headers_s if stream else None)
+
+
+async def _first_token(resp: aiohttp.ClientResponse) -> bytes:
+    """Read until a complete event that is not the bare role announcement of a chat stream
+    (vLLM sends it before the first token), or the end of the body."""
+    buf = b""
+    while True:
+        chunk = await resp.content.readany()
+        if not chunk:
+            return buf
+        buf += chunk
+        end = buf.rfind(b"\n\n")
+        if end >= 0 and any(ev and b'"role"' not in ev for ev in buf[:end].split(b"\n\n")):
+            return buf
 
 
 async def _not_ok(resp: aiohttp.ClientResponse) -> Failed | Refused:

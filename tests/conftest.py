@@ -32,7 +32,8 @@ def base_config(pools: dict[str, list[str]], **sections: Any) -> dict[str, Any]:
         "health": {"interval_s": 0.2, "timeout_s": 0.5, "rise": 1, "fall": 1},
         "load": {"scrape_interval_s": 0.2, "stale_s": 2.0},
         "retry": {"max_attempts": 4, "backoff_base_ms": 1, "backoff_max_ms": 5},
-        "timeouts": {"connect_s": 0.5, "first_byte_s": 5, "total_s": 30},
+        "timeouts": {"connect_s": 0.5},
+        "models": {"*": {"ttft_deadline_s": 5, "stall_timeout_s": 5, "total_deadline_s": 30}},
         "regions": copy.deepcopy(REGIONS),
         "pools": [
             {"name": f"{region}-pool", "region": region, "models": ["tiny-chat"],

@@ -1,0 +1,137 @@
+"""Getting a first token: walk the candidates until one answers, before anything is
+committed to the client.
+
+Connect errors, resets, timeouts (no first token within the deadline), 5xx, 429 and empty
+streams move on to the next candidate, within ``retry.max_attempts`` and the retry budget,
+with jittered backoff.  Optional hedging starts the next candidate when the first token is
+late; the first to produce a token wins and the others are cancelled upstream.  While a
+stream waits for its first token, SSE keep-alive comments hold idle timeouts off."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from gateway.exchange import Exchange, Tried
+from gateway.sse import KEEPALIVE
+from gateway.upstream import Failed, Ready, Refused, UpstreamClient
+from routing.outcome import Outcome
+from routing.plan import Candidate
+from routing.retry import backoff_delay, parse_retry_after
+
+
+@dataclass(slots=True)
+class Won:
+    cand: Candidate
+    result: Ready | Refused
+
+
+class FirstToken:
+    """One race for a first token over ``candidates`` (an iterator the caller controls)."""
+
+    def __init__(self, proxy: object, ex: Exchange, body_for: object, path: str) -> None:
+        self.proxy = proxy
+        self.ex = ex
+        self.body_for = body_for  # Callable[[Candidate], bytes]
+        self.path = path
+        self.pending: dict[asyncio.Task[Ready | Failed | Refused], Candidate] = {}
+
+    async def run(self, candidates: Iterator[Candidate], stream: bool) -> Won | None:
+        ex, cfg = self.ex, self.ex.mcfg
+        keepalive = ex.cfg.gateway.keepalive_comment_s
+        loop = asyncio.get_running_loop()
+        next_keepalive = loop.time() + keepalive
+        hedge_at, hedges = self._hedge_at(None), 0
+        try:
+            if not await self._launch(candidates, first=True):
+                return None
+            hedge_at = self._hedge_at(next(iter(self.pending.values())))
+            while self.pending:
+                timeout = max(0.0, min(next_keepalive, hedge_at, ex.deadline) - loop.time())
+                done, _ = await asyncio.wait(self.pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    cand = self.pending.pop(task)
+                    result = task.result()
+                    if not isinstance(result, Failed):
+                        return Won(cand, result)
+                    self._failed(cand, result)
+                    if not self.pending and not await self._launch(candidates):
+                        return None
+                    if self.pending and hedge_at == float("inf") and hedges < cfg.hedge.max_hedges:
+                        hedge_at = self._hedge_at(cand)
+                now = loop.time()
+                if now >= ex.deadline:
+                    return None
+                if stream and now >= next_keepalive:
+                    await self._keepalive()
+                    next_keepalive = now + keepalive
+                if now >= hedge_at and hedges < cfg.hedge.max_hedges:
+                    hedges += 1
+                    hedge_at = float("inf")
+                    await self._launch(candidates, hedge=True)
+            return None
+        finally:
+            await self._cancel_pending()
+
+    def _hedge_at(self, cand: Candidate | None) -> float:
+        hedge = self.ex.mcfg.hedge
+        if cand is None or not hedge.enabled:
+            return float("inf")
+        after = hedge.after_ms
+        if after == "p95":
+            p95 = self.proxy.obs.ttft_quantile(cand.pool.name, 0.95)
+            after = max(hedge.min_after_ms, p95 if p95 is not None else hedge.min_after_ms)
+        return asyncio.get_running_loop().time() + float(after) / 1000
+
+    async def _launch(self, candidates: Iterator[Candidate], first: bool = False, hedge: bool = False) -> bool:
+        ex = self.ex
+        if not first and not hedge:
+            retry = ex.cfg.retry
+            await asyncio.sleep(backoff_delay(len(ex.tried), retry.backoff_base_ms / 1000,
+                                              retry.backoff_max_ms / 1000, self.proxy.rt.rng))
+        for cand in candidates:
+            if not first and not self.proxy.budget.try_spend():
+                ex.tried.append(Tried(cand, Outcome.CANCELLED, "retry budget exhausted", ex.req.model))
+                return False
+            deadline = min(self._ttft(cand), ex.time_left())
+            if deadline <= 0:
+                return False
+            self.pending[asyncio.create_task(self.proxy.attempt(cand, self.body_for(cand), self.path, deadline,
+                                                                ex.req.stream))] = cand
+            return True
+        return False
+
+    def _ttft(self, cand: Candidate) -> float:
+        if not self.ex.req.stream:
+            return self.ex.time_left()
+        own = self.ex.cfg.pool_cfg(cand.pool.name)
+        return own.ttft_deadline_s if own is not None and own.ttft_deadline_s else self.ex.mcfg.ttft_deadline_s
+
+    def _failed(self, cand: Candidate, failed: Failed) -> None:
+        ex = self.ex
+        ex.tried.append(Tried(cand, failed.outcome, failed.detail, ex.req.model))
+        self.proxy.record(cand, failed.outcome)
+        if failed.outcome is Outcome.HTTP_429:
+            delay = parse_retry_after(failed.retry_after, time.time())
+            if delay is not None:
+                ex.retry_after_s = delay if ex.retry_after_s is None else min(ex.retry_after_s, delay)
+                self.proxy.obs.throttle(cand.endpoint.id, min(delay, ex.cfg.retry.max_retry_after_s))
+
+    async def _keepalive(self) -> None:
+        ex = self.ex
+        response = await ex.commit_head(None, None, {})
+        await response.write(KEEPALIVE)
+
+    async def _cancel_pending(self) -> None:
+        tasks = list(self.pending)
+        self.pending.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                result = await task
+                if isinstance(result, Ready):  # finished as it was cancelled: drop it
+                    result.close()
+                    self.proxy.obs.release(result.endpoint_id)

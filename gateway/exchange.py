@@ -1,0 +1,67 @@
+"""One client request in flight: what has been tried, what has been sent, and the helpers
+that every phase (first token, relay, resume) shares."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.config import Config, ModelCfg
+from gateway.request import ParsedRequest
+from routing.outcome import Outcome
+from routing.plan import Candidate
+
+
+@dataclass(slots=True)
+class Tried:
+    cand: Candidate
+    outcome: Outcome
+    detail: str
+    model: str
+
+
+@dataclass(slots=True)
+class Exchange:
+    request: web.Request
+    req: ParsedRequest
+    cfg: Config
+    mcfg: ModelCfg
+    deadline: float  # event-loop time by which everything must be over
+    tried: list[Tried] = field(default_factory=list)
+    response: web.StreamResponse | None = None  # set once the head is sent (stream)
+    served_by: Candidate | None = None
+    served_model: str | None = None
+    retry_after_s: float | None = None
+    resumes: int = 0
+    data_sent: bool = False  # a token event reached the client: no more plain retries
+
+    @property
+    def attempts(self) -> int:
+        return len(self.tried) + (1 if self.served_by is not None else 0)
+
+    def time_left(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+    def endpoints_tried(self) -> set[str]:
+        return {t.cand.endpoint.id for t in self.tried}
+
+    def headers(self, cand: Candidate | None, model: str | None = None) -> dict[str, str]:
+        out = {"x-request-id": self.req.request_id, "x-infercdn-attempts": str(self.attempts)}
+        if cand is not None:
+            out["x-infercdn-region"] = cand.region
+            out["x-infercdn-pool"] = cand.pool.name
+            out["x-infercdn-model"] = model or self.req.model
+        return out
+
+    def summary(self) -> str:
+        return "; ".join(f"{t.cand.endpoint.id} ({t.cand.region}): {t.detail}" for t in self.tried)
+
+    async def commit_head(self, cand: Candidate | None, model: str | None, upstream_headers: dict[str, str]) -> web.StreamResponse:
+        """Send the stream's response head (once)."""
+        if self.response is None:
+            headers = {"Content-Type": "text/event-stream; charset=utf-8", **upstream_headers,
+                       **self.headers(cand, model), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            self.response = web.StreamResponse(status=200, headers=headers)
+            await self.response.prepare(self.request)
+        return self.response

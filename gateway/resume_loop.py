@@ -1,0 +1,166 @@
+"""One streamed answer after its first token: relay it, and when the upstream dies, stalls or
+ends early, continue the same generation on the next candidate (see :mod:`gateway.resume`)."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.errors import sse_error_event
+from gateway.exchange import Exchange, Tried
+from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay
+from gateway.splice import Splicer
+from gateway.sse import DONE_EVENT, encode_event
+from gateway.streaming import SpliceFeed, StreamTracker, Watchdog, relay
+from gateway.upstream import Failed, Ready, Refused
+from routing.outcome import Outcome
+from routing.plan import Candidate, Plan
+
+
+class ClientGone(Exception):
+    pass
+
+
+class StreamSession:
+    def __init__(self, proxy: Any, ex: Exchange, plan: Plan, strip_ids: bool) -> None:
+        self.proxy = proxy
+        self.ex = ex
+        self.plan = plan
+        self.strip_ids = strip_ids
+        opts = ex.req.body.get("stream_options")
+        self.include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        self.keep_ids = ex.req.body.get("return_token_ids") is True
+        self.mismatch = False
+
+    async def run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
+        ex = self.ex
+        early = ex.response is not None  # keep-alive comments went out before a token
+        response = await ex.commit_head(cand, ex.served_model, ready.headers)
+        if early:
+            await response.write(f": served by region={cand.region} pool={cand.pool.name}\n\n".encode())
+        tracker = StreamTracker(self.strip_ids, retain=ex.mcfg.resume != "off")
+        outcome, detail = await self._pump(cand, ready, tracker)
+        if outcome is Outcome.SUCCESS:
+            return await self._finish(cand, replay(bytes(tracker.raw[-8192:]), ex.req.kind).usage, "200")
+        st = replay(bytes(tracker.raw), ex.req.kind) if tracker.retain else None
+        ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+        if st is not None and await self._resume(st):
+            return await self._finish(ex.served_by or cand, st.usage, "200")
+        await self._write(sse_error_event(self._cut_message(st, detail)))
+        return await self._finish(cand, None, "stream_error")
+
+    async def _finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
+        self.proxy.usage(self.ex, usage)
+        self.proxy.count(self.ex, cand.region, status)
+        assert self.ex.response is not None
+        await self.ex.response.write_eof()
+        return self.ex.response
+
+    async def _write(self, data: bytes) -> None:
+        assert self.ex.response is not None
+        try:
+            await self.ex.response.write(data)
+        except ConnectionResetError as exc:
+            raise ClientGone() from exc
+
+    async def _pump(self, cand: Candidate, ready: Ready, feeder: StreamTracker | SpliceFeed) -> tuple[Outcome, str]:
+        ex = self.ex
+        wd = Watchdog(ex.mcfg.stall_timeout_s, ex.deadline)
+        outcome, detail = Outcome.BAD_STREAM, "the upstream stream ended before [DONE]"
+        try:
+            await relay(self._write, ready.chunks(), ready.first, feeder, wd)
+            if feeder.done:
+                outcome, detail = Outcome.SUCCESS, "ok"
+            elif isinstance(feeder, StreamTracker) and feeder.dropped:
+                detail += f" ({feeder.dropped} malformed event(s) dropped)"
+        except asyncio.CancelledError as exc:
+            if not wd.owns(exc):
+                outcome, detail = Outcome.CANCELLED, "client disconnected"
+                raise
+            outcome = Outcome.TIMEOUT
+            detail = (f"no data for {ex.mcfg.stall_timeout_s:g} s (stalled)" if wd.fired == "stall"
+                      else "total deadline exceeded")
+        except aiohttp.ClientError as exc:
+            outcome, detail = Outcome.RESET, f"upstream connection lost ({type(exc).__name__})"
+        except ResumeMismatch as exc:
+            outcome, detail = Outcome.BAD_STREAM, str(exc)
+            self.mismatch = True
+        except ClientGone:
+            outcome, detail = Outcome.CANCELLED, "client disconnected"
+            self.proxy.metrics.client_disconnects.labels(ex.req.model).inc()
+            raise asyncio.CancelledError() from None
+        finally:
+            wd.stop()
+            ready.release() if outcome is Outcome.SUCCESS else ready.close()
+            self.proxy.obs.release(cand.endpoint.id)
+            self.proxy.record(cand, outcome if outcome is not Outcome.CANCELLED else Outcome.CANCELLED,
+                              ready.headers_s * 1000 if ready.headers_s is not None and outcome is Outcome.SUCCESS else None)
+        return outcome, detail
+
+    async def _resume(self, st: StreamState) -> bool:
+        ex = self.ex
+        if st.finish_reason is not None:
+            return await self._complete_ending(st)
+        while not self.mismatch and ex.time_left() > 0:
+            cand = self._next_candidate()
+            if cand is None or not self.proxy.budget.try_spend():
+                return False
+            result, cont = await self._open_continuation(cand, st)
+            if cont is None:
+                return False
+            if not isinstance(result, Ready):
+                detail = result.detail if isinstance(result, Failed) else f"refused the continuation ({result.status})"
+                outcome = result.outcome if isinstance(result, Failed) else Outcome.CLIENT_ERROR
+                ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+                self.proxy.record(cand, outcome)
+                continue
+            ex.served_by, ex.resumes = cand, ex.resumes + 1
+            splicer = Splicer(st, cont, self.keep_ids, self.include_usage)
+            outcome, detail = await self._pump(cand, result, SpliceFeed(splicer))
+            if outcome is Outcome.SUCCESS:
+                return True
+            ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+        return False
+
+    async def _open_continuation(self, cand: Candidate, st: StreamState) -> tuple[Ready | Failed | Refused | None, Continuation | None]:
+        ex = self.ex
+        cont = plan_continuation(ex.req, st, cand.upstream_model, cand.pool.can_continue, ex.mcfg.resume)
+        if cont is None:
+            return None, None
+        ttft = min(ex.mcfg.ttft_deadline_s, ex.time_left())
+        result = await self.proxy.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True)
+        if isinstance(result, Refused) and cont.strategy != "regenerate" and (deterministic(ex.req.body) or not st.text):
+            # this pool will not continue a generation: reproduce it from the start instead
+            again = Continuation("regenerate", ex.req.path, {**ex.req.body, "model": cand.upstream_model,
+                                                              "stream": True}, st.text)
+            return await self.proxy.attempt(cand, orjson.dumps(again.body), again.path, ttft, True), again
+        return result, cont
+
+    def _next_candidate(self) -> Candidate | None:
+        tried = self.ex.endpoints_tried()
+        model = self.ex.served_model or self.ex.req.model
+        for cand in self.plan.candidates:
+            if cand.endpoint.id not in tried and model in cand.pool.models:
+                return cand
+        return None
+
+    async def _complete_ending(self, st: StreamState) -> bool:
+        """The generation finished but its end ([DONE], usage) was lost: write it ourselves."""
+        if self.include_usage and st.usage is None and st.prompt_ids is not None and st.gen_ids is not None:
+            p, c = len(st.prompt_ids), len(st.gen_ids)
+            st.usage = {"prompt_tokens": p, "total_tokens": p + c, "completion_tokens": c}
+            obj = "chat.completion.chunk" if st.kind == "chat" else "text_completion"
+            await self._write(encode_event({"id": st.id, "object": obj, "created": st.created, "model": st.model,
+                                            "choices": [], "usage": st.usage}))
+        await self._write(DONE_EVENT)
+        return True
+
+    def _cut_message(self, st: StreamState | None, detail: str) -> str:
+        got = f" after {st.generated} token(s)" if st is not None else ""
+        if self.mismatch:
+            return f"the stream was cut{got} and a regeneration on another pool did not reproduce it exactly; " \
+                   "the answer is incomplete"
+        return f"the stream was cut{got} and could not be resumed on another pool ({detail}); the answer is incomplete"

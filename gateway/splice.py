@@ -1,0 +1,117 @@
+"""Turn a continuation's events into events of the client's original stream.
+
+Whatever the continuation's API (a completions request continuing a chat stream, say), the
+client keeps seeing its own stream: same id, created, model and object type, no second role
+chunk, no duplicated or missing text, one usage block that counts every token, one [DONE]."""
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.resume import Continuation, ResumeMismatch, StreamState
+from gateway.sse import DONE_EVENT, encode_event, events, parse_event
+
+
+class Splicer:
+    def __init__(self, st: StreamState, cont: Continuation, keep_ids: bool, include_usage: bool) -> None:
+        self.st = st
+        self.cont = cont
+        self.keep_ids = keep_ids
+        self.include_usage = include_usage
+        self.skip = cont.skip  # regenerate: text the client already has, still to be reproduced
+        self.base_generated = 0 if cont.strategy == "regenerate" else st.generated
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Complete upstream events in, bytes for the client out."""
+        out: list[bytes] = []
+        for payload in events(data):
+            if payload == b"[DONE]":
+                self.done = True
+                if self.skip:
+                    raise ResumeMismatch("the regenerated stream ended before reproducing what was sent")
+                out.append(DONE_EVENT)
+                continue
+            doc = parse_event(payload)
+            if doc is None:
+                continue  # a malformed event of the continuation is dropped, as the hot path would relay it
+            out.extend(self._event(doc))
+        return b"".join(out)
+
+    def _event(self, doc: dict[str, Any]) -> list[bytes]:
+        if isinstance(doc.get("usage"), dict) and not doc.get("choices"):
+            usage = self._usage(doc["usage"])
+            self.st.usage = usage
+            return [encode_event(self._frame([], usage=usage))] if self.include_usage else []
+        out = []
+        for choice in doc.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            ev = self._choice(choice)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    def _choice(self, choice: dict[str, Any]) -> bytes | None:
+        delta = choice.get("delta")
+        text = (delta or {}).get("content") if delta is not None else choice.get("text")
+        text = text or ""
+        ids = choice.get("token_ids") if isinstance(choice.get("token_ids"), list) else None
+        finish = choice.get("finish_reason")
+        if self.skip:
+            text, ids = self._skip(text, ids)
+            if not text and not finish:
+                return None
+        if not text and not finish:
+            return None  # e.g. the continuation's own role chunk
+        self._account(text, ids, finish, choice.get("stop_reason"))
+        return encode_event(self._frame([self._client_choice(text, ids, finish, choice.get("stop_reason"))]))
+
+    def _skip(self, text: str, ids: list[int] | None) -> tuple[str, list[int] | None]:
+        n = min(len(text), len(self.skip))
+        if text[:n] != self.skip[:n]:
+            raise ResumeMismatch("the regenerated stream differs from what the client already received")
+        self.skip = self.skip[n:]
+        if self.skip:
+            return "", None
+        return text[n:], (ids if n == 0 else None)
+
+    def _account(self, text: str, ids: list[int] | None, finish: str | None, stop_reason: Any) -> None:
+        st = self.st
+        if text:
+            st.text += text
+            st.content_events += 1
+        if st.gen_ids is not None:
+            if ids is not None:
+                st.gen_ids.extend(ids)
+            elif text:
+                st.gen_ids = None
+        if finish:
+            st.finish_reason, st.stop_reason = finish, stop_reason
+
+    def _usage(self, cont_usage: dict[str, Any]) -> dict[str, Any]:
+        completion = int(cont_usage.get("completion_tokens") or 0) + self.base_generated
+        prompt = self.st.prompt_tokens
+        if prompt is None and self.st.prompt_ids is not None:
+            prompt = len(self.st.prompt_ids)
+        if prompt is None:  # text-level continuation: its prompt holds the text generated so far
+            prompt = max(0, int(cont_usage.get("prompt_tokens") or 0) - self.base_generated)
+        return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
+
+    def _client_choice(self, text: str, ids: list[int] | None, finish: str | None, stop_reason: Any) -> dict[str, Any]:
+        if self.st.kind == "chat":
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        if finish or self.st.kind != "chat":
+            choice["stop_reason"] = stop_reason
+        if self.keep_ids and ids is not None:
+            choice["token_ids"] = ids
+        return choice
+
+    def _frame(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self.st.kind == "chat" else "text_completion"
+        doc: dict[str, Any] = {"id": self.st.id, "object": obj, "created": self.st.created, "model": self.st.model,
+                               "choices": choices}
+        if usage is not None:
+            doc["usage"] = usage
+        return doc

@@ -1,0 +1,82 @@
+"""Byte-level helpers for OpenAI/vLLM server-sent events.
+
+The hot path never parses JSON: events are cut at ``\\n\\n`` and the token-id fields that the
+gateway asked for (for exact resume) are removed with byte searches.  Full parsing happens
+only when a stream must be resumed."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+DATA = b"data: "
+DONE_EVENT = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"
+_ID_FIELDS = (b'"prompt_token_ids":', b'"token_ids":')
+
+
+def split_complete(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
+    """(complete events, incomplete rest) of ``pending + chunk``."""
+    buf = pending + chunk if pending else chunk
+    cut = buf.rfind(b"\n\n")
+    if cut < 0:
+        return b"", buf
+    cut += 2
+    return buf[:cut], buf[cut:]
+
+
+def strip_token_ids(data: bytes) -> bytes:
+    """Remove ``"prompt_token_ids": [...] | null`` and ``"token_ids": [...] | null`` fields."""
+    if b"token_ids" not in data:
+        return data
+    for name in _ID_FIELDS:
+        start = data.find(name)
+        while start >= 0:
+            data, start = _drop_field(data, start, name)
+    return data
+
+
+def _drop_field(data: bytes, start: int, name: bytes) -> tuple[bytes, int]:
+    value = start + len(name)
+    if data.startswith(b"null", value):
+        end = value + 4
+    else:
+        end = data.find(b"]", value) + 1
+        if end <= 0:
+            return data, -1
+    if data[start - 1:start] == b",":
+        start -= 1
+    elif data[end:end + 1] == b",":
+        end += 1
+    data = data[:start] + data[end:]
+    return data, data.find(name, start)
+
+
+def events(data: bytes) -> Iterator[bytes]:
+    """The payloads of the ``data:`` events in ``data`` (comments and blank lines skipped)."""
+    for block in data.split(b"\n\n"):
+        for line in block.split(b"\n"):
+            if line.startswith(DATA):
+                yield line[len(DATA):]
+            elif line.startswith(b"data:"):
+                yield line[5:].lstrip()
+
+
+def parse_event(payload: bytes) -> dict[str, Any] | None:
+    """A JSON event as a dict; None for ``[DONE]`` or anything malformed."""
+    if payload == b"[DONE]":
+        return None
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def encode_event(doc: dict[str, Any]) -> bytes:
+    return DATA + orjson.dumps(doc) + b"\n\n"
+
+
+def count_data_events(data: bytes) -> int:
+    return data.count(b"\n" + DATA) + (1 if data.startswith(DATA) else 0)

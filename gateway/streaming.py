@@ -1,0 +1,121 @@
+"""After the first token: relay the stream, watch it, and resume it elsewhere if it breaks.
+
+The hot path (``StreamTracker.feed``) cuts complete events, drops malformed ones, removes the
+token ids the gateway asked for, and keeps the raw bytes it relayed (for a resume): byte
+searches only, no JSON.  A watchdog timer (re-armed per stall period, not per token) ends a
+silent stream or one past its total deadline."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from gateway.sse import split_complete, strip_token_ids
+
+MAX_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
+
+
+class StreamTracker:
+    def __init__(self, strip_ids: bool, retain: bool) -> None:
+        self.strip_ids = strip_ids
+        self.retain = retain
+        self.pending = b""
+        self.raw = bytearray()
+        self.done = False
+        self.dropped = 0  # malformed events removed
+
+    def feed(self, chunk: bytes) -> bytes:
+        complete, self.pending = split_complete(self.pending, chunk)
+        if not complete:
+            return b""
+        if not (complete.endswith(b"}\n\n") and complete.count(b"\n\n") == 1):
+            complete = self._sanitize(complete)
+        if self.retain:
+            self.raw += complete
+            if len(self.raw) > MAX_RETAINED:
+                self.retain = False
+                self.raw = bytearray()
+        return strip_token_ids(complete) if self.strip_ids else complete
+
+    def _sanitize(self, data: bytes) -> bytes:
+        """Keep well-formed events (JSON objects, [DONE], comments); note the end of stream."""
+        kept = []
+        for block in data.split(b"\n\n")[:-1]:
+            if block == b"data: [DONE]":
+                self.done = True
+            elif block.startswith(b"data: {") and block.endswith(b"}") or block.startswith(b":"):
+                pass
+            elif block:
+                self.dropped += 1
+                continue
+            kept.append(block + b"\n\n")
+        return b"".join(kept)
+
+
+class Watchdog:
+    """Cancels the current task when the stream has been silent for ``stall_s`` or the
+    request's deadline has passed; ``fired`` says which."""
+
+    def __init__(self, stall_s: float, deadline: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.stall_s = stall_s
+        self.deadline = deadline
+        self.last = self.loop.time()
+        self.fired: str | None = None
+        self.handle = self.loop.call_at(min(self.last + stall_s, deadline), self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if now >= self.deadline:
+            self.fired = "deadline"
+        elif now >= self.last + self.stall_s:
+            self.fired = "stall"
+        else:
+            self.handle = self.loop.call_at(min(self.last + self.stall_s, self.deadline), self._check)
+            return
+        assert self.task is not None
+        self.task.cancel()
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+    def owns(self, exc: asyncio.CancelledError) -> bool:
+        """True when ``exc`` is this watchdog's cancellation (then it is absorbed)."""
+        if self.fired is None or self.task is None:
+            return False
+        self.task.uncancel()
+        return True
+
+
+class SpliceFeed:
+    """Feeds complete events of a continuation to a Splicer (same interface as the tracker)."""
+
+    def __init__(self, splicer: object) -> None:
+        self.splicer = splicer
+        self.pending = b""
+
+    @property
+    def done(self) -> bool:
+        return bool(self.splicer.done)  # type: ignore[attr-defined]
+
+    def feed(self, chunk: bytes) -> bytes:
+        complete, self.pending = split_complete(self.pending, chunk)
+        return self.splicer.feed(complete) if complete else b""  # type: ignore[attr-defined]
+
+
+async def relay(write: Callable[[bytes], Awaitable[None]], chunks: AsyncIterator[bytes], first: bytes,
+                feeder: StreamTracker | SpliceFeed, watchdog: Watchdog) -> None:
+    """Pump upstream chunks through ``feeder`` into ``write`` until [DONE] or EOF."""
+    out = feeder.feed(first)
+    if out:
+        await write(out)
+    if feeder.done:
+        return
+    loop_time = watchdog.loop.time
+    async for chunk in chunks:
+        watchdog.last = loop_time()
+        out = feeder.feed(chunk)
+        if out:
+            await write(out)
+        if feeder.done:
+            return
