@@ -215,7 +215,7 @@ async def _complete(core: SimCore, request: web.Request, req: GenRequest, plan: 
     start = loop.time()
     enc = Encoder(req, cfg.model)
     gen = core.new_generation(req)
-    if plan.kind is not None:
+    if plan.kind is not None and plan.kind != "no_done":  # no_done has no meaning without a stream
         core.record_fault(plan.kind)
     async with core.running(gen):
         ids, text = gen.step(gen.max_tokens)

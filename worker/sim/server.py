@@ -22,6 +22,7 @@ from worker.sim.core import SimCore
 from worker.sim.faults import FaultSpec
 from worker.sim.metrics import SimStats, render_metrics
 from worker.sim.protocol import ApiError
+from worker.sim.tokenizer import Tokenizer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,6 +50,11 @@ class Simulator:
     @property
     def stats(self) -> SimStats:
         return self.core.stats
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The simulated model's tokenizer (to build token-id prompts in tests)."""
+        return self.core.tokenizer
 
     @property
     def fault(self) -> FaultSpec | None:
