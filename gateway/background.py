@@ -57,7 +57,7 @@ async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeou
     t0 = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.get(ep.url + path) as resp:
+            async with session.get(ep.health_url or ep.url + path) as resp:
                 await resp.read()
                 ok = resp.status == 200
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError):

@@ -172,6 +172,16 @@ class EndpointCfg(_Model):
     id: str | None = None
     url: str
     weight: float = Field(default=1.0, gt=0)
+    # probe this instead of url + health.path: `infercdn worker vllm --control-port` answers 503
+    # while draining, which vLLM's own /health does not
+    health_url: str | None = None
+
+    @field_validator("health_url")
+    @classmethod
+    def _health_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as http://10.0.0.5:9000/health")
+        return v
 
     @field_validator("url")
     @classmethod

@@ -32,7 +32,8 @@ def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None
     }
     pools = []
     for p in cfg.pools:
-        eps = [Endpoint(e.id or f"{p.name}-{j}", e.url, p.name, e.weight) for j, e in enumerate(p.endpoints)]
+        eps = [Endpoint(e.id or f"{p.name}-{j}", e.url, p.name, e.weight, e.health_url)
+               for j, e in enumerate(p.endpoints)]
         for j, url in enumerate((simulated or {}).get(p.name, [])):
             eps.append(Endpoint(f"{p.name}-sim{j}", url, p.name))
         pools.append(Pool(p.name, p.region, dict(p.models), tuple(eps), frozenset(p.tags), p.price_per_mtok,

@@ -30,6 +30,7 @@ class Endpoint:
     url: str  # base URL, e.g. "http://127.0.0.1:8001" (no trailing slash, no /v1)
     pool: str
     weight: float = 1.0
+    health_url: str | None = None  # e.g. a launcher's control port that reports draining
 
 
 @dataclass(frozen=True, slots=True)
