@@ -1,6 +1,7 @@
-"""A time-aware EWMA of latency samples (probe RTTs, observed time to first byte).
+"""Latency estimates: a time-aware EWMA (probe RTTs, observed time to first byte) and a
+window of recent samples for quantiles (time to first token, for hedging).
 
-A sample arriving ``dt`` seconds after the previous one gets weight ``1 - 0.5 ** (dt /
+EWMA: a sample arriving ``dt`` seconds after the previous one gets weight ``1 - 0.5 ** (dt /
 half_life_s)``: after one half-life of silence the new sample counts for half.  Samples at
 the same instant therefore move the estimate little, which keeps a burst of requests from
 overwriting what probes have measured over minutes.
@@ -11,6 +12,8 @@ busy event loop) would stick for about a half-life, however many good samples fo
 """
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Callable
 
 Clock = Callable[[], float]
@@ -50,3 +53,37 @@ class LatencyEwma:
     @property
     def updated_at(self) -> float | None:
         return self._at if self._value is not None else None
+
+
+class QuantileWindow:
+    """The last ``size`` samples (a bounded ring), for quantiles such as the p95 time to first
+    token that sets a hedging threshold.  Quantiles are nearest-rank (always a value that was
+    seen) and need at least ``min_samples``; the sorted copy is cached until the next sample."""
+    __slots__ = ("min_samples", "_ring", "_sorted")
+
+    def __init__(self, size: int = 256, min_samples: int = 20) -> None:
+        if size < 1 or min_samples < 1:
+            raise ValueError("size and min_samples must be >= 1")
+        self.min_samples = min_samples
+        self._ring: deque[float] = deque(maxlen=size)
+        self._sorted: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def add(self, sample: float) -> None:
+        """Feed one sample (negative or non-finite samples are ignored)."""
+        if 0.0 <= sample < math.inf:
+            self._ring.append(sample)
+            self._sorted = None
+
+    def quantile(self, q: float) -> float | None:
+        """The nearest-rank ``q`` quantile (0 < q <= 1; q <= 0 gives the minimum), or None
+        with fewer than ``min_samples`` samples."""
+        n = len(self._ring)
+        if n < self.min_samples:
+            return None
+        if self._sorted is None:
+            self._sorted = sorted(self._ring)
+        rank = math.ceil(min(max(q, 0.0), 1.0) * n)
+        return self._sorted[max(rank, 1) - 1]

@@ -1,8 +1,15 @@
 """Everything the gateway has learned about each endpoint, in one store keyed by endpoint id.
 
 Health (active probes), latency (EWMA of probe RTTs and time to first byte), passive outlier
-state, in-flight counts and the load each vLLM endpoint reports.  ``sync(topology)`` after a
-reload adds new endpoints, drops removed ones and keeps the state of those that remain.
+state, the circuit breaker, throttling (an upstream's Retry-After, honoured across requests),
+in-flight counts and the load each vLLM endpoint reports; per pool, a window of recent times
+to first token (its p95 sets the hedging threshold).
+
+Eligibility (``route_inputs``' first field), first reason wins: "unhealthy", "ejected",
+"breaker_open", "breaker_half_open" (every trial slot taken), "throttled".  ``acquire`` and
+``release`` wrap every attempt: they count in-flight requests and take and free the
+breaker's trial slots when it is half-open.  ``sync(topology)`` after a reload adds new
+endpoints, drops removed ones and keeps the state of those that remain.
 
 Unknown endpoint ids never raise: records about them are ignored (a request that started on
 an older topology may finish after its endpoint was removed), and ``view`` answers with a
@@ -11,12 +18,14 @@ as unknown (None), never as idle.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from routing.breaker import BreakerParams, CircuitBreaker
 from routing.health import HealthCheck, HealthState, TransitionCallback
-from routing.latency import LatencyEwma
+from routing.latency import LatencyEwma, QuantileWindow
 from routing.outcome import Outcome
 from routing.outlier import EndpointOutlier, OutlierDetector, OutlierParams
 from routing.topology import Topology
@@ -39,6 +48,10 @@ class ObservationParams:
     ejection_decay_s: float = 60.0  # quiet time that forgets one past ejection
     error_half_life_s: float = 30.0
     error_min_volume: float = 5.0
+    breaker: BreakerParams = field(default_factory=BreakerParams)
+    max_throttle_s: float = 300.0  # cap on one Retry-After, so a bad header cannot bench an endpoint for a day
+    ttft_window: int = 256  # recent time-to-first-token samples kept per pool
+    ttft_min_samples: int = 20  # fewer: no quantile
 
     def outlier(self) -> OutlierParams:
         return OutlierParams(self.consecutive_failures, self.base_ejection_s, self.max_ejection_s,
@@ -59,6 +72,8 @@ class EndpointView:
     load_fresh: bool
     consecutive_failures: int
     error_rate: float
+    breaker: str = "closed"  # "closed" | "open" | "half_open"
+    throttled_until: float | None = None  # clock() time until which the upstream asked for no requests
 
 
 _UNHEALTHY = HealthState.UNHEALTHY
@@ -66,11 +81,14 @@ _NEUTRAL_VIEW = EndpointView(True, False, None, None, 0, None, None, None, False
 
 
 class _EndpointState:
-    __slots__ = ("health", "latency", "inflight", "running", "waiting", "kv_usage", "load_at", "outlier")
+    __slots__ = ("health", "latency", "breaker", "throttled_until", "inflight", "running", "waiting",
+                 "kv_usage", "load_at", "outlier")
 
-    def __init__(self, health: HealthCheck, latency: LatencyEwma) -> None:
+    def __init__(self, health: HealthCheck, latency: LatencyEwma, breaker: CircuitBreaker) -> None:
         self.health = health
         self.latency = latency
+        self.breaker = breaker
+        self.throttled_until: float | None = None
         self.inflight = 0
         self.running: int | None = None
         self.waiting: int | None = None
@@ -86,6 +104,7 @@ class Observations:
         self._clock = clock
         self._on_transition = on_transition
         self._eps: dict[str, _EndpointState] = {}
+        self._ttft: dict[str, QuantileWindow] = {}  # pool name -> recent times to first token
         self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
 
     def sync(self, topology: Topology) -> None:
@@ -95,7 +114,11 @@ class Observations:
             for ep in pool.endpoints:
                 self._eps[ep.id] = old.get(ep.id) or _EndpointState(
                     HealthCheck(ep.id, p.rise, p.fall, self._on_transition),
-                    LatencyEwma(p.half_life_s, self._clock))
+                    LatencyEwma(p.half_life_s, self._clock),
+                    CircuitBreaker(ep.id, p.breaker, self._clock, self._on_transition))
+        old_ttft, self._ttft = self._ttft, {}
+        for pool in topology.pools:
+            self._ttft[pool.name] = old_ttft.get(pool.name) or QuantileWindow(p.ttft_window, p.ttft_min_samples)
         self.outliers.sync({pool.name: [e.id for e in pool.endpoints] for pool in topology.pools})
         for eid, st in self._eps.items():
             st.outlier = self.outliers.state(eid)
@@ -117,6 +140,7 @@ class Observations:
         if st is None:
             return
         self.outliers.record(endpoint_id, outcome)
+        st.breaker.record(outcome)
         if ttfb_ms is not None and outcome is Outcome.SUCCESS:
             st.latency.update(ttfb_ms)
 
@@ -131,14 +155,50 @@ class Observations:
         st.load_at = self._clock() if known else None
 
     def acquire(self, endpoint_id: str) -> None:
+        """An attempt starts: counts in flight; takes a trial slot when the breaker is half-open."""
         st = self._eps.get(endpoint_id)
         if st is not None:
             st.inflight += 1
+            st.breaker.acquire()
 
     def release(self, endpoint_id: str) -> None:
+        """An attempt ended (whatever its outcome): undoes ``acquire``."""
         st = self._eps.get(endpoint_id)
         if st is not None and st.inflight > 0:
             st.inflight -= 1
+            st.breaker.release()
+
+    def throttle(self, endpoint_id: str, seconds: float) -> None:
+        """The upstream asked for no requests for ``seconds`` (Retry-After): ineligible until
+        then (capped at ``max_throttle_s``; a longer throttle already set is kept)."""
+        st = self._eps.get(endpoint_id)
+        if st is None or not seconds > 0:
+            return
+        until = self._clock() + min(seconds, self.params.max_throttle_s)
+        if st.throttled_until is None or until > st.throttled_until:
+            st.throttled_until = until
+
+    def record_ttft(self, endpoint_id: str, ms: float) -> None:
+        """Time to first token of a successful attempt, into its pool's window."""
+        o = self.outliers.state(endpoint_id)
+        window = self._ttft.get(o.pool) if o is not None else None
+        if window is not None and math.isfinite(ms):
+            window.add(ms)
+
+    def ttft_quantile(self, pool_name: str, q: float) -> float | None:
+        """The pool's recent time to first token at quantile ``q`` (nearest rank), in ms; None
+        with fewer than ``ttft_min_samples`` samples or for an unknown pool."""
+        window = self._ttft.get(pool_name)
+        return window.quantile(q) if window is not None else None
+
+    def _throttled(self, st: _EndpointState, now: float) -> bool:
+        until = st.throttled_until
+        if until is None:
+            return False
+        if now < until:
+            return True
+        st.throttled_until = None
+        return False
 
     def _fresh(self, st: _EndpointState) -> bool:
         return st.load_at is not None and self._clock() - st.load_at <= self.params.load_stale_s
@@ -158,6 +218,10 @@ class Observations:
                 reason = "ejected"
             else:
                 self.outliers.is_ejected(endpoint_id)  # notices the end of the ejection, reports it
+        if reason is None and not st.breaker.closed:
+            reason = st.breaker.reason()
+        if reason is None and st.throttled_until is not None and self._throttled(st, now):
+            reason = "throttled"
         err = o.errors.value(now) if o is not None else 0.0
         lat = st.latency.value()
         if st.load_at is not None and now - st.load_at <= self.params.load_stale_s:
@@ -176,7 +240,9 @@ class Observations:
             latency_ms=st.latency.value(), inflight=st.inflight,
             running=st.running if fresh else None, waiting=st.waiting if fresh else None,
             kv_usage=st.kv_usage if fresh else None, load_fresh=fresh,
-            consecutive_failures=o.consecutive_failures, error_rate=self.outliers.error_rate(endpoint_id))
+            consecutive_failures=o.consecutive_failures, error_rate=self.outliers.error_rate(endpoint_id),
+            breaker=st.breaker.state.value,
+            throttled_until=st.throttled_until if self._throttled(st, self._clock()) else None)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready state of every endpoint, for the admin API."""
@@ -188,5 +254,6 @@ class Observations:
             d["pool"] = o.pool if o is not None else None
             d["times_ejected"] = self.outliers.times_ejected(eid)
             d["latency_samples"] = st.latency.samples
+            d["breaker_trials"] = st.breaker.trials
             out[eid] = d
         return out

@@ -60,7 +60,8 @@ class Candidate:
 class Rejection:
     pool: str
     endpoint: str | None  # None: the whole pool was filtered
-    reason: str  # "model_not_served" | "unhealthy" | "ejected" | "draining" | "tags" | "jurisdiction" | "excluded" | ...
+    reason: str  # "model_not_served" | "unhealthy" | "ejected" | "breaker_open" | "breaker_half_open" |
+    #              "throttled" | "draining" | "tags" | "jurisdiction" | "excluded" | ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,24 @@
 
 1. Eligibility, once, before any policy: the pool serves the model, carries the required
    tags (its own or its region's), sits in an allowed jurisdiction, is not excluded or
-   draining; the endpoint is healthy and not ejected.  Every removal becomes a Rejection
-   (pool-level when the whole pool is out, endpoint-level otherwise).
+   draining; the endpoint is healthy, not ejected, its breaker lets a request through and
+   it is not throttled (see ``Observations`` for the reasons).  Every removal becomes a
+   Rejection (pool-level when the whole pool is out, endpoint-level otherwise).
 2. Panic: when fewer than ``panic_threshold`` of the model's endpoints (in pools that pass
-   the static filters) are eligible, the unhealthy and ejected ones are tried too, after
-   the eligible ones: better an unlikely endpoint than a certain failure.
+   the static filters) are eligible, the ineligible ones (unhealthy, ejected, breaker open)
+   are tried too, after the eligible ones: better an unlikely endpoint than a certain
+   failure.  Throttled endpoints are the exception: they asked for no requests, and get none.
 3. Score per pool, in ms of expected time to first token: geo (client -> region) + excess
-   (measured gateway -> pool latency above the distance prior, never negative) + queue
-   (fresh reported load) + penalty (recent errors, optional price).
+   + queue (fresh reported load) + penalty (recent errors, optional price).
+   Excess is the measured gateway -> pool latency above the distance prior, less the
+   gateway-side offset, never negative.  The offset is what every pool shows alike: the
+   smallest (measured - prior) over the eligible pools with a measurement (over the others
+   when none is eligible), at least 0.  Delays
+   on the gateway's own side (a busy event loop, a slow host: seen at start-up as 60-110 ms
+   on a 1 ms path) inflate every measurement by about the same amount; subtracting the
+   offset keeps them from reordering pools, while a pool slower than the rest still pays
+   the difference.  A lone measured pool therefore has no excess: nothing to compare it
+   with.  The plan's notes say when an offset was subtracted.
 4. The policy ranks the pools; the balancer orders each pool's endpoints.
 
 Everything that depends only on the topology is computed once, in ``__init__``.
@@ -97,12 +107,15 @@ class Planner:
             if bad:
                 out.append((info, bad))
         panic = total > 0 and eligible < self.params.panic_threshold * total
-        candidates = self._candidates(ctx, ok)
+        offset = self._offset(ok or out)
+        candidates = self._candidates(ctx, ok, offset)
         notes: list[str] = []
+        if offset > 0:
+            notes.append(f"gateway-side latency offset {offset:.1f} ms subtracted")
         if panic:
-            candidates += self._candidates(ctx, out)
+            candidates += self._candidates(ctx, _unthrottled(out), offset)
             notes.append(f"panic: {eligible} of {total} endpoints eligible (threshold "
-                         f"{self.params.panic_threshold:.0%}); unhealthy and ejected endpoints follow")
+                         f"{self.params.panic_threshold:.0%}); ineligible endpoints follow, except throttled ones")
         if not candidates:
             notes.append(f"no eligible endpoint for model {ctx.model!r}")
         return Plan(ctx.model, ctx.client, tuple(candidates), tuple(rejected), panic,
@@ -124,11 +137,22 @@ class Planner:
             return "no_endpoints"
         return None
 
-    def _candidates(self, ctx: RequestContext, groups: list[tuple[_PoolInfo, _Group]]) -> list[Candidate]:
+    @staticmethod
+    def _offset(groups: list[tuple[_PoolInfo, _Group]]) -> float:
+        """Gateway-side latency offset: min over measured pools of (measured - prior), >= 0."""
+        best: float | None = None
+        for info, group in groups:
+            measured = _measured(group)
+            if measured is not None and (best is None or measured - info.prior_ms < best):
+                best = measured - info.prior_ms
+        return max(0.0, best) if best is not None else 0.0
+
+    def _candidates(self, ctx: RequestContext, groups: list[tuple[_PoolInfo, _Group]],
+                    offset: float) -> list[Candidate]:
         if not groups:
             return []
         geo = self._client_geo(ctx.client)
-        scored = [self._score(info, group, geo[info.region.name]) for info, group in groups]
+        scored = [self._score(info, group, geo[info.region.name], offset) for info, group in groups]
         ranked = self.policy.rank(ctx, scored)[: self.params.max_pools]
         out: list[Candidate] = []
         for sp in ranked:
@@ -149,7 +173,7 @@ class Planner:
             self._geo_cache[key] = geo
         return geo
 
-    def _score(self, info: _PoolInfo, group: _Group, geo: float) -> ScoredPool:
+    def _score(self, info: _PoolInfo, group: _Group, geo: float, offset: float) -> ScoredPool:
         p = self.params
         lat_sum = err_sum = w_sum = r_sum = kv_sum = 0.0
         lat_n = w_n = r_n = kv_n = 0
@@ -170,7 +194,7 @@ class Planner:
             err_sum += err
             loaded.append((ep, (inflight + (waiting or 0)) / (ep.weight if ep.weight > 0 else 1.0)))
         measured = lat_sum / lat_n if lat_n else None
-        excess = max(0.0, measured - info.prior_ms) if measured is not None else 0.0
+        excess = max(0.0, measured - info.prior_ms - offset) if measured is not None else 0.0
         queue = 0.0
         if w_n:
             queue += w_sum / w_n * p.queue_ms_per_waiting
@@ -186,3 +210,25 @@ class Planner:
 def _pool_reason(bad: _Group) -> str:
     reasons = {inputs[0] for _, inputs in bad}
     return reasons.pop() if len(reasons) == 1 else "unhealthy_or_ejected"  # type: ignore[return-value]
+
+
+def _measured(group: _Group) -> float | None:
+    """Mean measured latency of the group's endpoints that have one."""
+    total = 0.0
+    n = 0
+    for _, inputs in group:
+        lat = inputs[1]
+        if lat is not None:
+            total += lat
+            n += 1
+    return total / n if n else None
+
+
+def _unthrottled(groups: list[tuple[_PoolInfo, _Group]]) -> list[tuple[_PoolInfo, _Group]]:
+    """Panic's fallback groups without the throttled endpoints (and without emptied groups)."""
+    out: list[tuple[_PoolInfo, _Group]] = []
+    for info, group in groups:
+        kept = [item for item in group if item[1][0] != "throttled"]
+        if kept:
+            out.append((info, kept))
+    return out

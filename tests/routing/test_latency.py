@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from routing.latency import LatencyEwma
+from routing.latency import LatencyEwma, QuantileWindow
 
 
 def test_none_until_first_sample(clock) -> None:  # type: ignore[no-untyped-def]
@@ -51,3 +51,27 @@ def test_bad_samples_ignored_and_bad_half_life_rejected(clock) -> None:  # type:
     assert est.value() is None and est.samples == 0
     with pytest.raises(ValueError):
         LatencyEwma(0.0, clock)
+
+
+def test_quantile_window_nearest_rank() -> None:
+    w = QuantileWindow(size=256, min_samples=20)
+    for ms in range(100, 0, -1):  # order does not matter
+        w.add(float(ms))
+    assert (w.quantile(0.95), w.quantile(0.5), w.quantile(1.0), w.quantile(0.0)) == (95.0, 50.0, 100.0, 1.0)
+    w.add(-1.0)
+    w.add(float("inf"))
+    assert len(w) == 100
+
+
+def test_quantile_window_needs_min_samples_and_forgets_old_ones() -> None:
+    w = QuantileWindow(size=30, min_samples=20)
+    for _ in range(19):
+        w.add(1000.0)
+    assert w.quantile(0.95) is None
+    w.add(1000.0)
+    assert w.quantile(0.95) == 1000.0
+    for _ in range(30):
+        w.add(10.0)
+    assert w.quantile(0.95) == 10.0 and len(w) == 30
+    with pytest.raises(ValueError):
+        QuantileWindow(size=0)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from routing.breaker import BreakerParams
 from routing.observations import EndpointView, ObservationParams, Observations
 from routing.outcome import Outcome
 from tests.routing.helpers import make_topology
@@ -125,4 +126,107 @@ def test_snapshot_is_json_ready(obs) -> None:  # type: ignore[no-untyped-def]
     e = snap["eu-west-0"]
     assert e["health"] == "healthy" and e["pool"] == "eu-west-a" and e["latency_ms"] == 15.0
     assert e["waiting"] == 0 and e["load_fresh"] is True and e["times_ejected"] == 0
+    assert e["breaker"] == "closed" and e["throttled_until"] is None and e["breaker_trials"] == 0
     assert snap["us-east-0"]["health"] == "unknown" and snap["us-east-0"]["healthy"] is True
+
+
+def test_breaker_opens_half_opens_and_closes_through_observations(clock, topology) -> None:  # type: ignore[no-untyped-def]
+    events: list[tuple[str, str, str, str]] = []
+    params = ObservationParams(consecutive_failures=100,
+                               breaker=BreakerParams(failures=2, open_s=5.0, half_open_probes=1))
+    obs = Observations(params, clock, lambda *a: events.append(a))
+    obs.sync(topology)
+    obs.record_outcome("eu-west-0", Outcome.HTTP_5XX)
+    obs.record_outcome("eu-west-0", Outcome.RESET)
+    assert obs.view("eu-west-0").breaker == "open" and obs.route_inputs("eu-west-0")[0] == "breaker_open"
+    clock.advance(5.0)
+    assert obs.route_inputs("eu-west-0")[0] is None and obs.view("eu-west-0").breaker == "half_open"
+    obs.acquire("eu-west-0")  # the one trial
+    assert obs.route_inputs("eu-west-0")[0] == "breaker_half_open"
+    assert obs.snapshot()["eu-west-0"]["breaker_trials"] == 1
+    obs.release("eu-west-0")
+    obs.record_outcome("eu-west-0", Outcome.SUCCESS)
+    assert obs.view("eu-west-0").breaker == "closed" and obs.route_inputs("eu-west-0")[0] is None
+    assert [e for e in events if e[1] == "breaker"] == [
+        ("eu-west-0", "breaker", "closed", "open"), ("eu-west-0", "breaker", "open", "half_open"),
+        ("eu-west-0", "breaker", "half_open", "closed")]
+
+
+def test_cancelled_trial_frees_its_slot_without_deciding(clock, topology) -> None:  # type: ignore[no-untyped-def]
+    obs = Observations(ObservationParams(breaker=BreakerParams(failures=1, half_open_probes=2)), clock)
+    obs.sync(topology)
+    obs.record_outcome("us-east-1", Outcome.TIMEOUT)
+    clock.advance(5.0)
+    obs.acquire("us-east-1")
+    obs.acquire("us-east-1")
+    assert obs.route_inputs("us-east-1")[0] == "breaker_half_open"
+    obs.release("us-east-1")
+    obs.record_outcome("us-east-1", Outcome.CANCELLED)
+    assert obs.route_inputs("us-east-1")[0] is None and obs.view("us-east-1").breaker == "half_open"
+
+
+def test_ejection_is_reported_before_the_breaker(clock, topology) -> None:  # type: ignore[no-untyped-def]
+    obs = Observations(ObservationParams(consecutive_failures=1, breaker=BreakerParams(failures=1)), clock)
+    obs.sync(topology)
+    obs.record_outcome("eu-west-1", Outcome.HTTP_5XX)
+    assert obs.route_inputs("eu-west-1")[0] == "ejected"
+    v = obs.view("eu-west-1")
+    assert v.ejected and v.breaker == "open"
+
+
+def test_disabled_breaker(clock, topology) -> None:  # type: ignore[no-untyped-def]
+    obs = Observations(ObservationParams(consecutive_failures=100, breaker=BreakerParams(enabled=False)), clock)
+    obs.sync(topology)
+    for _ in range(20):
+        obs.record_outcome("eu-west-1", Outcome.HTTP_5XX)
+    assert obs.route_inputs("eu-west-1")[0] is None and obs.view("eu-west-1").breaker == "closed"
+
+
+def test_throttle_until_it_expires(obs, clock) -> None:  # type: ignore[no-untyped-def]
+    obs.throttle("ap-southeast-1", 2.5)
+    assert obs.route_inputs("ap-southeast-1")[0] == "throttled"
+    assert obs.view("ap-southeast-1").throttled_until == clock.now + 2.5
+    obs.throttle("ap-southeast-1", 1.0)  # a shorter one does not shorten it
+    clock.advance(2.4)
+    assert obs.route_inputs("ap-southeast-1")[0] == "throttled"
+    clock.advance(0.1)
+    assert obs.route_inputs("ap-southeast-1")[0] is None
+    assert obs.view("ap-southeast-1").throttled_until is None
+    assert obs.snapshot()["ap-southeast-1"]["throttled_until"] is None
+
+
+def test_throttle_is_capped_and_ignores_nonsense(clock, topology) -> None:  # type: ignore[no-untyped-def]
+    obs = Observations(ObservationParams(max_throttle_s=60.0), clock)
+    obs.sync(topology)
+    obs.throttle("eu-west-0", 86400.0)
+    assert obs.view("eu-west-0").throttled_until == clock.now + 60.0
+    for bad in (0.0, -5.0, float("nan")):
+        obs.throttle("eu-west-1", bad)
+    assert obs.view("eu-west-1").throttled_until is None
+    obs.throttle("ghost", 5.0)
+
+
+def test_ttft_quantiles_per_pool(obs) -> None:  # type: ignore[no-untyped-def]
+    for ms in range(1, 20):
+        obs.record_ttft("eu-west-0" if ms % 2 else "eu-west-1", float(ms))
+    assert obs.ttft_quantile("eu-west-a", 0.95) is None  # 19 samples: not enough
+    obs.record_ttft("eu-west-0", 20.0)
+    assert obs.ttft_quantile("eu-west-a", 0.95) == 19.0  # nearest rank: ceil(0.95 * 20) = 19th
+    assert obs.ttft_quantile("eu-west-a", 0.5) == 10.0
+    assert obs.ttft_quantile("us-east-a", 0.95) is None and obs.ttft_quantile("nope", 0.95) is None
+    for ms in range(1, 101):
+        obs.record_ttft("us-east-1", float(ms))
+    assert obs.ttft_quantile("us-east-a", 0.95) == 95.0
+    obs.record_ttft("ghost", 1.0)
+    obs.record_ttft("us-east-1", float("nan"))
+    obs.sync(make_topology())  # a reload keeps the windows of pools that remain
+    assert obs.ttft_quantile("us-east-a", 0.95) == 95.0
+
+
+def test_ttft_window_is_bounded(clock, topology) -> None:  # type: ignore[no-untyped-def]
+    obs = Observations(ObservationParams(ttft_window=50, ttft_min_samples=20), clock)
+    obs.sync(topology)
+    for ms in range(1000):
+        obs.record_ttft("eu-west-0", float(ms))
+    assert obs.ttft_quantile("eu-west-a", 0.0) == 950.0  # only the last 50 remain
+    assert obs.ttft_quantile("eu-west-a", 1.0) == 999.0
