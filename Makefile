@@ -30,7 +30,7 @@ test: install-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install-test
-	$(PY) -m bench.run
+	$(PY) -m bench.run --profile $(BENCH_ARGS)
 
 # Real vLLM on the CPU (shared/VLLM_CPU.md): its own venv, cached outside the clone by version;
 # prints its python.  `tiny-model` (re)builds the deterministic test model (~5 s) into the cache.

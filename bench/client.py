@@ -70,6 +70,8 @@ class Exchange(asyncio.Protocol):
             n -= 1
         if b'"error"' in body:
             self.error_event = True
+            if len(self.stats.error_samples) < 3:
+                self.stats.error_samples.append(body[:300].decode(errors="replace"))
         self.tokens += n
         self.tail = (self.tail + body)[-32:]
         if self.stats.t0 <= t <= self.stats.t1:
@@ -111,6 +113,7 @@ class Stats:
         self.tokens = 0
         self.completed = 0
         self.open = 0
+        self.error_samples: list[str] = []
         self.open_peak = 0
         self.outcomes: Counter[str] = Counter()
         self.ttft: list[float] = []
@@ -188,7 +191,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             "outcomes": dict(stats.outcomes),
             "errors": sum(v for k, v in stats.outcomes.items() if k != "ok"),
             "ttft_ms": {"p50": _ms(pct(stats.ttft, 0.5)), "p99": _ms(pct(stats.ttft, 0.99)), "n": len(stats.ttft)},
-            "open_peak": stats.open_peak, "client_cpu_s": round(cpu, 3), "client_cpu_util": round(cpu / max(1e-9, now() - args.start), 3),
+            "open_peak": stats.open_peak, "error_samples": stats.error_samples, "client_cpu_s": round(cpu, 3), "client_cpu_util": round(cpu / max(1e-9, now() - args.start), 3),
             "records": stats.records}
 
 

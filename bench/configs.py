@@ -12,15 +12,14 @@ LITELLM_ENV["LITELLM_LOG"] = "ERROR"
 
 FRANKFURT = {"lat": 50.11, "lon": 8.68, "name": "Frankfurt"}
 PARIS = {"lat": 48.86, "lon": 2.35, "name": "Paris"}
-# load scraping stays on (the production default) so infercdn pays for all its features
+# Only what the bench needs is set (everything else keeps the gateway's defaults, so the config
+# survives schema growth); load scraping stays on so infercdn pays for all its features.
 INFERCDN_COMMON = {
     "geoip": {"database": "embedded", "cache_size": 65536},
     "routing": {"policy": "geo_latency", "balancer": "p2c"},
     "health": {"interval_s": 1.0, "timeout_s": 1.0, "rise": 2, "fall": 1},
     "outlier": {"consecutive_failures": 2, "base_ejection_s": 10, "max_ejection_s": 300,
                 "max_ejected_percent": 100},
-    "retry": {"max_attempts": 4, "backoff_base_ms": 2, "backoff_max_ms": 50},
-    "timeouts": {"connect_s": 1.0, "first_byte_s": 60, "total_s": 600},
     "load": {"enabled": True, "scrape_interval_s": 1.0},
 }
 

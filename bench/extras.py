@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -16,14 +17,18 @@ from bench.workloads import start_upstreams
 PYSPY_VERSION = "0.4.3"
 
 
-def idle_streams(work: Path, streams: int = 10_000, itl_ms: float = 1000.0, ramp_s: float = 12.0,
+def idle_streams(work: Path, tree: Path, streams: int = 10_000, itl_ms: float = 1000.0, ramp_s: float = 12.0,
                  hold_s: float = 10.0) -> dict:
     """``streams`` concurrent streams through one gateway, the upstream sending one token per
-    ``itl_ms``; the gateway's RSS is sampled every 0.5 s and its peak reported."""
-    ups = start_upstreams(2, itl_ms, work / "idle")
+    ``itl_ms``; the gateway's RSS is sampled every 0.5 s and its peak reported.  Each stream holds
+    two sockets in the gateway, so the count is capped by the hard RLIMIT_NOFILE (not raisable
+    without CAP_SYS_RESOURCE); the RSS for ``streams`` is then projected from the per-stream cost."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    target, streams = streams, streams if hard == resource.RLIM_INFINITY else min(streams, (hard - 600) // 2)
+    ups = start_upstreams(2, itl_ms, work / "idle", tree)
     run = None
     try:
-        run = peers.start("infercdn", ups.urls, work / "idle")
+        run = peers.start("infercdn", ups.urls, work / "idle", tree=tree)
         assert run.proc is not None
         rss0 = tree_rss(run.proc.pid)
         t0 = time.monotonic() + 1.0 + ramp_s + 2.0
@@ -40,9 +45,11 @@ def idle_streams(work: Path, streams: int = 10_000, itl_ms: float = 1000.0, ramp
         if client.returncode != 0:
             raise RuntimeError(f"bench.client exited {client.returncode}: {err[-400:]}")
         res = json.loads(out)
-        return {"status": "ok", "target": streams, "itl_ms": itl_ms, "streams_open": res["open_peak"],
+        per_stream = (peak - rss0) / max(1, res["open_peak"])
+        return {"status": "ok", "target": target, "nofile_hard_limit": hard, "streams_run": streams,
+                "rss_projected_target_mib": round((rss0 + per_stream * target) / 2**20, 1), "itl_ms": itl_ms, "streams_open": res["open_peak"],
                 "rss_idle_mib": round(rss0 / 2**20, 1), "rss_peak_mib": round(peak / 2**20, 1),
-                "rss_per_stream_kib": round((peak - rss0) / max(1, res["open_peak"]) / 1024, 1),
+                "rss_per_stream_kib": round(per_stream / 1024, 1),
                 "errors": res["errors"], "error_kinds": {k: v for k, v in res["outcomes"].items() if k != "ok"},
                 "tokens_per_s": res["tokens_per_s"], "client_cpu_util": res["client_cpu_util"]}
     except (PeerError, RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
@@ -63,16 +70,16 @@ def pyspy() -> Path:
     return exe
 
 
-def profile_w3(work: Path, svg: Path, seconds: float = 10.0) -> dict:
+def profile_w3(work: Path, tree: Path, svg: Path, seconds: float = 10.0) -> dict:
     """Run W3 through infercdn (not measured) while py-spy samples it: a flame graph SVG plus
     the functions with the most samples on top of the stack (self time)."""
     from bench.workloads import WORKLOADS, Timing, measure_stream
-    ups = start_upstreams(2, 20.0, work / "profile")
+    ups = start_upstreams(2, 20.0, work / "profile", tree)
     run = None
     spies: list[subprocess.Popen] = []
     try:
         exe = pyspy()
-        run = peers.start("infercdn", ups.urls, work / "profile")
+        run = peers.start("infercdn", ups.urls, work / "profile", tree=tree)
         assert run.proc is not None
         raw = work / "profile" / "w3.raw"
         common = ["record", "--pid", str(run.proc.pid), "--duration", str(int(seconds + 3)), "--rate", "200",

@@ -84,10 +84,10 @@ def venv_for(name: str) -> Path:
     return home
 
 
-def install(name: str) -> str:
+def install(name: str, rev: str | None = None) -> str:
     """Make ``name`` runnable; return its version string."""
     if name in ("direct", "infercdn"):
-        return "" if name == "direct" else _git_rev()
+        return "" if name == "direct" else _git_rev(rev)
     if name == "nginx":
         apt_install("nginx")
         out = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
@@ -96,13 +96,31 @@ def install(name: str) -> str:
     return PYPI[name][1]
 
 
-def _git_rev() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return out.stdout.strip()
+def _git_rev(rev: str | None) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", rev or "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise PeerError(f"unknown git revision {rev!r}")
+    if rev:
+        return f"{out.stdout.strip()} (git snapshot)"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "gateway", "routing"],
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return out.stdout.strip() + (" + uncommitted changes (working tree)" if dirty else " (working tree)")
 
 
-def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False) -> Running:
-    """Start system ``name`` in front of ``upstreams``; return once it accepts connections."""
+def snapshot(rev: str, dest: Path) -> Path:
+    """The project's files at git ``rev`` extracted into ``dest`` (infercdn then runs from there,
+    untouched by edits in the working tree while the bench runs)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT, capture_output=True)
+    if archive.returncode != 0:
+        raise PeerError(f"git archive {rev} failed: {archive.stderr.decode(errors='replace')[-300:]}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False, tree: Path = ROOT) -> Running:
+    """Start system ``name`` in front of ``upstreams``; return once it accepts connections.
+    infercdn runs from ``tree`` (the working tree, or a :func:`snapshot`)."""
     if name == "direct":
         return Running(name, list(upstreams))
     work.mkdir(parents=True, exist_ok=True)
@@ -134,7 +152,9 @@ def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False)
         env = configs.LITELLM_ENV
     else:
         raise PeerError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
-    proc = spawn(cmd, log, env=env, cwd=str(ROOT))
+    if name == "infercdn":
+        env = {"PYTHONPATH": str(tree)}
+    proc = spawn(cmd, log, env=env, cwd=str(tree if name == "infercdn" else ROOT))
     try:
         wait_port(port, proc, timeout=120 if name == "litellm" else 30, log=log)
     except RuntimeError as exc:

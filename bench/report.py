@@ -55,6 +55,10 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def _cell(text: str, n: int = 200) -> str:
+    return " ".join(text.split()).replace("|", "/")[:n]
+
+
 def _fmt(entry: dict, key: str, digits: int = 2) -> str:
     s = entry.get(key)
     if not s:
@@ -78,7 +82,7 @@ def markdown(doc: dict) -> str:
     lines += ["## Systems", "", "| system | version | status |", "|---|---|---|"]
     for name, s in doc["systems"].items():
         lines.append(f"| {name} | {s.get('version') or '–'} | {s['status']}"
-                     f"{': ' + s['error'][:200] if s.get('error') else ''} |")
+                     f"{': ' + _cell(s['error']) if s.get('error') else ''} |")
     summary = doc["summary"]
     for wl, text in doc["workloads"].items():
         if wl not in summary or wl == "W4":
@@ -87,7 +91,7 @@ def markdown(doc: dict) -> str:
                   "|---" * (len(COLUMNS) + 1) + "|"]
         for system, e in summary[wl].items():
             if not e["rounds_ok"]:
-                lines.append(f"| {system} | failed: {'; '.join(e['failures'])[:200]} |" + " |" * (len(COLUMNS) - 1))
+                lines.append(f"| {system} | failed: {_cell('; '.join(e['failures']))} |" + " |" * (len(COLUMNS) - 1))
                 continue
             lines.append(f"| {system} | " + " | ".join(_fmt(e, k, d) for _, k, d in COLUMNS) + " |")
     if "W4" in summary:
@@ -106,9 +110,12 @@ def markdown(doc: dict) -> str:
     if idle:
         lines += ["", "## 10,000 idle-ish streams (infercdn)", ""]
         if idle.get("status") == "ok":
-            lines.append(f"{idle['streams_open']} streams open (target {idle['target']}), upstream "
+            lines.append(f"{idle['streams_open']} streams open at once (asked {idle['streams_run']}, target "
+                         f"{idle['target']}; hard fd limit {idle['nofile_hard_limit']}), upstream "
                          f"{idle['itl_ms']:.0f} ms/token: gateway RSS peak **{idle['rss_peak_mib']:.0f} MiB** "
-                         f"(target < 1024 MiB), errors {idle['errors']}, {idle['tokens_per_s']:.0f} tokens/s.")
+                         f"({idle['rss_per_stream_kib']:.0f} KiB/stream over {idle['rss_idle_mib']:.0f} MiB idle; "
+                         f"projected {idle['rss_projected_target_mib']:.0f} MiB at {idle['target']}; "
+                         f"target < 1024 MiB), errors {idle['errors']}, {idle['tokens_per_s']:.0f} tokens/s.")
         else:
             lines.append(f"failed: {idle.get('error')}")
     if doc.get("profile"):

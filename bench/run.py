@@ -37,6 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="py-spy flame graph of infercdn on W3")
     p.add_argument("--no-idle", action="store_true", help="skip the 10,000 idle streams memory test")
     p.add_argument("--idle-streams", type=int, help="streams in the memory test (default 10000, --quick 2000)")
+    p.add_argument("--rev", help="run infercdn from this git revision (a snapshot; default: the working tree)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -58,25 +59,25 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def install_all(systems: list[str]) -> dict[str, dict]:
+def install_all(systems: list[str], rev: str | None) -> dict[str, dict]:
     status: dict[str, dict] = {}
     for name in systems:
         log(f"install {name}")
         try:
-            status[name] = {"status": "ok", "version": peers.install(name)}
+            status[name] = {"status": "ok", "version": peers.install(name, rev)}
         except (PeerError, OSError, Exception) as exc:  # noqa: BLE001 - reported, never dropped
             status[name] = {"status": "install failed", "error": str(exc)[:500]}
             log(f"  {name}: install failed: {exc}")
     return status
 
 
-def one(name: str, wl_name: str, ups: Upstreams, timing: Timing, work: Path, rnd: int) -> dict:
+def one(name: str, wl_name: str, ups: Upstreams, timing: Timing, work: Path, rnd: int, tree: Path) -> dict:
     """Start ``name`` in front of ``ups``, measure one workload, stop it; failures become records."""
     wl = WORKLOADS[wl_name]
     rec = {"round": rnd, "workload": wl_name, "system": name}
     run = None
     try:
-        run = peers.start(name, ups.urls, work / f"r{rnd}-{wl_name}-{name}", regions=wl.failover)
+        run = peers.start(name, ups.urls, work / f"r{rnd}-{wl_name}-{name}", regions=wl.failover, tree=tree)
         if wl.tool == "wrk":
             rec.update(measure_wrk(run, wl, timing, work))
         else:
@@ -96,7 +97,7 @@ def one(name: str, wl_name: str, ups: Upstreams, timing: Timing, work: Path, rnd
     return rec
 
 
-def run_rounds(args: argparse.Namespace, ok: list[str], timing: Timing, work: Path) -> list[dict]:
+def run_rounds(args: argparse.Namespace, ok: list[str], timing: Timing, work: Path, tree: Path) -> list[dict]:
     runs: list[dict] = []
     for rnd in range(1, args.rounds + 1):
         k = (rnd - 1) % len(ok)
@@ -106,16 +107,16 @@ def run_rounds(args: argparse.Namespace, ok: list[str], timing: Timing, work: Pa
             log(f"round {rnd}/{args.rounds} {wl_name}: {wl.text}")
             if wl.failover:
                 for name in [s for s in order if s in FAILOVER]:
-                    ups = start_upstreams(2, wl.itl_ms, work / f"r{rnd}-{wl_name}-{name}-up")
+                    ups = start_upstreams(2, wl.itl_ms, work / f"r{rnd}-{wl_name}-{name}-up", tree)
                     try:
-                        runs.append(one(name, wl_name, ups, timing, work, rnd))
+                        runs.append(one(name, wl_name, ups, timing, work, rnd, tree))
                     finally:
                         ups.stop()
                 continue
-            ups = start_upstreams(2, wl.itl_ms, work / f"r{rnd}-{wl_name}-up")
+            ups = start_upstreams(2, wl.itl_ms, work / f"r{rnd}-{wl_name}-up", tree)
             try:
                 for name in order:
-                    runs.append(one(name, wl_name, ups, timing, work, rnd))
+                    runs.append(one(name, wl_name, ups, timing, work, rnd, tree))
             finally:
                 ups.stop()
     return runs
@@ -129,23 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing(wrk_s=3, warmup_s=1, window_s=5, failover_window_s=9) if args.quick else Timing()
     args.out.mkdir(parents=True, exist_ok=True)
     peers.apt_install("wrk")
-    systems = install_all(args.systems)
+    systems = install_all(args.systems, args.rev)
     ok = [s for s in args.systems if systems[s]["status"] == "ok"]
     runs: list[dict] = [{"round": 0, "workload": w, "system": s, "status": st["status"], "error": st.get("error")}
                         for s, st in systems.items() if st["status"] != "ok" for w in args.workloads]
     with tempfile.TemporaryDirectory(prefix="infercdn-bench-") as tmp:
         work = Path(tmp)
-        runs += run_rounds(args, ok, timing, work)
+        tree = peers.snapshot(args.rev, work / "src") if args.rev and "infercdn" in ok else peers.ROOT
+        runs += run_rounds(args, ok, timing, work, tree)
         idle = prof = None
         if not args.no_idle and "infercdn" in ok:
             log(f"idle streams: {args.idle_streams} through infercdn")
-            idle = extras.idle_streams(work, args.idle_streams, ramp_s=4 if args.quick else 12,
+            idle = extras.idle_streams(work, tree, args.idle_streams, ramp_s=4 if args.quick else 12,
                                        hold_s=5 if args.quick else 10)
             log(f"  {idle}")
         if args.profile and "infercdn" in ok:
             svg = args.out / f"{stamp}-w3-flame.svg"
             log(f"profile: py-spy on infercdn during W3 -> {svg}")
-            prof = extras.profile_w3(work, svg, seconds=5 if args.quick else 10)
+            prof = extras.profile_w3(work, tree, svg, seconds=5 if args.quick else 10)
             log(f"  {({k: v for k, v in prof.items() if k != 'inclusive_pct'})}")
     report.add_ratios(runs)
     doc = {"schema": "infercdn.bench/1", "date": stamp,

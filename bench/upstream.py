@@ -1,12 +1,14 @@
 """One upstream simulator in its own process (so its CPU never mixes with the proxy's).
 
     python -m bench.upstream --port P --itl-ms 20 [--ttft-ms 0]
+    PYTHONPATH=SNAPSHOT python bench/upstream.py ...   # the simulator from a git snapshot
 
 Serves until SIGTERM/SIGINT; prints ``ready URL`` once listening."""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import signal
 import sys
 
@@ -31,13 +33,13 @@ async def serve(args: argparse.Namespace) -> None:
 def main() -> int:
     import uvloop
 
-    from bench.client import raise_nofile
     p = argparse.ArgumentParser(prog="bench.upstream")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--itl-ms", type=float, default=20.0)
     p.add_argument("--ttft-ms", type=float, default=0.0)
     args = p.parse_args()
-    raise_nofile()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     uvloop.run(serve(args))
     return 0
 

@@ -56,14 +56,15 @@ class Upstreams:
             stop(p)
 
 
-def start_upstreams(n: int, itl_ms: float, work: Path, ttft_ms: float = 0.0) -> Upstreams:
+def start_upstreams(n: int, itl_ms: float, work: Path, tree: Path, ttft_ms: float = 0.0) -> Upstreams:
+    """``n`` simulators, each in its own process, running the simulator code found in ``tree``."""
     work.mkdir(parents=True, exist_ok=True)
     procs, urls = [], []
     for i in range(n):
         port = free_port()
         log = work / f"upstream-{i}-{port}.log"
-        proc = spawn([sys.executable, "-m", "bench.upstream", "--port", str(port), "--itl-ms", str(itl_ms),
-                      "--ttft-ms", str(ttft_ms)], log)
+        proc = spawn([sys.executable, str(Path(__file__).with_name("upstream.py")), "--port", str(port),
+                      "--itl-ms", str(itl_ms), "--ttft-ms", str(ttft_ms)], log, env={"PYTHONPATH": str(tree)})
         wait_port(port, proc, 20, log)
         procs.append(proc)
         urls.append(f"http://127.0.0.1:{port}")
@@ -130,7 +131,7 @@ def measure_stream(run: Running, wl: Workload, t: Timing, ups: Upstreams | None 
     res = json.loads(out)
     extra = {"ttft_p50_ms": res["ttft_ms"]["p50"], "ttft_p99_ms": res["ttft_ms"]["p99"],
              "error_kinds": {k: v for k, v in res["outcomes"].items() if k != "ok"},
-             "client_cpu_util": res["client_cpu_util"]}
+             "client_cpu_util": res["client_cpu_util"], "error_samples": res["error_samples"]}
     if kill is not None:
         extra["failover"] = _failover(res["records"], *kill)
     return _figures(cpu, res["completed"], res["tokens"], window, res["errors"], rss, extra)
