@@ -14,7 +14,7 @@ from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
 from gateway.state import (LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT, RoutingSnapshot, Runtime,
                            build_topology)
-from gateway.upstream import UpstreamClient
+from gateway.upstream_client import UpstreamClient
 from routing.breaker import BreakerParams
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, open_geoip

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from gateway.exchange import Exchange, Tried
 from gateway.sse import KEEPALIVE
-from gateway.upstream import Failed, Ready, Refused, UpstreamClient
+from gateway.upstream import Failed, Ready, Refused
 from routing.outcome import Outcome
 from routing.plan import Candidate
 from routing.retry import backoff_delay, parse_retry_after

@@ -19,7 +19,8 @@ from gateway.relay import find_usage
 from gateway.request import ParsedRequest
 from gateway.resume_loop import StreamSession
 from gateway.state import Runtime
-from gateway.upstream import Failed, Ready, Refused, UpstreamClient
+from gateway.upstream import Failed, Ready, Refused
+from gateway.upstream_client import UpstreamClient
 from routing.budget import RetryBudget
 from routing.observations import Observations
 from routing.outcome import Outcome

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -14,14 +13,10 @@ from gateway.exchange import Exchange, Tried
 from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay
 from gateway.splice import Splicer
 from gateway.sse import DONE_EVENT, encode_event
-from gateway.streaming import SpliceFeed, StreamTracker, Watchdog, relay
-from gateway.upstream import Failed, Ready, Refused
+from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
+from gateway.upstream import Failed, Ready, Refused, UpstreamLost
 from routing.outcome import Outcome
 from routing.plan import Candidate, Plan
-
-
-class ClientGone(Exception):
-    pass
 
 
 class StreamSession:
@@ -71,7 +66,7 @@ class StreamSession:
         wd = Watchdog(ex.mcfg.stall_timeout_s, ex.deadline)
         outcome, detail = Outcome.BAD_STREAM, "the upstream stream ended before [DONE]"
         try:
-            await relay(self._write, ready.chunks(), ready.first, feeder, wd)
+            await pump(ex.response, ex.request.transport, ready, feeder, wd)
             if feeder.done:
                 outcome, detail = Outcome.SUCCESS, "ok"
             elif isinstance(feeder, StreamTracker) and feeder.dropped:
@@ -83,8 +78,8 @@ class StreamSession:
             outcome = Outcome.TIMEOUT
             detail = (f"no data for {ex.mcfg.stall_timeout_s:g} s (stalled)" if wd.fired == "stall"
                       else "total deadline exceeded")
-        except aiohttp.ClientError as exc:
-            outcome, detail = Outcome.RESET, f"upstream connection lost ({type(exc).__name__})"
+        except UpstreamLost as exc:
+            outcome, detail = Outcome.RESET, str(exc)
         except ResumeMismatch as exc:
             outcome, detail = Outcome.BAD_STREAM, str(exc)
             self.mismatch = True

@@ -7,9 +7,11 @@ silent stream or one past its total deadline."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
 
 from gateway.sse import split_complete, strip_token_ids
+from gateway.upstream import Ready
 
 MAX_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
 
@@ -103,19 +105,58 @@ class SpliceFeed:
         return self.splicer.feed(complete) if complete else b""  # type: ignore[attr-defined]
 
 
-async def relay(write: Callable[[bytes], Awaitable[None]], chunks: AsyncIterator[bytes], first: bytes,
-                feeder: StreamTracker | SpliceFeed, watchdog: Watchdog) -> None:
-    """Pump upstream chunks through ``feeder`` into ``write`` until [DONE] or EOF."""
-    out = feeder.feed(first)
-    if out:
-        await write(out)
+class ClientGone(Exception):
+    """The client went away (its transport is closing)."""
+
+
+HIGH_WATER = 256 * 1024  # client write buffer above which upstream reads pause
+LOW_WATER = 64 * 1024
+
+
+async def pump(response: web.StreamResponse, transport: asyncio.Transport | None, ready: Ready,
+               feeder: StreamTracker | SpliceFeed, watchdog: Watchdog) -> None:
+    """Relay ``ready``'s body through ``feeder`` to the client until [DONE] or the body ends.
+
+    After the first write (which also sends the response head), bytes go from the upstream's
+    ``data_received`` straight into the client transport, chunk-framed, with no coroutine
+    switch per token; upstream reads pause while the client's write buffer is high."""
+    out = feeder.feed(ready.first)
+    try:
+        # this write also sends the response head; later bytes bypass aiohttp's writer
+        await response.write(out or b": \n\n")
+    except ConnectionResetError as exc:
+        raise ClientGone() from exc
     if feeder.done:
         return
+    if transport is None or transport.is_closing():
+        raise ClientGone()
+    conn = ready.conn
+    chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
     loop_time = watchdog.loop.time
-    async for chunk in chunks:
-        watchdog.last = loop_time()
-        out = feeder.feed(chunk)
-        if out:
-            await write(out)
-        if feeder.done:
+
+    def resume_when_drained() -> None:
+        watchdog.last = loop_time()  # a slow client is not a silent upstream
+        if conn.closed or transport.is_closing():
             return
+        if transport.get_write_buffer_size() <= LOW_WATER:
+            conn.transport.resume_reading()  # type: ignore[union-attr]
+        else:
+            watchdog.loop.call_later(0.005, resume_when_drained)
+
+    def sink(chunk: bytes) -> None:
+        watchdog.last = loop_time()
+        data = feeder.feed(chunk)
+        if data:
+            if transport.is_closing():
+                raise ClientGone()
+            if chunked:
+                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                transport.write(data)
+            if transport.get_write_buffer_size() > HIGH_WATER:
+                conn.transport.pause_reading()  # type: ignore[union-attr]
+                watchdog.loop.call_later(0.005, resume_when_drained)
+        if feeder.done:
+            conn.finish()
+
+    await ready.pump(sink)

@@ -1,42 +1,191 @@
-"""The upstream side of one attempt: open a request to an endpoint and classify what
-came back, before anything is committed to the client.
+"""The upstream side: a pool of raw HTTP/1.1 keep-alive connections parsed with httptools.
 
-Behind a small interface (``UpstreamClient.open`` → ``Ready`` | ``Failed`` | ``Refused``) so
-the body pump can be replaced without touching the attempt loop."""
+Body bytes go from ``data_received`` straight into a sink — the client's transport once a
+stream is committed — with no coroutine switch per token (an aiohttp client stream reader
+costs about three times as much user CPU per token here; see docs/perf.md).  ``open``
+returns before anything reaches the client: ``Ready`` (a 200 with its first token, or a
+whole non-stream body), ``Failed`` (try the next candidate) or ``Refused`` (a 4xx to relay)."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-import aiohttp
+import httptools
 
 from routing.outcome import Outcome
 
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
                          "server", "date"})
+MAX_IDLE_PER_ENDPOINT = 512
+
+
+class UpstreamLost(Exception):
+    """The upstream connection broke (reset, closed early, unparsable HTTP)."""
+
+
+def _first_token_seen(buf: bytearray) -> bool:
+    """A complete event that is not the bare role announcement vLLM sends before a token."""
+    end = buf.rfind(b"\n\n")
+    return end >= 0 and any(ev and b'"role"' not in ev for ev in bytes(buf[:end]).split(b"\n\n"))
+
+
+class UpstreamConn(asyncio.Protocol):
+    """One connection; one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.reset()
+
+    def reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = True
+        self.complete = False
+        self.buf = bytearray()
+        self.head: asyncio.Future[None] = self.loop.create_future()
+        self.waiter: asyncio.Future[None] | None = None  # first token / whole body / pump end
+        self.wait_for_token = False
+        self.sink: Callable[[bytes], None] | None = None
+        self.pool_on_complete = False
+        self.got_bytes = False
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamLost(f"unparsable HTTP from upstream: {exc}"))
+            self.abort()
+        except Exception as exc:  # raised by a sink: the stream ends with it
+            self._fail(exc)
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if not self.complete:
+            self._fail(UpstreamLost("upstream closed the connection" + (f" ({exc})" if exc else "")))
+
+    # -- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink(body)
+            return
+        self.buf += body
+        if self.wait_for_token and self.waiter is not None and not self.waiter.done() and _first_token_seen(self.buf):
+            self.waiter.set_result(None)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+        if self.pool_on_complete:
+            self.release()
+
+    # -- use
+    def _fail(self, exc: BaseException) -> None:
+        for fut in (self.head, self.waiter):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # no "never retrieved" noise for an idle connection's head
+
+    def send(self, data: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(data)
+
+    def take(self) -> bytes:
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def release(self) -> None:
+        """Back to the pool when the exchange is over and the connection reusable; else
+        once it completes (a stream whose [DONE] arrived before its last chunk)."""
+        if self.closed:
+            return
+        if not self.complete:
+            self.sink = _discard
+            self.pool_on_complete = True
+            return
+        if not self.keep_alive:
+            self.abort()
+            return
+        self.reset()
+        self.pool.put(self)
+
+    def finish(self) -> None:
+        """The pump's consumer has what it needs: end the wait without waiting for the body end."""
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+def _discard(_: bytes) -> None:
+    pass
 
 
 @dataclass(slots=True)
 class Ready:
-    """A 200 whose first body bytes (stream) or whole body (non-stream) arrived."""
+    """A 200 whose first token (stream) or whole body (non-stream) arrived."""
 
-    response: aiohttp.ClientResponse
+    conn: UpstreamConn
     first: bytes
-    ttfb_s: float  # request sent → first body bytes (includes the model's time to first token)
+    ttfb_s: float  # request sent → first token (includes the model's time to first token)
     headers: dict[str, str]
     headers_s: float | None = None  # request sent → response head: a network round trip for streams
     endpoint_id: str = ""
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self.response.content.iter_any()
-
     def close(self) -> None:
-        self.response.close()  # drops the connection: the upstream sees the disconnect
+        self.conn.abort()  # the upstream sees the disconnect and stops generating
 
     def release(self) -> None:
-        self.response.release()
+        self.conn.release()
+
+    async def pump(self, sink: Callable[[bytes], None]) -> None:
+        """Deliver the rest of the body to ``sink`` from ``data_received`` until the body ends
+        or ``conn.finish()``; raises UpstreamLost or the sink's exception."""
+        conn = self.conn
+        rest = conn.take()
+        if rest:
+            sink(rest)
+        if conn.complete or (conn.waiter is not None and conn.waiter.done() and conn.waiter.exception() is None
+                             and conn.sink is not None):
+            return
+        if conn.closed:
+            raise UpstreamLost("upstream closed the connection")
+        conn.waiter = conn.loop.create_future()
+        conn.sink = sink
+        await conn.waiter
 
 
 @dataclass(slots=True)
@@ -59,87 +208,47 @@ class Refused:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def relay_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    return {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}
+class UpstreamPool:
+    """Idle keep-alive connections per endpoint (scheme, host, port)."""
 
+    def __init__(self, connect_s: float) -> None:
+        self.connect_s = connect_s
+        self.idle: dict[tuple[str, str, int], list[UpstreamConn]] = {}
+        self._ssl: ssl.SSLContext | None = None
 
-def classify_exception(exc: BaseException) -> Outcome:
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return Outcome.TIMEOUT
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return Outcome.CONNECT_ERROR
-    return Outcome.RESET
+    def put(self, conn: UpstreamConn) -> None:
+        idle = self.idle.setdefault(conn.key, [])
+        if len(idle) < MAX_IDLE_PER_ENDPOINT:
+            idle.append(conn)
+        else:
+            conn.abort()
 
+    def forget(self, conn: UpstreamConn) -> None:
+        idle = self.idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
 
-class UpstreamClient:
-    """One pooled aiohttp session for all upstream traffic (TCP_NODELAY, keep-alive)."""
+    async def acquire(self, key: tuple[str, str, int]) -> tuple[UpstreamConn, bool]:
+        idle = self.idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn, True
+        scheme, host, port = key
+        loop = asyncio.get_running_loop()
+        tls = self._tls() if scheme == "https" else None
+        async with asyncio.timeout(self.connect_s):
+            _, conn = await loop.create_connection(lambda: UpstreamConn(self, key), host, port, ssl=tls,
+                                                   server_hostname=host if tls else None)
+        return conn, False
 
-    def __init__(self, connect_s: float, limit: int = 0) -> None:
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
-                                         enable_cleanup_closed=True, keepalive_timeout=30)
-        # read deadlines are the gateway's own (first-token deadline, stall watchdog)
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=None)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                             auto_decompress=False, skip_auto_headers=("User-Agent",))
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
 
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def open(self, url: str, body: bytes, headers: dict[str, str], stream: bool,
-                   first_token_s: float) -> Ready | Failed | Refused:
-        """POST and wait, within ``first_token_s``, for the response head and then the whole
-        body (non-stream) or the first event that carries a token (stream)."""
-        t0 = time.monotonic()
-        resp: aiohttp.ClientResponse | None = None
-        try:
-            async with asyncio.timeout(first_token_s):
-                resp = await self.session.post(url, data=body, headers=headers)
-                headers_s = time.monotonic() - t0
-                if resp.status != 200:
-                    return await _not_ok(resp)
-                first = await (_first_token(resp) if stream else resp.read())
-        except asyncio.TimeoutError:
-            if resp is not None:
-                resp.close()
-            return Failed(Outcome.TIMEOUT, f"no first token within {first_token_s:g} s")
-        except (aiohttp.ClientError, OSError) as exc:
-            if resp is not None:
-                resp.close()
-            return Failed(classify_exception(exc), f"{type(exc).__name__}: {exc}".rstrip(": "))
-        except BaseException:
-            if resp is not None:
-                resp.close()
-            raise
-        if not first:
-            resp.close()
-            return Failed(Outcome.BAD_STREAM, "upstream closed the stream before any data")
-        # a non-stream head arrives after the whole generation: no network signal in it
-        return Ready(resp, first, time.monotonic() - t0, relay_headers(resp), headers_s if stream else None)
-
-
-async def _first_token(resp: aiohttp.ClientResponse) -> bytes:
-    """Read until a complete event that is not the bare role announcement of a chat stream
-    (vLLM sends it before the first token), or the end of the body."""
-    buf = b""
-    while True:
-        chunk = await resp.content.readany()
-        if not chunk:
-            return buf
-        buf += chunk
-        end = buf.rfind(b"\n\n")
-        if end >= 0 and any(ev and b'"role"' not in ev for ev in buf[:end].split(b"\n\n")):
-            return buf
-
-
-async def _not_ok(resp: aiohttp.ClientResponse) -> Failed | Refused:
-    try:
-        body = await resp.read()
-    finally:
-        resp.release()
-    if resp.status == 429:
-        return Failed(Outcome.HTTP_429, "upstream throttled (429)", 429, body, resp.headers.get("Retry-After"))
-    if resp.status >= 500:
-        return Failed(Outcome.HTTP_5XX, f"upstream returned {resp.status}", resp.status, body)
-    if resp.status >= 400:
-        return Refused(resp.status, body, relay_headers(resp))
-    return Failed(Outcome.BAD_STREAM, f"unexpected upstream status {resp.status}", resp.status, body)
+    def close(self) -> None:
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.abort()
+        self.idle.clear()

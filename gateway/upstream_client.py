@@ -1,0 +1,124 @@
+"""One upstream attempt before anything is committed to the client: connect (or reuse),
+send, and classify what came back within the first-token deadline."""
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import urlsplit
+
+from gateway.upstream import Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool, _HOP_BY_HOP
+from routing.outcome import Outcome
+
+
+def _key(url: str) -> tuple[tuple[str, str, int], str]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or "127.0.0.1"
+    path = parts.path or "/"
+    return (parts.scheme, host, port), (path + ("?" + parts.query if parts.query else ""))
+
+
+class UpstreamClient:
+    def __init__(self, connect_s: float) -> None:
+        self.pool = UpstreamPool(connect_s)
+
+    async def close(self) -> None:
+        self.pool.close()
+
+    async def open(self, url: str, body: bytes, headers: dict[str, str], stream: bool,
+                   first_token_s: float) -> Ready | Failed | Refused:
+        """POST and wait, within ``first_token_s``, for the response head and then the whole
+        body (non-stream) or the first event that carries a token (stream)."""
+        key, path = _key(url)
+        head = _request_head(path, key, headers, len(body))
+        t0 = time.monotonic()
+        conn: UpstreamConn | None = None
+        try:
+            async with asyncio.timeout(first_token_s):
+                for _ in range(2):  # a reused connection the server had closed: once more, fresh
+                    conn, reused = await self.pool.acquire(key)
+                    try:
+                        return await self._exchange(conn, [head, body], stream, t0)
+                    except UpstreamLost:
+                        if not reused or conn.got_bytes:
+                            raise
+                        conn.abort()
+                raise UpstreamLost("upstream closed the connection")
+        except asyncio.TimeoutError:
+            if conn is not None:
+                conn.abort()
+            what = "connect" if conn is None else "first token"
+            return Failed(Outcome.TIMEOUT if conn is not None else Outcome.CONNECT_ERROR,
+                          f"no {what} within {first_token_s:g} s")
+        except UpstreamLost as exc:
+            if conn is not None:
+                conn.abort()
+            return Failed(Outcome.RESET, str(exc))
+        except OSError as exc:
+            if conn is not None:
+                conn.abort()
+            return Failed(Outcome.CONNECT_ERROR, f"connect failed: {exc.strerror or exc}")
+        except BaseException:
+            if conn is not None:
+                conn.abort()
+            raise
+
+    async def _exchange(self, conn: UpstreamConn, data: list[bytes], stream: bool, t0: float) -> Ready | Failed | Refused:
+        conn.got_bytes = False
+        conn.send(data)
+        await conn.head
+        headers_s = time.monotonic() - t0
+        if conn.status != 200 or not stream:
+            conn.waiter = conn.loop.create_future()
+            if not conn.complete:
+                await conn.waiter
+            body = conn.take()
+            if conn.status != 200:
+                result = _not_ok(conn, body)
+                conn.release()
+                return result
+            return Ready(conn, body, time.monotonic() - t0, _relay_headers(conn))
+        conn.waiter = conn.loop.create_future()
+        conn.wait_for_token = True
+        if not _token_or_end(conn):
+            await conn.waiter
+        conn.wait_for_token = False
+        first = conn.take()
+        if not first:
+            conn.abort()
+            return Failed(Outcome.BAD_STREAM, "upstream closed the stream before any data")
+        return Ready(conn, first, time.monotonic() - t0, _relay_headers(conn), headers_s)
+
+
+def _token_or_end(conn: UpstreamConn) -> bool:
+    from gateway.upstream import _first_token_seen
+
+    return conn.complete or _first_token_seen(conn.buf)
+
+
+def _request_head(path: str, key: tuple[str, str, int], headers: dict[str, str], length: int) -> bytes:
+    host = key[1] if key[2] in (80, 443) else f"{key[1]}:{key[2]}"
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {length}", "Connection: keep-alive"]
+    lines.extend(f"{k}: {v}" for k, v in headers.items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _relay_headers(conn: UpstreamConn) -> dict[str, str]:
+    out = {}
+    for name, value in conn.headers:
+        k = name.decode("latin-1")
+        if k.lower() not in _HOP_BY_HOP:
+            out[k] = value.decode("latin-1")
+    return out
+
+
+def _not_ok(conn: UpstreamConn, body: bytes) -> Failed | Refused:
+    status = conn.status
+    if status == 429:
+        retry_after = next((v.decode("latin-1") for k, v in conn.headers if k.lower() == b"retry-after"), None)
+        return Failed(Outcome.HTTP_429, "upstream throttled (429)", 429, body, retry_after)
+    if status >= 500:
+        return Failed(Outcome.HTTP_5XX, f"upstream returned {status}", status, body)
+    if status >= 400:
+        return Refused(status, body, _relay_headers(conn))
+    return Failed(Outcome.BAD_STREAM, f"unexpected upstream status {status}", status, body)
