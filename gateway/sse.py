@@ -13,7 +13,6 @@ import orjson
 DATA = b"data: "
 DONE_EVENT = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
-_ID_FIELDS = (b'"prompt_token_ids":', b'"token_ids":')
 
 
 def split_complete(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
@@ -28,29 +27,26 @@ def split_complete(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
 
 def strip_token_ids(data: bytes) -> bytes:
     """Remove ``"prompt_token_ids": [...] | null`` and ``"token_ids": [...] | null`` fields."""
-    if b"token_ids" not in data:
+    at = data.find(b'token_ids":')
+    if at < 0:
         return data
-    for name in _ID_FIELDS:
-        start = data.find(name)
-        while start >= 0:
-            data, start = _drop_field(data, start, name)
-    return data
-
-
-def _drop_field(data: bytes, start: int, name: bytes) -> tuple[bytes, int]:
-    value = start + len(name)
-    if data.startswith(b"null", value):
-        end = value + 4
-    else:
-        end = data.find(b"]", value) + 1
+    out = []
+    start = 0
+    while at >= 0:
+        begin = at - 1 if data[at - 1:at] == b'"' else at - 8  # '"token_ids"' or '"prompt_token_ids"'
+        value = at + 11
+        end = value + 4 if data.startswith(b"null", value) else data.find(b"]", value) + 1
         if end <= 0:
-            return data, -1
-    if data[start - 1:start] == b",":
-        start -= 1
-    elif data[end:end + 1] == b",":
-        end += 1
-    data = data[:start] + data[end:]
-    return data, data.find(name, start)
+            break
+        if data[begin - 1:begin] == b",":
+            begin -= 1
+        elif data[end:end + 1] == b",":
+            end += 1
+        out.append(data[start:begin])
+        start = end
+        at = data.find(b'token_ids":', end)
+    out.append(data[start:])
+    return b"".join(out)
 
 
 def events(data: bytes) -> Iterator[bytes]:

@@ -26,17 +26,24 @@ class StreamTracker:
         self.dropped = 0  # malformed events removed
 
     def feed(self, chunk: bytes) -> bytes:
-        complete, self.pending = split_complete(self.pending, chunk)
-        if not complete:
+        if self.pending:
+            chunk = self.pending + chunk
+            self.pending = b""
+        cut = chunk.rfind(b"\n\n") + 2
+        if cut < 2:
+            self.pending = chunk
             return b""
-        if not (complete.endswith(b"}\n\n") and complete.count(b"\n\n") == 1):
-            complete = self._sanitize(complete)
+        if cut != len(chunk):
+            self.pending = chunk[cut:]
+            chunk = chunk[:cut]
+        if not chunk.endswith(b"}\n\n") or chunk.find(b"\n\n") != cut - 2:
+            chunk = self._sanitize(chunk)  # several events, [DONE], comments or a malformed one
         if self.retain:
-            self.raw += complete
+            self.raw += chunk
             if len(self.raw) > MAX_RETAINED:
                 self.retain = False
                 self.raw = bytearray()
-        return strip_token_ids(complete) if self.strip_ids else complete
+        return strip_token_ids(chunk) if self.strip_ids else chunk
 
     def _sanitize(self, data: bytes) -> bytes:
         """Keep well-formed events (JSON objects, [DONE], comments); note the end of stream."""
@@ -143,17 +150,19 @@ async def pump(response: web.StreamResponse, transport: asyncio.Transport | None
         else:
             watchdog.loop.call_later(0.005, resume_when_drained)
 
+    feed = feeder.feed
+    write = transport.write
+    closing = transport.is_closing
+    buffered = transport.get_write_buffer_size
+
     def sink(chunk: bytes) -> None:
         watchdog.last = loop_time()
-        data = feeder.feed(chunk)
+        data = feed(chunk)
         if data:
-            if transport.is_closing():
+            if closing():
                 raise ClientGone()
-            if chunked:
-                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-            else:
-                transport.write(data)
-            if transport.get_write_buffer_size() > HIGH_WATER:
+            write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+            if buffered() > HIGH_WATER:
                 conn.transport.pause_reading()  # type: ignore[union-attr]
                 watchdog.loop.call_later(0.005, resume_when_drained)
         if feeder.done:

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from gateway.config import ConfigError, load_config
-from gateway.server import run, running_gateway, wait_for_signal
+from gateway.server import run, running_gateway, settle_gc, wait_for_signal
 from routing.locate import EMBEDDED, embedded_db_notice
 
 
@@ -28,6 +28,7 @@ def main(args: argparse.Namespace) -> int:
         if cfg.geoip.database == EMBEDDED:
             print(embedded_db_notice(), file=sys.stderr)
         async with running_gateway(cfg, host, port) as (fleet, bound):
+            settle_gc()
             print(f"infercdn gateway listening on http://{host}:{bound} "
                   f"({len(cfg.pools)} pools, {len(fleet.sims)} simulated endpoints)", flush=True)
             await wait_for_signal()
