@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from gateway.config import ConfigError, load_config
-from gateway.server import run, running_gateway, settle_gc, wait_for_signal
+from gateway.server import run, running_gateway, wait_for_signal
+from gateway.tuning import settle_gc
 from routing.locate import EMBEDDED, embedded_db_notice
 
 
