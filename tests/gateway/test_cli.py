@@ -1,0 +1,96 @@
+"""The command line: check, route, and `infercdn up` end to end in a subprocess."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_check_accepts_the_embedded_default() -> None:
+    done = cli("check", "configs/local.yaml")
+    assert done.returncode == 0, done.stderr
+    assert "ok (3 regions, 3 pools, 6 endpoints)" in done.stdout
+
+
+def test_check_names_file_field_and_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    text = (ROOT / "configs" / "local.yaml").read_text().replace("region: ap-southeast\n", "region: mars\n", 1)
+    bad.write_text(text)
+    done = cli("check", str(bad))
+    assert done.returncode == 1
+    assert f"{bad}: pools[2].region = 'mars': unknown region" in done.stderr
+
+
+@pytest.mark.parametrize(("ip", "region"), [("103.4.96.1", "ap-southeast"), ("81.2.69.142", "eu-west"),
+                                            ("8.8.8.8", "us-east")])
+def test_route_json_with_the_embedded_geoip_database(ip: str, region: str) -> None:
+    done = cli("route", "--config", "configs/local.yaml", "--ip", ip, "--model", "tiny-chat", "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["candidates"][0]["region"] == region
+    assert plan["client"]["source"] == "geoip"
+    assert {"geo_ms", "excess_ms", "queue_ms", "penalty_ms", "score_ms"} <= set(plan["candidates"][0])
+    scores = [c["score_ms"] for c in plan["candidates"]]
+    assert scores == sorted(scores)
+
+
+def test_route_text_output_explains_rejections(tmp_path: Path) -> None:
+    cfg = tmp_path / "draining.yaml"
+    cfg.write_text((ROOT / "configs" / "local.yaml").read_text().replace(
+        "  - name: ap-southeast-sim\n    region: ap-southeast\n",
+        "  - name: ap-southeast-sim\n    region: ap-southeast\n    draining: true\n"))
+    done = cli("route", "--config", str(cfg), "--ip", "103.4.96.1", "--model", "tiny-chat")
+    assert done.returncode == 0, done.stderr
+    assert "rejected ap-southeast-sim: draining" in done.stdout
+    assert done.stdout.splitlines()[2].split()[1] == "eu-west"
+
+
+async def test_up_routes_clients_by_location_and_fails_over() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "up", "--port", "0", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        lines: list[str] = []
+        async with asyncio.timeout(60):
+            while not any(line.startswith("stop with") for line in lines):
+                line = (await proc.stdout.readline()).decode()
+                assert line, f"infercdn up exited: {(await proc.stderr.read()).decode()[-2000:]}"
+                lines.append(line.strip())
+        base = next(line.split("gateway ")[1].split(",")[0] for line in lines if line.startswith("infercdn is up"))
+        pids = {line.split(":")[0]: [int(p) for p in line.split("kill ")[1].split()]
+                for line in lines if "-sim: kill " in line}
+        assert any("curl" in line for line in lines)
+        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        async with aiohttp.ClientSession() as session:
+            async def region(ip: str) -> tuple[int, str, str]:
+                async with session.post(base + "/v1/chat/completions", json=body,
+                                        headers={"X-Forwarded-For": ip}) as r:
+                    await r.read()
+                    return r.status, r.headers.get("x-infercdn-region", ""), r.headers.get("x-infercdn-attempts", "")
+            assert (await region("103.4.96.1"))[:2] == (200, "ap-southeast")
+            assert (await region("81.2.69.142"))[:2] == (200, "eu-west")
+            assert (await region("8.8.8.8"))[:2] == (200, "us-east")
+            for pid in pids["ap-southeast-sim"]:
+                os.kill(pid, signal.SIGKILL)
+            after = [await region("103.4.96.1") for _ in range(5)]
+        assert [(s, r) for s, r, _ in after] == [(200, "eu-west")] * 5  # no failed request
+        assert after[-1][2] == "1"  # detected: later requests go straight to eu-west
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            await proc.wait()
