@@ -4,56 +4,28 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from aiohttp import web
 
 from gateway.background import health_probes, load_scraper
 from gateway.config import Config
-from gateway.handlers import routes
+from gateway.handlers import admin_guard, routes
 from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
-from gateway.state import (LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT, RoutingSnapshot, Runtime,
-                           build_topology)
+from gateway.reload import CONFIG_PATH, SIMULATED
+from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
+from gateway.state import LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT, Runtime
 from gateway.upstream_client import UpstreamClient
-from routing.breaker import BreakerParams
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, open_geoip
-from routing.observations import ObservationParams, Observations
-from routing.planner import Planner
-
-
-class SnapshotHolder:
-    """Holds the current routing snapshot; ``swap`` replaces it atomically (one reference)."""
-
-    def __init__(self, snapshot: RoutingSnapshot) -> None:
-        self.current = snapshot
-
-    def swap(self, snapshot: RoutingSnapshot) -> None:
-        self.current = snapshot
-
-
-def observation_params(cfg: Config) -> ObservationParams:
-    return ObservationParams(
-        half_life_s=cfg.latency.half_life_s, rise=cfg.health.rise, fall=cfg.health.fall,
-        consecutive_failures=cfg.outlier.consecutive_failures, base_ejection_s=cfg.outlier.base_ejection_s,
-        max_ejection_s=cfg.outlier.max_ejection_s, max_ejected_percent=cfg.outlier.max_ejected_percent,
-        load_stale_s=cfg.load.stale_s,
-        breaker=BreakerParams(cfg.breaker.enabled, cfg.breaker.failures, cfg.breaker.open_s,
-                              cfg.breaker.max_open_s, cfg.breaker.half_open_probes),
-        max_throttle_s=cfg.retry.max_retry_after_s)
-
-
-def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
-                  simulated: Mapping[str, list[str]] | None = None) -> RoutingSnapshot:
-    topology = build_topology(cfg, simulated)
-    observations.sync(topology)
-    planner = Planner(topology, observations, cfg.routing.params(), rng,
-                      policy=cfg.routing.policy, balancer=cfg.routing.balancer)
-    return RoutingSnapshot(cfg, topology, planner, topology.models())
+from routing.observations import Observations
+from routing.topology import Location
 
 
 def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
-              runtime: Runtime | None = None, geoip_reader: object | None = None) -> web.Application:
+              runtime: Runtime | None = None, geoip_reader: object | None = None,
+              config_path: str | None = None) -> web.Application:
     """The gateway application.  ``simulated`` adds local simulator URLs to pools;
     ``geoip_reader`` overrides the configured database (tests)."""
     rt = runtime or Runtime(clock=time.monotonic, rng=random.Random())
@@ -65,10 +37,12 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     observations = Observations(observation_params(cfg), rt.clock, on_transition)
     reader = geoip_reader if geoip_reader is not None else open_geoip(cfg.geoip.database)
     g = cfg.gateway
-    from routing.topology import Location
     locator = ClientLocator(g.trusted_proxies, reader, Location(g.location.lat, g.location.lon),
                             cfg.geoip.cache_size)
-    app = web.Application(client_max_size=g.max_body_bytes + 1024)
+    app = web.Application(client_max_size=g.max_body_bytes + 1024, middlewares=[admin_guard])
+    if config_path is not None:
+        app[CONFIG_PATH] = Path(config_path)
+    app[SIMULATED] = dict(simulated or {})
     app[RUNTIME] = rt
     app[METRICS] = metrics
     app[OBSERVATIONS] = observations

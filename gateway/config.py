@@ -54,8 +54,9 @@ class GatewayCfg(_Model):
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     keepalive_comment_s: float = Field(default=15.0, gt=0)
+    admin_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # who may call /admin/*
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "admin_networks")
     @classmethod
     def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for net in v:
@@ -199,12 +200,25 @@ class SimulateCfg(_Model):
     max_num_seqs: int = Field(default=64, ge=1)
 
 
+class LaunchCfg(_Model):
+    """Local runs (`infercdn up --engine vllm`): start this pool's endpoint on this machine with
+    `infercdn worker vllm` (the tiny model on the CPU unless `model_dir` says otherwise)."""
+
+    engine: Literal["vllm"] = "vllm"
+    model_dir: str | None = None  # default: `make tiny-model`'s cached model
+    max_model_len: int = Field(default=2048, gt=0)
+    kv_cache_memory_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    extra_args: tuple[str, ...] = ()  # passed to vLLM unchanged
+
+
 class PoolCfg(_Model):
     name: str = Field(min_length=1)
     region: str
     models: dict[str, str]
     endpoints: tuple[EndpointCfg, ...] = ()
     simulate: SimulateCfg | None = None
+    launch: LaunchCfg | None = None
     tags: tuple[str, ...] = ()
     price_per_mtok: float | None = Field(default=None, ge=0)
     tier: int = Field(default=0, ge=0)
@@ -222,8 +236,8 @@ class PoolCfg(_Model):
 
     @model_validator(mode="after")
     def _has_endpoints(self) -> PoolCfg:
-        if not self.endpoints and self.simulate is None:
-            raise ValueError("a pool needs `endpoints` (or `simulate` for local runs)")
+        if not self.endpoints and self.simulate is None and self.launch is None:
+            raise ValueError("a pool needs `endpoints` (or `simulate` / `launch` for local runs)")
         if not self.models:
             raise ValueError("a pool must serve at least one model")
         return self

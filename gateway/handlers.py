@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import time
+from ipaddress import ip_network
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from gateway.config import ConfigError
 from gateway.errors import GatewayError, ModelNotFound, error_body
+from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import parse, read_body
 from gateway.state import LOCATOR, METRICS, OBSERVATIONS, PROXY, SNAPSHOT
+from routing.locate import parse_ip
 from routing.plan import RequestContext
 from routing.topology import Location
 
@@ -86,6 +91,31 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+def _admin_allowed(request: web.Request) -> bool:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    ip = parse_ip(peer[0] if peer else None)
+    nets = request.app[SNAPSHOT].current.config.gateway.admin_networks
+    return ip is not None and any(ip.version == n.version and ip in n for n in map(ip_network, nets))
+
+
+@web.middleware
+async def admin_guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path.startswith("/admin/") and not _admin_allowed(request):
+        return _json(error_body("the admin API is not available from this address", "permission_error",
+                                None, "forbidden"), 403)
+    return await handler(request)
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    """POST /admin/reload: read the config file again and swap the routing snapshot."""
+    if CONFIG_PATH not in request.app:
+        return _json(error_body("this gateway was not started from a config file", "invalid_request_error"), 409)
+    try:
+        return _json(reload_config(request.app))
+    except ConfigError as exc:
+        return _json(error_body("; ".join(exc.lines()), "invalid_request_error", None, "invalid_config"), 400)
+
+
 async def admin_plan(request: web.Request) -> web.Response:
     """GET /admin/plan?model=M[&ip=IP]: the plan and its explanation, as `infercdn route` prints."""
     snapshot = request.app[SNAPSHOT].current
@@ -114,5 +144,6 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/metrics", metrics),
         web.get("/admin/plan", admin_plan),
         web.get("/admin/observations", admin_observations),
+        web.post("/admin/reload", admin_reload),
         web.route("*", "/{tail:.*}", not_found),
     ]

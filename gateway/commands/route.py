@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def plan_from_config(cfg: Config, ip: str | None, model: str, probe: bool = False) -> dict[str, Any]:
-    from gateway.app import make_snapshot, observation_params
+    from gateway.snapshot import make_snapshot, observation_params
 
     obs = Observations(observation_params(cfg), time.monotonic)
     placeholders = {p.name: [f"http://simulated.invalid/{p.name}/{j}" for j in range(p.simulate.endpoints)]

@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
     async def serve() -> int:
         if cfg.geoip.database == EMBEDDED:
             print(embedded_db_notice(), file=sys.stderr)
-        async with running_gateway(cfg, host, port) as (fleet, bound):
+        async with running_gateway(cfg, host, port, config_path=args.config) as (fleet, bound):
             settle_gc()
             print(f"infercdn gateway listening on http://{host}:{bound} "
                   f"({len(cfg.pools)} pools, {len(fleet.sims)} simulated endpoints)", flush=True)

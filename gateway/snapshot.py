@@ -1,0 +1,41 @@
+"""The routing snapshot: topology and planner built from a validated config."""
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from gateway.config import Config
+from gateway.state import RoutingSnapshot, build_topology
+from routing.breaker import BreakerParams
+from routing.observations import ObservationParams, Observations
+from routing.planner import Planner
+
+
+class SnapshotHolder:
+    """Holds the current routing snapshot; ``swap`` replaces it atomically (one reference)."""
+
+    def __init__(self, snapshot: RoutingSnapshot) -> None:
+        self.current = snapshot
+
+    def swap(self, snapshot: RoutingSnapshot) -> None:
+        self.current = snapshot
+
+
+def observation_params(cfg: Config) -> ObservationParams:
+    return ObservationParams(
+        half_life_s=cfg.latency.half_life_s, rise=cfg.health.rise, fall=cfg.health.fall,
+        consecutive_failures=cfg.outlier.consecutive_failures, base_ejection_s=cfg.outlier.base_ejection_s,
+        max_ejection_s=cfg.outlier.max_ejection_s, max_ejected_percent=cfg.outlier.max_ejected_percent,
+        load_stale_s=cfg.load.stale_s,
+        breaker=BreakerParams(cfg.breaker.enabled, cfg.breaker.failures, cfg.breaker.open_s,
+                              cfg.breaker.max_open_s, cfg.breaker.half_open_probes),
+        max_throttle_s=cfg.retry.max_retry_after_s)
+
+
+def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
+                  simulated: Mapping[str, list[str]] | None = None) -> RoutingSnapshot:
+    topology = build_topology(cfg, simulated)
+    observations.sync(topology)
+    planner = Planner(topology, observations, cfg.routing.params(), rng,
+                      policy=cfg.routing.policy, balancer=cfg.routing.balancer)
+    return RoutingSnapshot(cfg, topology, planner, topology.models())
