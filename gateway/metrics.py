@@ -25,6 +25,7 @@ class GatewayMetrics:
     endpoint_latency_ms: Gauge
     transitions: Counter
     client_disconnects: Counter
+    resumes: Counter
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -42,8 +43,8 @@ def build_metrics() -> GatewayMetrics:
                           ["from_region", "to_region"], registry=r),
         request_seconds=Histogram("infercdn_request_duration_seconds", "Client request duration",
                                   ["model", "stream"], buckets=_LAT_BUCKETS, registry=r),
-        ttft_seconds=Histogram("infercdn_time_to_first_byte_seconds",
-                               "Time from request to the first upstream body byte relayed",
+        ttft_seconds=Histogram("infercdn_time_to_first_token_seconds",
+                               "Upstream time to the first token (or whole body) of the answering attempt",
                                ["region"], buckets=_LAT_BUCKETS, registry=r),
         tokens=Counter("infercdn_tokens", "Tokens reported by upstream usage", ["model", "kind"], registry=r),
         inflight=Gauge("infercdn_inflight_requests", "Requests in flight per endpoint", ["endpoint"], registry=r),
@@ -57,4 +58,6 @@ def build_metrics() -> GatewayMetrics:
                             ["endpoint", "kind", "to"], registry=r),
         client_disconnects=Counter("infercdn_client_disconnects", "Clients that left before the end",
                                    ["model"], registry=r),
+        resumes=Counter("infercdn_stream_resumes", "Streams continued on another endpoint after their first token",
+                        ["strategy", "result"], registry=r),
     )
