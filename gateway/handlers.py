@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from ipaddress import ip_network
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiohttp import web
 from gateway.config import ConfigError
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.reload import CONFIG_PATH, reload_config
-from gateway.request import parse, read_body
+from gateway.request import ParsedRequest, parse, read_body
 from gateway.state import LOCATOR, METRICS, OBSERVATIONS, PROXY, SNAPSHOT
 from routing.locate import parse_ip
 from routing.plan import RequestContext
@@ -41,10 +42,21 @@ async def _generate(request: web.Request, kind: str, path: str) -> web.StreamRes
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
         _, location = client_location(request)
-        ctx = RequestContext(model=req.model, client=location)
+        prefix = prefix_hash(req) if snapshot.config.routing.balancer == "prefix_affinity" else None
+        ctx = RequestContext(model=req.model, client=location, prefix_hash=prefix)
         return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx)
     except GatewayError as exc:
         return exc.response({"x-request-id": rid} if rid else None)
+
+
+PREFIX_BYTES = 1024
+
+
+def prefix_hash(req: ParsedRequest) -> int:
+    """A stable hash of the start of the prompt: requests that share it land on the same
+    endpoint (bounded load), where vLLM's prefix cache already holds it."""
+    head = req.body.get("messages") if req.kind == "chat" else req.body.get("prompt")
+    return zlib.crc32(orjson.dumps(head)[:PREFIX_BYTES])
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

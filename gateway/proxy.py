@@ -6,6 +6,7 @@ an in-band error event and no ``[DONE]``."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from collections.abc import Iterator
 
 from aiohttp import web
@@ -50,8 +51,7 @@ class Proxy:
         last_refusal: tuple[Candidate, Refused] | None = None
         plan: Plan | None = None
         for model in (req.model, *mcfg.fallbacks):
-            plan = planner.plan(RequestContext(model=model, client=ctx.client, required_tags=ctx.required_tags,
-                                               allowed_jurisdictions=ctx.allowed_jurisdictions))
+            plan = planner.plan(replace(ctx, model=model))
             won = await FirstToken(self, ex, lambda c, m=model: self._body(req, c, resume),
                                    req.path).run(self._candidates(ex, plan, model), req.stream)
             if won is None:

@@ -109,3 +109,14 @@ async def test_stream_is_relayed_unchanged(sim_factory, gateway_factory) -> None
 
     assert events(relayed) == events(direct)
     assert relayed.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_prefix_affinity_keeps_a_conversation_on_one_endpoint(sim_factory, gateway_factory) -> None:
+    sims = [await sim_factory() for _ in range(3)]
+    data = base_config({"eu-west": [s.url for s in sims]}, routing={"balancer": "prefix_affinity"})
+    gw = await gateway_factory(data)
+    for turn in range(6):
+        status, _, _ = await post(gw.url, {**CHAT, "messages": [{"role": "system", "content": "You are a pirate."},
+                                                                {"role": "user", "content": "Arr"}]}, LONDON)
+        assert status == 200
+    assert sorted(s.stats.requests_total for s in sims) == [0, 0, 6]
