@@ -243,6 +243,34 @@ class PoolCfg(_Model):
         return self
 
 
+class TenantCfg(_Model):
+    """Who may call, with which keys, and what their requests may use."""
+
+    name: str = Field(min_length=1)
+    api_keys: tuple[str, ...] = ()  # plain keys (fine for local runs)
+    api_key_sha256: tuple[str, ...] = ()  # hex SHA-256 of keys: keeps secrets out of config files
+    models: tuple[str, ...] = ()  # allowed public models; empty: all
+    required_tags: tuple[str, ...] = ()  # e.g. [soc2]: only pools carrying every tag
+    jurisdictions: tuple[str, ...] | None = None  # data residency: only regions in these jurisdictions
+    requests_per_s: float | None = Field(default=None, gt=0)  # token bucket per gateway
+    burst: int = Field(default=20, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _hex(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for h in v:
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
+                raise ValueError(f"{h!r} is not a hex SHA-256 digest (64 hex digits)")
+        return tuple(h.lower() for h in v)
+
+
+class AuthCfg(_Model):
+    required: bool = False  # false: requests without a key are served as the anonymous tenant
+    tenants: tuple[TenantCfg, ...] = ()
+    anonymous: TenantCfg = TenantCfg(name="anonymous")
+
+
 class Config(_Model):
     def pool_cfg(self, name: str) -> PoolCfg | None:
         return next((p for p in self.pools if p.name == name), None)
@@ -263,6 +291,7 @@ class Config(_Model):
     budget: BudgetCfg = BudgetCfg()
     breaker: BreakerCfg = BreakerCfg()
     models: dict[str, ModelCfg] = Field(default_factory=dict)
+    auth: AuthCfg = AuthCfg()
     regions: tuple[RegionCfg, ...] = Field(min_length=1)
     pools: tuple[PoolCfg, ...] = Field(min_length=1)
 
@@ -303,6 +332,15 @@ def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:
         for k, pool in enumerate(model.larger_context):
             if pool not in seen_pools:
                 problems.append((f"models.{name}.larger_context[{k}]", pool, "unknown pool"))
+    keys: set[str] = set()
+    for i, tenant in enumerate(cfg.auth.tenants):
+        for k, key in enumerate(tenant.api_keys):
+            if key in keys:
+                problems.append((f"auth.tenants[{i}].api_keys[{k}]", "***", "the same key is given twice"))
+            keys.add(key)
+        for k, model in enumerate(tenant.models):
+            if model not in served:
+                problems.append((f"auth.tenants[{i}].models[{k}]", model, "no pool serves this model"))
     if cfg.routing.policy not in _policy_names():
         problems.append(("routing.policy", cfg.routing.policy, f"unknown policy; known: {sorted(_policy_names())}"))
     return problems

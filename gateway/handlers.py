@@ -1,6 +1,7 @@
 """HTTP handlers: the OpenAI endpoints, probes of the gateway itself, metrics, admin."""
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from ipaddress import ip_network
@@ -9,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.auth import check_model
 from gateway.config import ConfigError
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.reload import CONFIG_PATH, reload_config
@@ -35,18 +37,30 @@ def client_location(request: web.Request) -> tuple[str | None, Location]:
 async def _generate(request: web.Request, kind: str, path: str) -> web.StreamResponse:
     snapshot = request.app[SNAPSHOT].current
     rid = request.headers.get("X-Request-Id")
+    tenant = None
     try:
+        tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
         raw = await read_body(request, snapshot.config.gateway.max_body_bytes)
         req = parse(kind, path, raw, rid)
+        check_model(tenant, req.model)
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
-        _, location = client_location(request)
-        prefix = prefix_hash(req) if snapshot.config.routing.balancer == "prefix_affinity" else None
-        ctx = RequestContext(model=req.model, client=location, prefix_hash=prefix)
-        return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx)
+        tenant.admit(asyncio.get_running_loop().time())
     except GatewayError as exc:
         return exc.response({"x-request-id": rid} if rid else None)
+    try:
+        _, location = client_location(request)
+        t = tenant.cfg
+        prefix = prefix_hash(req) if snapshot.config.routing.balancer == "prefix_affinity" else None
+        ctx = RequestContext(model=req.model, client=location, required_tags=frozenset(t.required_tags),
+                             allowed_jurisdictions=frozenset(t.jurisdictions) if t.jurisdictions is not None else None,
+                             prefix_hash=prefix)
+        return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx)
+    except GatewayError as exc:
+        return exc.response({"x-request-id": req.request_id})
+    finally:
+        tenant.done()
 
 
 PREFIX_BYTES = 1024

@@ -42,7 +42,7 @@ def reload_config(app: web.Application) -> dict[str, object]:
     holder = app[SNAPSHOT]
     old = holder.current
     cfg = load_config(path)
-    snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED))
+    snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old)
     holder.swap(snapshot)
     fixed = restart_needed(old.config, cfg)
     if fixed:

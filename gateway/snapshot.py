@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping
 
+from gateway.auth import Authenticator
 from gateway.config import Config
 from gateway.state import RoutingSnapshot, build_topology
 from routing.breaker import BreakerParams
@@ -33,9 +35,11 @@ def observation_params(cfg: Config) -> ObservationParams:
 
 
 def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
-                  simulated: Mapping[str, list[str]] | None = None) -> RoutingSnapshot:
+                  simulated: Mapping[str, list[str]] | None = None,
+                  previous: RoutingSnapshot | None = None) -> RoutingSnapshot:
     topology = build_topology(cfg, simulated)
     observations.sync(topology)
     planner = Planner(topology, observations, cfg.routing.params(), rng,
                       policy=cfg.routing.policy, balancer=cfg.routing.balancer)
-    return RoutingSnapshot(cfg, topology, planner, topology.models())
+    auth = Authenticator.build(cfg.auth, time.monotonic, previous.auth if previous else None)
+    return RoutingSnapshot(cfg, topology, planner, topology.models(), auth)

@@ -21,6 +21,7 @@ class RoutingSnapshot:
     topology: Topology
     planner: object  # routing.planner.Planner
     models: frozenset[str]
+    auth: object = None  # gateway.auth.Authenticator
 
 
 def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None) -> Topology:
