@@ -6,6 +6,7 @@ an in-band error event and no ``[DONE]``."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from collections.abc import Iterator
 
@@ -163,7 +164,7 @@ class Proxy:
         req = ex.req
         self.metrics.requests.labels(req.model, region, status).inc()
         self.metrics.request_seconds.labels(req.model, "true" if req.stream else "false").observe(
-            asyncio.get_running_loop().time() - (ex.deadline - ex.mcfg.total_deadline_s))
+            time.monotonic() - req.started)
 
     def usage(self, ex: Exchange, usage: dict | None) -> None:
         if not usage:

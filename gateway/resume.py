@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.request import ParsedRequest
-from gateway.sse import encode_event, events, parse_event
+from gateway.sse import events, parse_event
 
 # sampling parameters a token-level continuation carries over from a chat request
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",

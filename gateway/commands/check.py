@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from gateway.config import ConfigError, load_config
+from gateway.commands import load_or_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,10 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 1
     endpoints = sum(len(p.endpoints) + (p.simulate.endpoints if p.simulate else 0) for p in cfg.pools)
     print(f"{args.config}: ok ({len(cfg.regions)} regions, {len(cfg.pools)} pools, {endpoints} endpoints)")

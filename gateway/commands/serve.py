@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.config import ConfigError, load_config
+from gateway.commands import load_or_report
 from gateway.server import run, running_gateway, wait_for_signal
 from gateway.tuning import settle_gc
 from routing.locate import EMBEDDED, embedded_db_notice
@@ -17,10 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 1
     host = args.host or cfg.gateway.host
     port = cfg.gateway.port if args.port is None else args.port
