@@ -55,6 +55,7 @@ class FirstToken:
                     cand = self.pending.pop(task)
                     result = task.result()
                     if not isinstance(result, Failed):
+                        await self._cancel_pending(Outcome.CANCELLED, "lost the hedge race")
                         return Won(cand, result)
                     self._failed(cand, result)
                     if not self.pending and not await self._launch(candidates):
@@ -63,6 +64,7 @@ class FirstToken:
                         hedge_at = self._hedge_at(cand)
                 now = loop.time()
                 if now >= ex.deadline:
+                    await self._cancel_pending(Outcome.TIMEOUT, "no first token before the request's total deadline")
                     return None
                 if stream and now >= next_keepalive:
                     await self._keepalive()
@@ -73,7 +75,7 @@ class FirstToken:
                     await self._launch(candidates, hedge=True)
             return None
         finally:
-            await self._cancel_pending()
+            await self._cancel_pending(None, "")
 
     def _hedge_at(self, cand: Candidate | None) -> float:
         hedge = self.ex.mcfg.hedge
@@ -121,17 +123,22 @@ class FirstToken:
 
     async def _keepalive(self) -> None:
         ex = self.ex
-        response = await ex.commit_head(None, None, {})
+        response = await ex.commit_head(None, None, {}, attempts=len(ex.tried) + len(self.pending))
         await response.write(KEEPALIVE)
 
-    async def _cancel_pending(self) -> None:
-        tasks = list(self.pending)
+    async def _cancel_pending(self, outcome: Outcome | None, detail: str) -> None:
+        """Cancel the attempts still running (closing them upstream); with an ``outcome``
+        they are recorded (a lost hedge, a deadline), without one (the client left) not."""
+        tasks = list(self.pending.items())
         self.pending.clear()
-        for task in tasks:
+        for task, _ in tasks:
             task.cancel()
-        for task in tasks:
+        for task, cand in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 result = await task
                 if isinstance(result, Ready):  # finished as it was cancelled: drop it
                     result.close()
                     self.proxy.obs.release(result.endpoint_id)
+            if outcome is not None:
+                self.ex.tried.append(Tried(cand, outcome, detail, self.ex.req.model))
+                self.proxy.record(cand, outcome)

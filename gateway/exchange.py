@@ -46,8 +46,9 @@ class Exchange:
     def endpoints_tried(self) -> set[str]:
         return {t.cand.endpoint.id for t in self.tried}
 
-    def headers(self, cand: Candidate | None, model: str | None = None) -> dict[str, str]:
-        out = {"x-request-id": self.req.request_id, "x-infercdn-attempts": str(self.attempts)}
+    def headers(self, cand: Candidate | None, model: str | None = None, attempts: int | None = None) -> dict[str, str]:
+        out = {"x-request-id": self.req.request_id,
+               "x-infercdn-attempts": str(self.attempts if attempts is None else attempts)}
         if cand is not None:
             out["x-infercdn-region"] = cand.region
             out["x-infercdn-pool"] = cand.pool.name
@@ -57,11 +58,13 @@ class Exchange:
     def summary(self) -> str:
         return "; ".join(f"{t.cand.endpoint.id} ({t.cand.region}): {t.detail}" for t in self.tried)
 
-    async def commit_head(self, cand: Candidate | None, model: str | None, upstream_headers: dict[str, str]) -> web.StreamResponse:
-        """Send the stream's response head (once)."""
+    async def commit_head(self, cand: Candidate | None, model: str | None, upstream_headers: dict[str, str],
+                          attempts: int | None = None) -> web.StreamResponse:
+        """Send the stream's response head (once).  Sent by a keep-alive before any token, it
+        cannot name the region that will answer: an SSE comment does, later."""
         if self.response is None:
             headers = {"Content-Type": "text/event-stream; charset=utf-8", **upstream_headers,
-                       **self.headers(cand, model), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+                       **self.headers(cand, model, attempts), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             self.response = web.StreamResponse(status=200, headers=headers)
             await self.response.prepare(self.request)
         return self.response

@@ -36,7 +36,10 @@ class OutlierParams:
 
 
 class DecayingErrorRate:
-    """Exponentially decayed failure and request counts; the rate is their ratio."""
+    """Exponentially decayed failure and request counts; the rate is their ratio, and 0 below
+    ``min_volume`` requests (as Envoy's success-rate detection: too little evidence).  One
+    failure must not push a recovered endpoint down the ranking where no success can reach
+    it to dilute the rate."""
     __slots__ = ("half_life_s", "min_volume", "_failures", "_total", "_at")
 
     def __init__(self, half_life_s: float, min_volume: float) -> None:
@@ -63,7 +66,8 @@ class DecayingErrorRate:
         if not self._total:
             return 0.0
         k: float = 0.5 ** (max(0.0, now - self._at) / self.half_life_s)
-        return (self._failures * k) / max(self._total * k, self.min_volume)
+        total = self._total * k
+        return 0.0 if total < self.min_volume else (self._failures * k) / total
 
 
 class EndpointOutlier:

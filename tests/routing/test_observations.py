@@ -61,7 +61,9 @@ def test_outcomes_eject_and_ttfb_feeds_latency(obs, clock, events) -> None:  # t
     obs.record_outcome("us-east-1", Outcome.TIMEOUT)
     v = obs.view("us-east-1")
     assert v.ejected and v.ejected_until == clock.now + 30.0 and v.healthy
-    assert v.error_rate == pytest.approx(3 / 5)
+    assert v.error_rate == 0.0  # 4 requests: below the minimum volume, ejection does the work
+    obs.record_outcome("us-east-1", Outcome.SUCCESS)
+    assert obs.view("us-east-1").error_rate == pytest.approx(3 / 5)
     assert obs.route_inputs("us-east-1")[0] == "ejected"
     assert ("us-east-1", "outlier", "active", "ejected") in events
     clock.advance(30.0)

@@ -117,8 +117,11 @@ def test_unknown_ids_ignored_and_sync_keeps_state(det) -> None:  # type: ignore[
 def test_error_rate_decays(clock) -> None:  # type: ignore[no-untyped-def]
     rate = DecayingErrorRate(half_life_s=30.0, min_volume=5.0)
     rate.record(True, clock.now)
-    assert rate.value(clock.now) == pytest.approx(0.2)  # one failure is not 100 %
-    for _ in range(9):
+    assert rate.value(clock.now) == 0.0  # below the minimum volume: no evidence yet
+    for _ in range(4):
+        rate.record(False, clock.now)
+    assert rate.value(clock.now) == pytest.approx(0.2)
+    for _ in range(5):
         rate.record(False, clock.now)
     assert rate.value(clock.now) == pytest.approx(0.1)
     for _ in range(10):
@@ -134,5 +137,8 @@ def test_detector_error_rate(det, clock) -> None:  # type: ignore[no-untyped-def
     det.record("a", Outcome.SUCCESS)
     det.record("a", Outcome.HTTP_5XX)
     det.record("a", Outcome.CANCELLED)  # neutral: not a request volume either
+    assert det.error_rate("a") == 0.0  # 2 requests: below the minimum volume of 5
+    for _ in range(3):
+        det.record("a", Outcome.SUCCESS)
     assert det.error_rate("a") == pytest.approx(1 / 5)
     assert det.error_rate("b") == 0.0

@@ -173,9 +173,11 @@ def test_in_pool_order_follows_inflight_and_waiting(topology, obs) -> None:  # t
 
 def test_error_rate_and_price_penalties(topology, obs) -> None:  # type: ignore[no-untyped-def]
     obs.record_outcome("eu-west-0", Outcome.HTTP_5XX)
+    for _ in range(4):
+        obs.record_outcome("eu-west-0", Outcome.SUCCESS)
     plan = planner(topology, obs).plan(ctx(LONDON_CLIENT))
     eu = plan.candidates[0]
-    assert eu.components.penalty_ms == pytest.approx(0.2 * 500.0 / 2)  # one of 5 min volume, mean of 2
+    assert eu.components.penalty_ms == pytest.approx(0.2 * 500.0 / 2)  # 1 failure in 5, mean of 2 endpoints
     priced = make_topology()
     pools = tuple(type(p)(p.name, p.region, p.models, p.endpoints, p.tags, price_per_mtok=2.0)
                   for p in priced.pools)
