@@ -3,7 +3,6 @@
 gateway is healthy afterwards."""
 from __future__ import annotations
 
-import pytest
 
 from tests.chaos import scenarios as sc
 from tests.chaos.helpers import Env
