@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 PORT   ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run test test-fast bench vllm-cpu tiny-model clean
+.PHONY: install install-test run run-vllm test test-fast bench vllm-cpu tiny-model clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -40,6 +40,10 @@ vllm-cpu:
 tiny-model:
 	PYTHONPATH="$(CURDIR)" "$$(bash scripts/vllm_cpu_env.sh)" -m worker.tiny_model \
 		"$${INFERCDN_CACHE:-$$HOME/.cache/infercdn}/tiny-chat"
+
+# `make run` with real vLLM (CPU, the tiny model) in eu-west and simulators elsewhere.
+run-vllm: install vllm-cpu tiny-model
+	$(VENV)/bin/infercdn up --engine vllm --port $(PORT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

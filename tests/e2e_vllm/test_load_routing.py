@@ -1,0 +1,128 @@
+"""Load scraped from real vLLM's /metrics changes routing.  The run's one server is started with
+``--max-num-seqs 4`` (tests/vllm_fixture.py); long generations sent to it directly (behind the
+gateway's back, so only the scrape can see them) fill it and queue more, and new requests through
+the gateway then go to a simulator instead: in another region (the pool's queue estimate) or
+beside vLLM in the same pool (the power-of-two-choices pick)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import LONDON
+from tests.e2e_vllm.helpers import (CHAT, MARKS, MODEL, PROMPT, observations, sdk, vllm_config, vllm_metrics,
+                                    wait_for, wait_idle)
+from tests.vllm_fixture import MAX_NUM_SEQS, VllmServer
+
+pytestmark = MARKS
+
+QUEUED = 3  # beyond max_num_seqs: vllm:num_requests_waiting == 3
+# a saturated 2-core machine answers /metrics slowly: keep a scrape fresh long enough that a slow
+# round does not turn the load into "unknown" (counted as no queue) in the middle of the test
+LOAD = {"scrape_interval_s": 0.2, "stale_s": 15.0}
+
+
+async def _generate_forever(http: aiohttp.ClientSession, url: str) -> None:
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    async with http.post(url + "/v1/completions", json=body) as resp:
+        async for _ in resp.content.iter_any():
+            pass
+
+
+@contextlib.asynccontextmanager
+async def saturated(vllm: VllmServer) -> AsyncIterator[None]:
+    """vLLM with every sequence slot busy and QUEUED requests waiting, until the block ends
+    (the requests are dropped then, which aborts them)."""
+    await wait_idle(vllm.url)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+        tasks = [asyncio.create_task(_generate_forever(http, vllm.url)) for _ in range(MAX_NUM_SEQS + QUEUED)]
+        try:
+            async def full() -> bool:
+                m = await vllm_metrics(vllm.url)
+                return m["vllm:num_requests_running"] == MAX_NUM_SEQS and m["vllm:num_requests_waiting"] > 0
+            await wait_for(full, 60, f"vLLM running {MAX_NUM_SEQS} with requests waiting")
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    await wait_idle(vllm.url)
+
+
+async def pools_serving(gw_url: str, n: int) -> list[str]:
+    async with sdk(gw_url, LONDON) as client:
+        raws = [await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=CHAT, max_tokens=4, temperature=0) for _ in range(n)]
+    return [raw.headers["x-infercdn-pool"] for raw in raws]
+
+
+async def scraped_waiting(gw_url: str, endpoint_id: str) -> int | None:
+    view = (await observations(gw_url))[endpoint_id]
+    return view["waiting"] if view["load_fresh"] else None
+
+
+async def test_saturated_vllm_sends_new_requests_to_another_region(vllm_server: VllmServer, sim_factory,
+                                                                   gateway_factory) -> None:
+    sim = await sim_factory()
+    # a short latency memory: probe times measured while the 2 CPUs are saturated fade quickly
+    gw = await gateway_factory(vllm_config(vllm_server, {"us-east": [sim.url]}, latency={"half_life_s": 0.5},
+                                            load=LOAD))
+    await wait_for(lambda: _fresh(gw.url, "eu-west-0"), 10, "a first scrape of vLLM's /metrics")
+    assert await pools_serving(gw.url, 3) == ["eu-west-pool"] * 3  # nearest, idle
+
+    async with saturated(vllm_server):
+        await wait_for(lambda: _waiting(gw.url, "eu-west-0"), 10, "the gateway scraped vLLM's queue")
+        served = await pools_serving(gw.url, 5)
+        assert served == ["us-east-pool"] * 5, (await plan(gw.url), await observations(gw.url))
+        eu, us = _by_pool((await plan(gw.url))["candidates"])
+        # the queue estimate from the scraped gauges is what outweighs eu-west's head start
+        assert eu["queue_ms"] > us["queue_ms"] + us["geo_ms"] - eu["geo_ms"]
+
+    # drained: the scrape sees it idle again and the nearest region wins once more
+    await wait_for(lambda: _idle_scraped(gw.url, "eu-west-0"), 10, "the gateway scraped vLLM idle")
+    await wait_for(lambda: _first_is(gw.url, "eu-west-pool"), 30, "eu-west ranked first again")
+    assert await pools_serving(gw.url, 3) == ["eu-west-pool"] * 3
+
+
+async def plan(gw_url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(gw_url + f"/admin/plan?ip={LONDON}&model={MODEL}") as resp:
+        return await resp.json()  # type: ignore[no-any-return]
+
+
+def _by_pool(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pools = {c["pool"]: c for c in candidates}
+    return pools["eu-west-pool"], pools["us-east-pool"]
+
+
+async def _first_is(gw_url: str, pool: str) -> bool:
+    return (await plan(gw_url))["candidates"][0]["pool"] == pool
+
+
+async def test_saturated_vllm_loses_the_in_pool_pick_to_its_neighbour(vllm_server: VllmServer, sim_factory,
+                                                                      gateway_factory) -> None:
+    sim = await sim_factory()
+    data = vllm_config(vllm_server, load=LOAD)
+    data["pools"][0]["endpoints"].append({"id": "eu-west-sim", "url": sim.url})
+    gw = await gateway_factory(data)
+    await wait_for(lambda: _fresh(gw.url, "eu-west-0"), 10, "a first scrape of vLLM's /metrics")
+
+    async with saturated(vllm_server):
+        await wait_for(lambda: _waiting(gw.url, "eu-west-0"), 10, "the gateway scraped vLLM's queue")
+        assert await pools_serving(gw.url, 8) == ["eu-west-pool"] * 8
+        assert sim.stats.requests_total == 8  # every one went to the simulator beside vLLM
+
+
+async def _fresh(gw_url: str, endpoint_id: str) -> bool:
+    return (await observations(gw_url))[endpoint_id]["load_fresh"] is True
+
+
+async def _waiting(gw_url: str, endpoint_id: str) -> bool:
+    return ((await scraped_waiting(gw_url, endpoint_id)) or 0) > 0
+
+
+async def _idle_scraped(gw_url: str, endpoint_id: str) -> bool:
+    view = (await observations(gw_url))[endpoint_id]
+    return view["load_fresh"] and view["waiting"] == 0 and view["running"] == 0
