@@ -43,6 +43,8 @@ class Exchange(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.sent = now()
         self.first = 0.0
+        self.last = 0.0
+        self.max_gap = 0.0
         self.region = ""
         self.tail = b""
         self.tokens = 0
@@ -58,6 +60,9 @@ class Exchange(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         t = now()
+        if self.last and t - self.last > self.max_gap:
+            self.max_gap = t - self.last
+        self.last = t
         if not self.first:
             self.first = t
             stats = self.stats
@@ -147,7 +152,7 @@ async def user(host: str, port: int, payload: bytes, stats: Stats, keep: bool, t
         elif t > stats.t1 and conn.sent <= stats.t1 and outcome != "ok":
             stats.outcomes[outcome] += 1  # a failure of a request started in the window still counts
         if keep:
-            stats.records.append((round(conn.sent, 4), conn.region, outcome))
+            stats.records.append((round(conn.sent, 4), conn.region, outcome, round(t, 4), round(conn.max_gap, 4)))
         if outcome != "ok" and conn.transport is not None:
             conn.transport.close()
             conn.lost = True
@@ -210,7 +215,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--t1", type=float, required=True, help="window end, time.monotonic()")
     p.add_argument("--grace", type=float, default=0.0, help="keep going this long after t1")
     p.add_argument("--ramp", type=float, default=1.0, help="spread the users' first requests over this many s")
-    p.add_argument("--records", action="store_true", help="include (sent, region, outcome) per request")
+    p.add_argument("--records", action="store_true",
+                   help="include (sent, region, outcome, ended, longest gap between body reads) per request")
     args = p.parse_args(argv)
     args.start = now()
     return args

@@ -7,7 +7,8 @@ from collections import defaultdict
 METRICS = ("cpu_per_request_ms", "cpu_per_token_us", "user_per_token_us", "sys_per_token_us",
            "requests_ratio", "tokens_ratio", "ttft_p50_added_ms", "ttft_p99_added_ms", "ttft_p50_ms",
            "ttft_p99_ms", "requests_per_s", "tokens_per_s", "errors", "rss_mib", "client_cpu_util")
-FAILOVER = ("failed_requests", "leave_s", "last_failure_after_kill_s", "routed_to_dead_region_after_kill")
+FAILOVER = ("failed_requests", "leave_s", "last_failure_after_kill_s", "routed_to_dead_region_after_kill",
+            "resumed_streams", "resumed_p50_gap_ms", "resumed_max_gap_ms")
 
 
 def add_ratios(runs: list[dict]) -> None:
@@ -97,15 +98,17 @@ def markdown(doc: dict) -> str:
     if "W4" in summary:
         lines += ["", f"## W4: {doc['workloads']['W4']}", "",
                   "| system | failed requests | traffic left dead region after s | last failure after kill s "
-                  "| requests routed to dead region after kill | CPU/token µs | tok/s ×direct W3 |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| requests routed to dead region after kill | streams resumed on the other region "
+                  "| their longest silence ms, p50 / max | CPU/token µs |",
+                  "|---|---|---|---|---|---|---|---|"]
         for system, e in summary["W4"].items():
             if not e["rounds_ok"]:
                 lines.append(f"| {system} | failed: {'; '.join(e['failures'])[:200]} | | | | | |")
                 continue
             lines.append(f"| {system} | {_fmt(e, 'failed_requests', 0)} | {_fmt(e, 'leave_s', 2)} | "
                          f"{_fmt(e, 'last_failure_after_kill_s', 2)} | {_fmt(e, 'routed_to_dead_region_after_kill', 0)} "
-                         f"| {_fmt(e, 'cpu_per_token_us', 1)} | – |")
+                         f"| {_fmt(e, 'resumed_streams', 0)} | {_fmt(e, 'resumed_p50_gap_ms', 0)} / "
+                         f"{_fmt(e, 'resumed_max_gap_ms', 0)} | {_fmt(e, 'cpu_per_token_us', 1)} |")
     idle = doc.get("idle")
     if idle:
         lines += ["", "## 10,000 idle-ish streams (infercdn)", ""]
@@ -120,4 +123,8 @@ def markdown(doc: dict) -> str:
             lines.append(f"failed: {idle.get('error')}")
     if doc.get("profile"):
         lines += ["", f"Flame graph of infercdn on W3: `{doc['profile']}`"]
+        top = (doc.get("profile_detail") or {}).get("self_pct") or []
+        if top:
+            lines.append("Most samples on top of the stack (self %): "
+                         + ", ".join(f"{f} {p}" for f, p in top[:8]) + ".")
     return "\n".join(lines) + "\n"

@@ -122,6 +122,15 @@ def run_rounds(args: argparse.Namespace, ok: list[str], timing: Timing, work: Pa
     return runs
 
 
+def _relative(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(peers.ROOT))
+    except ValueError:
+        return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     raise_nofile(200_000)  # inherited by every process started here (10k streams need ~30k fds)
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
            "infercdn_config": "one region/pool with both upstreams (W4: two regions, one upstream each); "
                               "load.enabled: true, health every 1 s",
            "systems": systems, "summary": report.summarise(runs), "runs": runs, "idle": idle,
-           "profile": prof.get("svg") if prof and prof.get("status") == "ok" else None,
+           "profile": _relative(prof.get("svg")) if prof and prof.get("status") == "ok" else None,
            "profile_detail": prof, "elapsed_s": round(time.monotonic() - started, 1)}
     base = args.out / stamp
     base.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))

@@ -150,12 +150,18 @@ def _failover(records: list, kill_t: float, victim: int) -> dict:
     after = [r for r in records if r[0] >= kill_t]
     to_dead = [r[0] for r in after if r[1] == region]
     failed = [r[0] for r in records if r[2] != "ok" and r[0] >= kill_t - 6.0]
+    # streams in flight on the dead region (known from x-infercdn-region) that still ended well, i.e.
+    # were resumed elsewhere, and their longest silence between two reads
+    survived = sorted(r[4] for r in records if r[0] < kill_t < r[3] and r[2] == "ok" and r[1] == region)
     return {"victim_upstream": victim, "victim_region": region,
             "failed_requests": sum(1 for r in records if r[2] != "ok"),
             "requests_after_kill": len(after),
             "routed_to_dead_region_after_kill": len(to_dead),
             "leave_s": round(max(to_dead) - kill_t, 3) if to_dead else 0.0,
             "last_failure_after_kill_s": round(max(failed) - kill_t, 3) if failed else None,
+            "resumed_streams": len(survived),
+            "resumed_max_gap_ms": round(survived[-1] * 1000, 1) if survived else None,
+            "resumed_p50_gap_ms": round(survived[len(survived) // 2] * 1000, 1) if survived else None,
             "regions_seen": sorted({r[1] for r in records if r[1]})}
 
 
