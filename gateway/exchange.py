@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.config import Config, ModelCfg
 from gateway.request import ParsedRequest
@@ -63,8 +64,10 @@ class Exchange:
         """Send the stream's response head (once).  Sent by a keep-alive before any token, it
         cannot name the region that will answer: an SSE comment does, later."""
         if self.response is None:
-            headers = {"Content-Type": "text/event-stream; charset=utf-8", **upstream_headers,
-                       **self.headers(cand, model, attempts), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            headers = CIMultiDict(upstream_headers)  # vLLM says content-type, others Content-Type
+            headers.setdefault("Content-Type", "text/event-stream; charset=utf-8")
+            headers.update(self.headers(cand, model, attempts))
+            headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             self.response = web.StreamResponse(status=200, headers=headers)
             await self.response.prepare(self.request)
         return self.response

@@ -132,10 +132,6 @@ async def test_public_name_is_sent_upstream_as_vllms_name(vllm_server: VllmServe
     assert models == {MODEL}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug: Exchange.commit_head (gateway/exchange.py) builds the stream head as a plain dict "
-    "{'Content-Type': ..., **upstream_headers}; vLLM (uvicorn) sends 'content-type' in lower case, so the "
-    "keys differ and the client gets Content-Type twice (the simulator's 'Content-Type' collides and hides it)"))
 async def test_stream_has_one_content_type_header(gw) -> None:
     body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 4, "stream": True}
     async with aiohttp.ClientSession() as http, http.post(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import aiohttp
+from aiohttp import web
 import pytest
 
 from tests.conftest import base_config
@@ -57,3 +58,31 @@ async def test_unknown_path_is_openai_404(gw) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(gw.url + "/v1/nothing") as r:
             assert r.status == 404
+
+
+async def test_stream_head_has_one_content_type_whatever_the_upstream_case(gateway_factory) -> None:
+    """uvicorn (vLLM) sends `content-type` in lower case; the client must get one header."""
+    async def sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n')
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", sse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        gw = await gateway_factory(base_config({"eu-west": [f"http://127.0.0.1:{port}"]}))
+        body = '{"model": "tiny-chat", "messages": [{"role": "user", "content": "a"}], "stream": true}'
+        async with aiohttp.ClientSession() as session:
+            async with session.post(gw.url + "/v1/chat/completions", data=body,
+                                    headers={"Content-Type": "application/json"}) as r:
+                assert r.status == 200
+                assert r.headers.getall("Content-Type") == ["text/event-stream; charset=utf-8"]
+                assert (await r.read()).endswith(b"data: [DONE]\n\n")
+    finally:
+        await runner.cleanup()
