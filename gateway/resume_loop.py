@@ -100,8 +100,10 @@ class StreamSession:
         if st.finish_reason is not None:
             return await self._complete_ending(st)
         while not self.mismatch and ex.time_left() > 0:
+            # no retry budget here: a resume continues work the fleet already accepted (the
+            # remaining tokens), it does not add load the way a retry storm would
             cand = self._next_candidate()
-            if cand is None or not self.proxy.budget.try_spend():
+            if cand is None:
                 return False
             result, cont = await self._open_continuation(cand, st)
             if cont is None:
