@@ -22,6 +22,18 @@ from routing.plan import Candidate
 from routing.retry import backoff_delay, parse_retry_after
 
 
+class _Rearmed:
+    """Cancels whichever timer a re-arming keep-alive callback holds now."""
+
+    def __init__(self, owner: FirstToken) -> None:
+        self.owner = owner
+
+    def cancel(self) -> None:
+        if self.owner.timer is not None:
+            self.owner.timer.cancel()
+            self.owner.timer = None
+
+
 @dataclass(slots=True)
 class Won:
     cand: Candidate
@@ -37,8 +49,50 @@ class FirstToken:
         self.body_for = body_for  # Callable[[Candidate], bytes]
         self.path = path
         self.pending: dict[asyncio.Task[Ready | Failed | Refused], Candidate] = {}
+        self.keepalive_task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     async def run(self, candidates: Iterator[Candidate], stream: bool) -> Won | None:
+        if not self.ex.mcfg.hedge.enabled:
+            return await self._walk(candidates, stream)
+        return await self._race(candidates, stream)
+
+    async def _walk(self, candidates: Iterator[Candidate], stream: bool) -> Won | None:
+        """One attempt at a time, awaited in this task (no task per attempt: the common case).
+        Keep-alive comments come from a timer that starts a small task only when it fires."""
+        ex = self.ex
+        first = True
+        while (picked := await self._pick(candidates, first)) is not None:
+            first = False
+            cand, deadline = picked
+            timer = self._arm_keepalive() if stream else None
+            try:
+                result = await self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, ex.req.stream)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if self.keepalive_task is not None:
+                    with contextlib.suppress(ConnectionResetError):  # the client left: seen later
+                        await self.keepalive_task  # the head must be fully sent before anything else
+            if not isinstance(result, Failed):
+                return Won(cand, result)
+            self._failed(cand, result)
+        return None
+
+    def _arm_keepalive(self) -> _Rearmed:
+        loop = asyncio.get_running_loop()
+        interval = self.ex.cfg.gateway.keepalive_comment_s
+
+        def fire() -> None:
+            if self.keepalive_task is None or self.keepalive_task.done():
+                self.keepalive_task = loop.create_task(self._keepalive(inflight=1))
+            self.timer = loop.call_later(interval, fire)
+
+        self.timer = loop.call_later(interval, fire)
+        return _Rearmed(self)
+
+    async def _race(self, candidates: Iterator[Candidate], stream: bool) -> Won | None:
+        """Hedged: attempts as tasks, the first token wins."""
         ex, cfg = self.ex, self.ex.mcfg
         keepalive = ex.cfg.gateway.keepalive_comment_s
         loop = asyncio.get_running_loop()
@@ -87,7 +141,8 @@ class FirstToken:
             after = max(hedge.min_after_ms, p95 if p95 is not None else hedge.min_after_ms)
         return asyncio.get_running_loop().time() + float(after) / 1000
 
-    async def _launch(self, candidates: Iterator[Candidate], first: bool = False, hedge: bool = False) -> bool:
+    async def _pick(self, candidates: Iterator[Candidate], first: bool, hedge: bool = False) -> tuple[Candidate, float] | None:
+        """The next candidate and its first-token deadline, after backoff and the retry budget."""
         ex = self.ex
         if not first and not hedge:
             retry = ex.cfg.retry
@@ -96,14 +151,19 @@ class FirstToken:
         for cand in candidates:
             if not first and not self.proxy.budget.try_spend():
                 ex.tried.append(Tried(cand, Outcome.CANCELLED, "retry budget exhausted", ex.req.model))
-                return False
+                return None
             deadline = min(self._ttft(cand), ex.time_left())
-            if deadline <= 0:
-                return False
-            self.pending[asyncio.create_task(self.proxy.attempt(cand, self.body_for(cand), self.path, deadline,
-                                                                ex.req.stream))] = cand
-            return True
-        return False
+            return (cand, deadline) if deadline > 0 else None
+        return None
+
+    async def _launch(self, candidates: Iterator[Candidate], first: bool = False, hedge: bool = False) -> bool:
+        picked = await self._pick(candidates, first, hedge)
+        if picked is None:
+            return False
+        cand, deadline = picked
+        task = asyncio.create_task(self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, self.ex.req.stream))
+        self.pending[task] = cand
+        return True
 
     def _ttft(self, cand: Candidate) -> float:
         if not self.ex.req.stream:
@@ -121,9 +181,9 @@ class FirstToken:
                 ex.retry_after_s = delay if ex.retry_after_s is None else min(ex.retry_after_s, delay)
                 self.proxy.obs.throttle(cand.endpoint.id, min(delay, ex.cfg.retry.max_retry_after_s))
 
-    async def _keepalive(self) -> None:
+    async def _keepalive(self, inflight: int = 0) -> None:
         ex = self.ex
-        response = await ex.commit_head(None, None, {}, attempts=len(ex.tried) + len(self.pending))
+        response = await ex.commit_head(None, None, {}, attempts=len(ex.tried) + len(self.pending) + inflight)
         await response.write(KEEPALIVE)
 
     async def _cancel_pending(self, outcome: Outcome | None, detail: str) -> None:

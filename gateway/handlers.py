@@ -15,7 +15,7 @@ from gateway.config import ConfigError
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import ParsedRequest, parse, read_body
-from gateway.state import LOCATOR, METRICS, OBSERVATIONS, PROXY, SNAPSHOT
+from gateway.state import LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT
 from routing.locate import parse_ip
 from routing.plan import RequestContext
 from routing.topology import Location
@@ -30,8 +30,7 @@ def _json(data: object, status: int = 200) -> web.Response:
 def client_location(request: web.Request) -> tuple[str | None, Location]:
     locator = request.app[LOCATOR]
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    ip = locator.client_ip(peer[0] if peer else None, request.headers.get("X-Forwarded-For"))
-    return ip, locator.locate(ip)
+    return locator.place(peer[0] if peer else None, request.headers.get("X-Forwarded-For"))
 
 
 async def _generate(request: web.Request, kind: str, path: str) -> web.StreamResponse:
@@ -41,7 +40,7 @@ async def _generate(request: web.Request, kind: str, path: str) -> web.StreamRes
     try:
         tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
         raw = await read_body(request, snapshot.config.gateway.max_body_bytes)
-        req = parse(kind, path, raw, rid)
+        req = parse(kind, path, raw, rid, request.app[RUNTIME].new_id)
         check_model(tenant, req.model)
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",

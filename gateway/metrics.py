@@ -2,7 +2,8 @@
 (no module globals), so two gateways can run in one process."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
@@ -26,6 +27,17 @@ class GatewayMetrics:
     transitions: Counter
     client_disconnects: Counter
     resumes: Counter
+
+    children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+
+    def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, cached: prometheus_client's lookup takes a lock and
+        builds a key on every call, a cost paid several times per request otherwise."""
+        key = (id(metric), values)
+        child = self.children.get(key)
+        if child is None:
+            child = self.children[key] = metric.labels(*values)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -121,9 +121,9 @@ class Proxy:
             iter(cands), ex.req.stream)
 
     async def _deliver(self, ex: Exchange, cand: Candidate, ready: Ready, resume: bool, plan: Plan) -> web.StreamResponse:
-        self.metrics.ttft_seconds.labels(cand.region).observe(ready.ttfb_s)
+        self.metrics.of(self.metrics.ttft_seconds, cand.region).observe(ready.ttfb_s)
         if ex.tried:
-            self.metrics.failovers.labels(ex.tried[0].cand.region, cand.region).inc()
+            self.metrics.of(self.metrics.failovers, ex.tried[0].cand.region, cand.region).inc()
         if not ex.req.stream:
             ready.release()
             self.obs.release(cand.endpoint.id)
@@ -158,12 +158,12 @@ class Proxy:
 
     def record(self, cand: Candidate, outcome: Outcome, ttfb_ms: float | None = None) -> None:
         self.obs.record_outcome(cand.endpoint.id, outcome, ttfb_ms)
-        self.metrics.attempts.labels(cand.pool.name, cand.endpoint.id, outcome.value).inc()
+        self.metrics.of(self.metrics.attempts, cand.pool.name, cand.endpoint.id, outcome.value).inc()
 
     def count(self, ex: Exchange, region: str, status: str) -> None:
         req = ex.req
-        self.metrics.requests.labels(req.model, region, status).inc()
-        self.metrics.request_seconds.labels(req.model, "true" if req.stream else "false").observe(
+        self.metrics.of(self.metrics.requests, req.model, region, status).inc()
+        self.metrics.of(self.metrics.request_seconds, req.model, "true" if req.stream else "false").observe(
             time.monotonic() - req.started)
 
     def usage(self, ex: Exchange, usage: dict | None) -> None:
@@ -172,5 +172,5 @@ class Proxy:
         for kind in ("prompt_tokens", "completion_tokens"):
             value = usage.get(kind)
             if isinstance(value, int) and value > 0:
-                self.metrics.tokens.labels(ex.served_model or ex.req.model, kind.removesuffix("_tokens")).inc(value)
+                self.metrics.of(self.metrics.tokens, ex.served_model or ex.req.model, kind.removesuffix("_tokens")).inc(value)
 

@@ -85,7 +85,7 @@ class StreamSession:
             self.mismatch = True
         except ClientGone:
             outcome, detail = Outcome.CANCELLED, "client disconnected"
-            self.proxy.metrics.client_disconnects.labels(ex.req.model).inc()
+            self.proxy.metrics.of(self.proxy.metrics.client_disconnects, ex.req.model).inc()
             raise asyncio.CancelledError() from None
         finally:
             wd.stop()
@@ -117,7 +117,7 @@ class StreamSession:
             ex.served_by, ex.resumes = cand, ex.resumes + 1
             splicer = Splicer(st, cont, self.keep_ids, self.include_usage)
             outcome, detail = await self._pump(cand, result, SpliceFeed(splicer))
-            self.proxy.metrics.resumes.labels(cont.strategy, "ok" if outcome is Outcome.SUCCESS else "failed").inc()
+            self.proxy.metrics.of(self.proxy.metrics.resumes, cont.strategy, "ok" if outcome is Outcome.SUCCESS else "failed").inc()
             if outcome is Outcome.SUCCESS:
                 return True
             ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from gateway.config import Config
 from gateway.metrics import GatewayMetrics
+from gateway.request import id_factory
 from routing.topology import Endpoint, Location, Pool, Region, Topology
 
 
@@ -50,6 +51,7 @@ class Runtime:
 
     clock: Callable[[], float]
     rng: random.Random
+    new_id: Callable[[], str] = field(default_factory=id_factory)
 
 
 SNAPSHOT = web.AppKey("snapshot", object)  # holder: gateway.app.SnapshotHolder

@@ -24,6 +24,7 @@ class StreamTracker:
         self.raw = bytearray()
         self.done = False
         self.dropped = 0  # malformed events removed
+        self.raw_events = False  # the first event (with the prompt's ids) is behind us
 
     def feed(self, chunk: bytes) -> bytes:
         if self.pending:
@@ -36,14 +37,23 @@ class StreamTracker:
         if cut != len(chunk):
             self.pending = chunk[cut:]
             chunk = chunk[:cut]
-        if not chunk.endswith(b"}\n\n") or chunk.find(b"\n\n") != cut - 2:
+        single = chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == cut - 2
+        if not single:
             chunk = self._sanitize(chunk)  # several events, [DONE], comments or a malformed one
         if self.retain:
             self.raw += chunk
             if len(self.raw) > MAX_RETAINED:
                 self.retain = False
                 self.raw = bytearray()
-        return strip_token_ids(chunk) if self.strip_ids else chunk
+        if not self.strip_ids:
+            return chunk
+        if single and self.raw_events and b"prompt_token_ids" not in chunk:
+            # one event after the first: its only id field is choice 0's "token_ids", near the end
+            at = chunk.rfind(b',"token_ids":[')
+            if at >= 0:
+                return chunk[:at] + chunk[chunk.index(b"]", at) + 1:]
+        self.raw_events = True
+        return strip_token_ids(chunk)
 
     def _sanitize(self, data: bytes) -> bytes:
         """Keep well-formed events (JSON objects, [DONE], comments); note the end of stream."""

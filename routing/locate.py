@@ -55,6 +55,7 @@ class ClientLocator:
         self._fallback = Location(fallback.lat, fallback.lon, fallback.country, fallback.continent,
                                   fallback.city, source="fallback")
         self._cached = functools.lru_cache(maxsize=cache_size)(self._lookup)
+        self.place = functools.lru_cache(maxsize=cache_size)(self._place)
 
     @property
     def fallback(self) -> Location:
@@ -81,6 +82,12 @@ class ClientLocator:
             leftmost = ip
         # every hop is trusted: the request came from inside; the farthest hop is the client
         return str(leftmost if leftmost is not None else peer_ip)
+
+    def _place(self, peer: str | None, xff: str | None) -> tuple[str | None, Location]:
+        """(client IP, its location) for a request from ``peer`` carrying ``xff``; cached as
+        ``place`` (the same client behind the same proxies is parsed once)."""
+        ip = self.client_ip(peer, xff)
+        return ip, self.locate(ip)
 
     def locate(self, ip: str | None) -> Location:
         """Location of ``ip`` from GeoIP, or the fallback (gateway's own location)."""
