@@ -7,13 +7,15 @@ silent stream or one past its total deadline."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 from aiohttp import web
 
 from gateway.sse import split_complete, strip_token_ids
 from gateway.upstream import Ready
 
-MAX_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
+MAX_RETAINED = 4 * 1024 * 1024
+_WELL_FORMED = re.compile(rb"(?:data: \{[^\n]*\}\n\n)+").fullmatch  # JSON data events only  # beyond this a stream can no longer be resumed (memory bound)
 
 
 class StreamTracker:
@@ -38,8 +40,8 @@ class StreamTracker:
             self.pending = chunk[cut:]
             chunk = chunk[:cut]
         single = chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == cut - 2
-        if not single:
-            chunk = self._sanitize(chunk)  # several events, [DONE], comments or a malformed one
+        if not single and _WELL_FORMED(chunk) is None:
+            chunk = self._sanitize(chunk)  # [DONE], comments or a malformed event
         if self.retain:
             self.raw += chunk
             if len(self.raw) > MAX_RETAINED:
