@@ -105,7 +105,7 @@ async def _scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float
 async def scrape_round(app: web.Application, session: aiohttp.ClientSession) -> None:
     cfg = app[SNAPSHOT].current.config
     eps = _endpoints(app)
-    results = await asyncio.gather(*(_scrape(session, ep, cfg.health.timeout_s) for ep in eps))
+    results = await asyncio.gather(*(_scrape(session, ep, cfg.load.timeout_s) for ep in eps))
     obs = app[OBSERVATIONS]
     for ep, load in zip(eps, results):
         if load:  # unknown stays unknown: stale load is never read as idle

@@ -111,6 +111,7 @@ class LatencyCfg(_Model):
 
 class LoadCfg(_Model):
     scrape_interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)  # a busy engine answers /metrics slowly
     stale_s: float = Field(default=5.0, gt=0)
     enabled: bool = True
 

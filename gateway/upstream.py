@@ -56,6 +56,7 @@ class UpstreamConn(asyncio.Protocol):
         self.sink: Callable[[bytes], None] | None = None
         self.pool_on_complete = False
         self.got_bytes = False
+        self.batch: list[bytes] = []
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,6 +69,8 @@ class UpstreamConn(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
+            if self.batch:
+                self._flush()
         except httptools.HttpParserError as exc:
             self._fail(UpstreamLost(f"unparsable HTTP from upstream: {exc}"))
             self.abort()
@@ -93,13 +96,23 @@ class UpstreamConn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:
-            self.sink(body)
+            # several chunks in one read reach the sink together: one client write per read
+            self.batch.append(body)
             return
         self.buf += body
         if self.wait_for_token and self.waiter is not None and not self.waiter.done() and _first_token_seen(self.buf):
             self.waiter.set_result(None)
 
+    def _flush(self) -> None:
+        batch = self.batch
+        body = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
+        if self.sink is not None:
+            self.sink(body)
+
     def on_message_complete(self) -> None:
+        if self.batch:
+            self._flush()
         self.complete = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)

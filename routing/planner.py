@@ -192,7 +192,10 @@ class Planner:
                 kv_sum += kv
                 kv_n += 1
             err_sum += err
-            loaded.append((ep, (inflight + (waiting or 0)) / (ep.weight if ep.weight > 0 else 1.0)))
+            # the engine's own running count also holds other gateways' requests (and ours,
+            # hence max, not sum); what waits is queued whoever sent it
+            busy = inflight if running is None else max(inflight, running)
+            loaded.append((ep, (busy + (waiting or 0)) / (ep.weight if ep.weight > 0 else 1.0)))
         measured = lat_sum / lat_n if lat_n else None
         excess = max(0.0, measured - info.prior_ms - offset) if measured is not None else 0.0
         queue = 0.0

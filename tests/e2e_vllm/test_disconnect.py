@@ -20,22 +20,29 @@ async def test_client_disconnect_aborts_generation_in_vllm(vllm_server: VllmServ
                                                            kind: str) -> None:
     await wait_idle(vllm_server.url)
     gw = await gateway_factory(vllm_config(vllm_server))
-    before = await vllm_metrics(vllm_server.url)
     args = {"model": MODEL, "max_tokens": 2000, "temperature": 0, "stream": True,
             "extra_body": {"ignore_eos": True}}
-    async with sdk(gw.url, LONDON) as client:
-        if kind == "chat":
-            stream = await client.chat.completions.create(messages=CHAT, **args)
-        else:
-            stream = await client.completions.create(prompt=PROMPT, **args)
-        seen = 0
-        async for _ in stream:
-            seen += 1
-            if seen == 5:
-                break
-        during = await vllm_metrics(vllm_server.url)
-        assert during[RUNNING] == 1, "the generation must still be running when the client leaves"
-        await stream.close()
+    # On these 2 shared cores vLLM's API server sometimes holds its output back for seconds while
+    # the engine keeps generating (seen with and without the gateway); a generation that finished
+    # before the client could leave proves nothing, so such a round is run again (at most 3).
+    for _ in range(3):
+        before = await vllm_metrics(vllm_server.url)
+        async with sdk(gw.url, LONDON) as client:
+            if kind == "chat":
+                stream = await client.chat.completions.create(messages=CHAT, **args)
+            else:
+                stream = await client.completions.create(prompt=PROMPT, **args)
+            seen = 0
+            async for _ in stream:
+                seen += 1
+                if seen == 5:
+                    break
+            during = await vllm_metrics(vllm_server.url)
+            await stream.close()
+        if during[RUNNING] == 1:
+            break
+        await wait_idle(vllm_server.url)
+    assert during[RUNNING] == 1, "the generation must still be running when the client leaves"
 
     async def stopped() -> bool:
         return (await vllm_metrics(vllm_server.url))[RUNNING] == 0

@@ -171,6 +171,18 @@ def test_in_pool_order_follows_inflight_and_waiting(topology, obs) -> None:  # t
     assert [c.endpoint.id for c in p.plan(ctx(LONDON_CLIENT)).candidates[:2]] == ["eu-west-0", "eu-west-1"]
 
 
+def test_scraped_running_counts_for_requests_other_gateways_sent(topology, obs) -> None:  # type: ignore[no-untyped-def]
+    p = planner(topology, obs, RoutingParams(queue_ms_per_running=0.0))
+    obs.record_load("eu-west-0", running=4, waiting=0, kv_usage=0.2)  # busy with others' requests
+    obs.record_load("eu-west-1", running=0, waiting=0, kv_usage=0.0)
+    for _ in range(20):
+        assert p.plan(ctx(LONDON_CLIENT)).candidates[0].endpoint.id == "eu-west-1"
+    for _ in range(6):
+        obs.acquire("eu-west-1")  # our own in-flight requests are in its running count: not added twice
+    obs.record_load("eu-west-1", running=6, waiting=0, kv_usage=0.3)
+    assert p.plan(ctx(LONDON_CLIENT)).candidates[0].endpoint.id == "eu-west-0"
+
+
 def test_error_rate_and_price_penalties(topology, obs) -> None:  # type: ignore[no-untyped-def]
     obs.record_outcome("eu-west-0", Outcome.HTTP_5XX)
     for _ in range(4):
