@@ -102,10 +102,27 @@ async def _scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float
         return None
 
 
-async def scrape_round(app: web.Application, session: aiohttp.ClientSession) -> None:
+SCRAPE_SHARE = 10.0  # an endpoint's /metrics is asked at most once per 10× its last answer time
+
+
+async def _timed_scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float, max_gap_s: float,
+                        due: dict[str, float]) -> dict[str, float] | None:
+    started = time.monotonic()
+    load = await _scrape(session, ep, timeout_s)
+    took = time.monotonic() - started
+    # vLLM renders /metrics on the event loop that streams its tokens: a slow answer means a busy
+    # server, and scraping it as often as an idle one held its output back (seen on 2 cores)
+    # (capped: load older than stale_s counts as unknown, so the gap stays well under it)
+    due[ep.id] = started + min(SCRAPE_SHARE * took, max_gap_s)
+    return load
+
+
+async def scrape_round(app: web.Application, session: aiohttp.ClientSession, due: dict[str, float]) -> None:
     cfg = app[SNAPSHOT].current.config
-    eps = _endpoints(app)
-    results = await asyncio.gather(*(_scrape(session, ep, cfg.load.timeout_s) for ep in eps))
+    now = time.monotonic()
+    eps = [ep for ep in _endpoints(app) if due.get(ep.id, 0.0) <= now]
+    results = await asyncio.gather(*(_timed_scrape(session, ep, cfg.load.timeout_s, cfg.load.stale_s / 3, due)
+                                     for ep in eps))
     obs = app[OBSERVATIONS]
     for ep, load in zip(eps, results):
         if load:  # unknown stays unknown: stale load is never read as idle
@@ -137,5 +154,6 @@ async def load_scraper(app: web.Application) -> AsyncIterator[None]:
     if not cfg.load.enabled:
         yield
         return
-    async with _loop(cfg.load.scrape_interval_s, lambda s: scrape_round(app, s)):
+    due: dict[str, float] = {}
+    async with _loop(cfg.load.scrape_interval_s, lambda s: scrape_round(app, s, due)):
         yield

@@ -36,6 +36,9 @@ def vllm_config(vllm: VllmServer, others: dict[str, list[str]] | None = None, *,
     """base_config with the vLLM server as ``{region}-0`` (probed through the launcher's control
     port, which also reports draining) and simulators or other URLs in ``others``."""
     pools = {region: [vllm.url], **(others or {})}
+    # vLLM renders /metrics on its API server's event loop: scraped five times a second on these
+    # 2 cores, it held streamed output back for seconds (seen as stalls and late aborts)
+    sections = {"load": {"scrape_interval_s": 1.0, "stale_s": 5.0}, **sections}
     data = base_config(pools, models=MODELS_CFG, health=HEALTH_CFG, **sections)
     data["pools"][0]["endpoints"][0]["health_url"] = vllm.control_url + "/health"
     return data

@@ -22,7 +22,7 @@ pytestmark = MARKS
 QUEUED = 4  # beyond max_num_seqs: vllm:num_requests_waiting == 4
 # a saturated 2-core machine answers /metrics slowly: keep a scrape fresh long enough that a slow
 # round does not turn the load into "unknown" (counted as no queue) in the middle of the test
-LOAD = {"scrape_interval_s": 0.2, "timeout_s": 5.0, "stale_s": 15.0}
+LOAD = {"scrape_interval_s": 0.5, "timeout_s": 5.0, "stale_s": 15.0}
 
 
 async def _generate_forever(http: aiohttp.ClientSession, url: str, max_tokens: int) -> None:
