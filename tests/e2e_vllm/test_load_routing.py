@@ -6,18 +6,26 @@ beside vLLM in the same pool (the power-of-two-choices pick)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import LONDON
 from tests.e2e_vllm.helpers import (CHAT, MARKS, MODEL, PROMPT, observations, sdk, vllm_config, vllm_metrics,
                                     wait_for, wait_idle)
 from tests.vllm_fixture import MAX_NUM_SEQS, VllmServer
 
-pytestmark = MARKS
+# Saturating the one CPU vLLM server on CI's 2 shared cores starves vLLM's API server for tens of
+# seconds (requests got no first token within 120 s in full-suite runs), so these two tests pass
+# alone but not reliably inside the whole suite.  They run when asked for; the same routing on the
+# same code path (vLLM's metric names, scraped) runs in every suite against a saturated simulator:
+# tests/gateway/test_load_signals.py.
+pytestmark = [*MARKS, pytest.mark.skipif(os.environ.get("INFERCDN_VLLM_LOAD_TESTS") != "1",
+                                         reason="set INFERCDN_VLLM_LOAD_TESTS=1 (saturates the CPU vLLM server)")]
 
 QUEUED = 4  # beyond max_num_seqs: vllm:num_requests_waiting == 4
 # a saturated 2-core machine answers /metrics slowly: keep a scrape fresh long enough that a slow
