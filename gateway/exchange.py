@@ -34,8 +34,6 @@ class Exchange:
     served_by: Candidate | None = None
     served_model: str | None = None
     retry_after_s: float | None = None
-    resumes: int = 0
-    data_sent: bool = False  # a token event reached the client: no more plain retries
 
     @property
     def attempts(self) -> int:

@@ -53,7 +53,7 @@ class Proxy:
         plan: Plan | None = None
         for model in (req.model, *mcfg.fallbacks):
             plan = planner.plan(replace(ctx, model=model))
-            won = await FirstToken(self, ex, lambda c, m=model: self._body(req, c, resume),
+            won = await FirstToken(self, ex, lambda c: self._body(req, c, resume),
                                    req.path).run(self._candidates(ex, plan, model), req.stream)
             if won is None:
                 continue

@@ -69,18 +69,22 @@ class StreamState:
         text = (delta or {}).get("content") if delta is not None else choice.get("text")
         if delta is not None and delta.get("role"):
             self.role_sent = True
+        ids = choice.get("token_ids")
+        self.add(text or "", ids if isinstance(ids, list) else None, choice.get("finish_reason"),
+                 choice.get("stop_reason"))
+
+    def add(self, text: str, ids: list[int] | None, finish: str | None, stop_reason: Any) -> None:
+        """Account text and token ids that reached the client (and the end, if it came)."""
         if text:
             self.text += text
             self.content_events += 1
-        ids = choice.get("token_ids")
-        if isinstance(ids, list):
-            if self.gen_ids is not None:
+        if self.gen_ids is not None:
+            if ids is not None:
                 self.gen_ids.extend(ids)
-        elif text and self.gen_ids is not None:
-            self.gen_ids = None  # this chunk's ids are unknown: token-level resume is off
-        if choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
-            self.stop_reason = choice.get("stop_reason")
+            elif text:
+                self.gen_ids = None  # this chunk's ids are unknown: token-level resume is off
+        if finish:
+            self.finish_reason, self.stop_reason = finish, stop_reason
 
     @property
     def generated(self) -> int:

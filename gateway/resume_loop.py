@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.errors import sse_error_event
 from gateway.exchange import Exchange, Tried
+from gateway.relay import find_usage
 from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay
 from gateway.splice import Splicer
 from gateway.sse import DONE_EVENT, encode_event
@@ -39,7 +40,7 @@ class StreamSession:
         tracker = StreamTracker(self.strip_ids, retain=ex.mcfg.resume != "off")
         outcome, detail = await self._pump(cand, ready, tracker)
         if outcome is Outcome.SUCCESS:
-            return await self._finish(cand, replay(bytes(tracker.raw[-8192:]), ex.req.kind).usage, "200")
+            return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
         st = replay(bytes(tracker.raw), ex.req.kind) if tracker.retain else None
         ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
         if st is not None and await self._resume(st):
@@ -91,7 +92,7 @@ class StreamSession:
             wd.stop()
             ready.release() if outcome is Outcome.SUCCESS else ready.close()
             self.proxy.obs.release(cand.endpoint.id)
-            self.proxy.record(cand, outcome if outcome is not Outcome.CANCELLED else Outcome.CANCELLED,
+            self.proxy.record(cand, outcome,
                               ready.headers_s * 1000 if ready.headers_s is not None and outcome is Outcome.SUCCESS else None)
         return outcome, detail
 
@@ -114,7 +115,7 @@ class StreamSession:
                 ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
                 self.proxy.record(cand, outcome)
                 continue
-            ex.served_by, ex.resumes = cand, ex.resumes + 1
+            ex.served_by = cand
             splicer = Splicer(st, cont, self.keep_ids, self.include_usage)
             outcome, detail = await self._pump(cand, result, SpliceFeed(splicer))
             self.proxy.metrics.of(self.proxy.metrics.resumes, cont.strategy, "ok" if outcome is Outcome.SUCCESS else "failed").inc()

@@ -63,7 +63,7 @@ class Splicer:
                 return None
         if not text and not finish:
             return None  # e.g. the continuation's own role chunk
-        self._account(text, ids, finish, choice.get("stop_reason"))
+        self.st.add(text, ids, finish, choice.get("stop_reason"))
         return encode_event(self._frame([self._client_choice(text, ids, finish, choice.get("stop_reason"))]))
 
     def _skip(self, text: str, ids: list[int] | None) -> tuple[str, list[int] | None]:
@@ -74,19 +74,6 @@ class Splicer:
         if self.skip:
             return "", None
         return text[n:], (ids if n == 0 else None)
-
-    def _account(self, text: str, ids: list[int] | None, finish: str | None, stop_reason: Any) -> None:
-        st = self.st
-        if text:
-            st.text += text
-            st.content_events += 1
-        if st.gen_ids is not None:
-            if ids is not None:
-                st.gen_ids.extend(ids)
-            elif text:
-                st.gen_ids = None
-        if finish:
-            st.finish_reason, st.stop_reason = finish, stop_reason
 
     def _usage(self, cont_usage: dict[str, Any]) -> dict[str, Any]:
         completion = int(cont_usage.get("completion_tokens") or 0) + self.base_generated

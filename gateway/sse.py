@@ -73,6 +73,3 @@ def parse_event(payload: bytes) -> dict[str, Any] | None:
 def encode_event(doc: dict[str, Any]) -> bytes:
     return DATA + orjson.dumps(doc) + b"\n\n"
 
-
-def count_data_events(data: bytes) -> int:
-    return data.count(b"\n" + DATA) + (1 if data.startswith(DATA) else 0)

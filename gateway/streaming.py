@@ -29,6 +29,7 @@ class StreamTracker:
         self.raw_events = False  # the first event (with the prompt's ids) is behind us
 
     def feed(self, chunk: bytes) -> bytes:
+        # sse.split_complete, inlined: this runs once per upstream read
         if self.pending:
             chunk = self.pending + chunk
             self.pending = b""

@@ -189,8 +189,7 @@ class Ready:
         rest = conn.take()
         if rest:
             sink(rest)
-        if conn.complete or (conn.waiter is not None and conn.waiter.done() and conn.waiter.exception() is None
-                             and conn.sink is not None):
+        if conn.complete:
             return
         if conn.closed:
             raise UpstreamLost("upstream closed the connection")

@@ -6,7 +6,8 @@ import asyncio
 import time
 from urllib.parse import urlsplit
 
-from gateway.upstream import Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool, _HOP_BY_HOP
+from gateway.upstream import (_HOP_BY_HOP, Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool,
+                              _first_token_seen)
 from routing.outcome import Outcome
 
 
@@ -91,8 +92,6 @@ class UpstreamClient:
 
 
 def _token_or_end(conn: UpstreamConn) -> bool:
-    from gateway.upstream import _first_token_seen
-
     return conn.complete or _first_token_seen(conn.buf)
 
 
