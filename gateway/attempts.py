@@ -121,7 +121,10 @@ class FirstToken:
                     await self._cancel_pending(Outcome.TIMEOUT, "no first token before the request's total deadline")
                     return None
                 if stream and now >= next_keepalive:
-                    await self._keepalive()
+                    try:
+                        await self._keepalive()
+                    except ConnectionResetError:  # the client left while the attempts ran
+                        raise asyncio.CancelledError() from None
                     next_keepalive = now + keepalive
                 if now >= hedge_at and hedges < cfg.hedge.max_hedges:
                     hedges += 1

@@ -58,6 +58,11 @@ async def _generate(request: web.Request, kind: str, path: str) -> web.StreamRes
         return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx)
     except GatewayError as exc:
         return exc.response({"x-request-id": req.request_id})
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the client's connection closes; the relay turns a
+        # write to a closed client into the same cancellation
+        request.app[PROXY].metrics.of(request.app[PROXY].metrics.client_disconnects, req.model).inc()
+        raise
     finally:
         tenant.done()
 

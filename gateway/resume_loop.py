@@ -3,6 +3,7 @@ ends early, continue the same generation on the next candidate (see :mod:`gatewa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -32,13 +33,18 @@ class StreamSession:
         self.mismatch = False
 
     async def run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
+        try:
+            return await self._run(cand, ready)
+        except ClientGone:  # a write after the relay (an ending, an in-band error) met a closed client
+            raise asyncio.CancelledError() from None
+
+    async def _run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
         ex = self.ex
         early = ex.response is not None  # keep-alive comments went out before a token
-        response = await ex.commit_head(cand, ex.served_model, ready.headers)
-        if early:
-            await response.write(f": served by region={cand.region} pool={cand.pool.name}\n\n".encode())
+        await ex.commit_head(cand, ex.served_model, ready.headers)
         tracker = StreamTracker(self.strip_ids, retain=ex.mcfg.resume != "off")
-        outcome, detail = await self._pump(cand, ready, tracker)
+        notice = f": served by region={cand.region} pool={cand.pool.name}\n\n".encode() if early else b""
+        outcome, detail = await self._pump(cand, ready, tracker, notice)
         if outcome is Outcome.SUCCESS:
             return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
         st = replay(bytes(tracker.raw), ex.req.kind) if tracker.retain else None
@@ -52,7 +58,10 @@ class StreamSession:
         self.proxy.usage(self.ex, usage)
         self.proxy.count(self.ex, cand.region, status)
         assert self.ex.response is not None
-        await self.ex.response.write_eof()
+        # the client may close as soon as it reads [DONE], before the chunked terminator: the
+        # answer was delivered, and aiohttp meets the closed transport again quietly
+        with contextlib.suppress(ConnectionResetError):
+            await self.ex.response.write_eof()
         return self.ex.response
 
     async def _write(self, data: bytes) -> None:
@@ -62,12 +71,13 @@ class StreamSession:
         except ConnectionResetError as exc:
             raise ClientGone() from exc
 
-    async def _pump(self, cand: Candidate, ready: Ready, feeder: StreamTracker | SpliceFeed) -> tuple[Outcome, str]:
+    async def _pump(self, cand: Candidate, ready: Ready, feeder: StreamTracker | SpliceFeed,
+                    prefix: bytes = b"") -> tuple[Outcome, str]:
         ex = self.ex
         wd = Watchdog(ex.mcfg.stall_timeout_s, ex.deadline)
         outcome, detail = Outcome.BAD_STREAM, "the upstream stream ended before [DONE]"
         try:
-            await pump(ex.response, ex.request.transport, ready, feeder, wd)
+            await pump(ex.response, ex.request.transport, ready, feeder, wd, prefix)
             if feeder.done:
                 outcome, detail = Outcome.SUCCESS, "ok"
             elif isinstance(feeder, StreamTracker) and feeder.dropped:
@@ -86,8 +96,7 @@ class StreamSession:
             self.mismatch = True
         except ClientGone:
             outcome, detail = Outcome.CANCELLED, "client disconnected"
-            self.proxy.metrics.of(self.proxy.metrics.client_disconnects, ex.req.model).inc()
-            raise asyncio.CancelledError() from None
+            raise asyncio.CancelledError() from None  # counted by the handler
         finally:
             wd.stop()
             ready.release() if outcome is Outcome.SUCCESS else ready.close()

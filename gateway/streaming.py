@@ -134,13 +134,14 @@ LOW_WATER = 64 * 1024
 
 
 async def pump(response: web.StreamResponse, transport: asyncio.Transport | None, ready: Ready,
-               feeder: StreamTracker | SpliceFeed, watchdog: Watchdog) -> None:
+               feeder: StreamTracker | SpliceFeed, watchdog: Watchdog, prefix: bytes = b"") -> None:
     """Relay ``ready``'s body through ``feeder`` to the client until [DONE] or the body ends.
 
     After the first write (which also sends the response head), bytes go from the upstream's
     ``data_received`` straight into the client transport, chunk-framed, with no coroutine
-    switch per token; upstream reads pause while the client's write buffer is high."""
-    out = feeder.feed(ready.first)
+    switch per token; upstream reads pause while the client's write buffer is high.  ``prefix``
+    (a comment) goes out in the first write."""
+    out = prefix + feeder.feed(ready.first)
     try:
         # this write also sends the response head; later bytes bypass aiohttp's writer
         await response.write(out or b": \n\n")

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 
 import aiohttp
 import orjson
+import pytest
+from aiohttp import web
 
 from tests.conftest import LONDON, SINGAPORE, base_config
 
@@ -120,3 +124,66 @@ async def test_prefix_affinity_keeps_a_conversation_on_one_endpoint(sim_factory,
                                                                 {"role": "user", "content": "Arr"}]}, LONDON)
         assert status == 200
     assert sorted(s.stats.requests_total for s in sims) == [0, 0, 6]
+
+
+async def test_client_closing_right_after_done_is_a_success_not_an_error(
+        sim_factory, gateway_factory, monkeypatch, caplog) -> None:
+    """Clients (wrk, SDKs) may close as soon as they read [DONE], before the chunked terminator:
+    the answer was delivered, so no traceback is logged and the request counts as served."""
+    sim = await sim_factory()
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}))
+    real_eof = web.StreamResponse.write_eof
+
+    async def client_gone_first(self: web.StreamResponse, data: bytes = b"") -> None:
+        if self._req is not None and self._req.transport is not None and self.status == 200:
+            self._req.transport.close()  # as if the client's FIN arrived between [DONE] and the end
+        await real_eof(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write_eof", client_gone_first)
+    caplog.set_level(logging.INFO)
+    body = {**CHAT, "max_tokens": 8, "stream": True}
+    seen = b""
+    async with aiohttp.ClientSession() as session:
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            async with session.post(gw.url + "/v1/chat/completions", json=body,
+                                    headers={"X-Forwarded-For": LONDON}) as resp:
+                assert resp.status == 200
+                async for chunk in resp.content.iter_any():
+                    seen += chunk
+    assert seen.rstrip().endswith(b"data: [DONE]")
+    monkeypatch.undo()
+    metrics = await _metrics(gw.url)
+    assert 'infercdn_requests_total{model="tiny-chat",region="eu-west",status="200"} 1.0' in metrics
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+@pytest.mark.parametrize("hedged", [False, True])
+async def test_client_leaving_while_waiting_for_the_first_token(sim_factory, gateway_factory, caplog,
+                                                                hedged: bool) -> None:
+    """A client that leaves after a keep-alive comment, before any token: the attempt is cancelled
+    upstream and nothing is logged as an error (the walk and the hedged race alike)."""
+    sim = await sim_factory(ttft_ms=3000.0)
+    models = {"*": {"ttft_deadline_s": 10, "hedge": {"enabled": hedged, "after_ms": 5000}}}
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}, gateway={"keepalive_comment_s": 0.05},
+                                           models=models))
+    caplog.set_level(logging.INFO)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.url + "/v1/chat/completions", json={**CHAT, "stream": True},
+                                headers={"X-Forwarded-For": LONDON}) as resp:
+            assert resp.status == 200
+            assert (await resp.content.readuntil(b"\n\n")).startswith(b":")  # a keep-alive comment
+            resp.close()
+    async with asyncio.timeout(5):
+        while sim.stats.requests_cancelled < 1:
+            await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        while 'infercdn_client_disconnects_total{model="tiny-chat"} 1.0' not in await _metrics(gw.url):
+            await asyncio.sleep(0.02)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+async def _metrics(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+        return await resp.text()
