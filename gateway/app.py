@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -13,7 +13,7 @@ from gateway.config import Config
 from gateway.handlers import admin_guard, routes
 from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
-from gateway.reload import CONFIG_PATH, SIMULATED
+from gateway.reload import CONFIG_PATH, CONFIG_TRANSFORM, SIMULATED
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
 from gateway.state import LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT, Runtime
 from gateway.upstream_client import UpstreamClient
@@ -25,9 +25,11 @@ from routing.topology import Location
 
 def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
               runtime: Runtime | None = None, geoip_reader: object | None = None,
-              config_path: str | None = None) -> web.Application:
+              config_path: str | Path | None = None,
+              config_transform: Callable[[Config], Config] | None = None) -> web.Application:
     """The gateway application.  ``simulated`` adds local simulator URLs to pools;
-    ``geoip_reader`` overrides the configured database (tests)."""
+    ``geoip_reader`` overrides the configured database (tests); ``config_path`` enables reloads,
+    each config read from it passed through ``config_transform``."""
     rt = runtime or Runtime(clock=time.monotonic, rng=random.Random())
     metrics = build_metrics()
 
@@ -42,6 +44,8 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     app = web.Application(client_max_size=g.max_body_bytes + 1024, middlewares=[admin_guard])
     if config_path is not None:
         app[CONFIG_PATH] = Path(config_path)
+    if config_transform is not None:
+        app[CONFIG_TRANSFORM] = config_transform
     app[SIMULATED] = dict(simulated or {})
     app[RUNTIME] = rt
     app[METRICS] = metrics

@@ -1,24 +1,29 @@
-"""Config hot reload: a new routing snapshot from the file, swapped in atomically.
+"""Config hot reload (POST /admin/reload or SIGHUP): a new routing snapshot from the file,
+swapped in atomically.
 
 Requests in flight keep the snapshot they started with; observations (health, latency,
 ejections, breakers, load) survive for endpoints that remain.  Settings fixed at start-up
 (listen address, GeoIP database, probe intervals, retry budget) need a restart: a reload that
-changes them says so."""
+changes them says so, as it names the pools whose local stand-ins (``simulate``/``launch``)
+start only with the gateway.  An invalid file changes nothing."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from gateway.snapshot import make_snapshot
-from gateway.config import Config, load_config
+from gateway.config import Config, ConfigError, load_config
 from gateway.state import OBSERVATIONS, RUNTIME, SNAPSHOT
 
 log = logging.getLogger("infercdn.reload")
 
 CONFIG_PATH = web.AppKey("config_path", Path)
 SIMULATED = web.AppKey("simulated", dict)
+# applied to every config read from the file: `infercdn up` adds the endpoints it started
+CONFIG_TRANSFORM = web.AppKey("config_transform", Callable[[Config], Config])
 
 _FIXED = ("gateway.host", "gateway.port", "geoip", "health", "load", "budget", "timeouts")
 
@@ -42,12 +47,28 @@ def reload_config(app: web.Application) -> dict[str, object]:
     holder = app[SNAPSHOT]
     old = holder.current
     cfg = load_config(path)
+    transform = app.get(CONFIG_TRANSFORM)
+    if transform is not None:
+        cfg = transform(cfg)
     snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old)
     holder.swap(snapshot)
     fixed = restart_needed(old.config, cfg)
-    if fixed:
-        log.warning("config reloaded from %s; changes to %s take effect after a restart", path, ", ".join(fixed))
+    served = {p.name for p in snapshot.topology.pools if p.endpoints}
+    idle = [p.name for p in cfg.pools if (p.simulate is not None or p.launch is not None) and p.name not in served]
+    later = ([f"changes to {', '.join(fixed)}"] if fixed else []) + \
+        ([f"local endpoints for {', '.join(idle)}"] if idle else [])
+    if later:
+        log.warning("config reloaded from %s; take effect after a restart: %s", path, "; ".join(later))
     else:
         log.info("config reloaded from %s", path)
     return {"file": str(path), "pools": len(cfg.pools), "endpoints": len(snapshot.topology.endpoints),
-            "restart_needed_for": fixed}
+            "restart_needed_for": fixed, "not_started": idle}
+
+
+def reload_on_signal(app: web.Application) -> None:
+    """SIGHUP: reload as POST /admin/reload does; an invalid file is logged (file, field, reason)
+    and the running config kept."""
+    try:
+        reload_config(app)
+    except ConfigError as exc:
+        log.error("config reload refused, the running config is kept:\n%s", exc)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import Config, EndpointCfg, PoolCfg
+from gateway.reload import CONFIG_PATH, reload_on_signal
 from routing.geo import geo_ms
 from routing.topology import Location
 
@@ -230,18 +231,41 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
 @contextlib.asynccontextmanager
 async def running_gateway(cfg: Config, host: str, port: int, *, sim_processes: bool = False,
                           engine: str = "sim", model_dir: str | None = None,
+                          prepare: Callable[[Config], Config] | None = None,
                           **kwargs: object) -> AsyncIterator[tuple[LocalFleet, int]]:
+    """The gateway with its local fleet.  ``cfg`` has been through ``prepare`` already; a reload
+    (POST /admin/reload, SIGHUP; with ``config_path``) passes the file through ``prepare`` and
+    adds the fleet's endpoints the same way."""
     fleet = LocalFleet(processes=sim_processes, engine=engine, model_dir=model_dir)
     runner = None
+    hup = False
     try:
         await fleet.start(cfg)
-        app = build_app(fleet.config(cfg), simulated=fleet.urls, **kwargs)  # type: ignore[arg-type]
+
+        def transform(new: Config) -> Config:
+            return fleet.config(prepare(new) if prepare is not None else new)
+
+        app = build_app(fleet.config(cfg), simulated=fleet.urls, config_transform=transform,
+                        **kwargs)  # type: ignore[arg-type]
         runner, bound = await start_site(app, host, port)
+        if CONFIG_PATH in app:
+            hup = _on_sighup(lambda: reload_on_signal(app))
         yield fleet, bound
     finally:
+        if hup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if runner is not None:
             await runner.cleanup()
         await fleet.stop()
+
+
+def _on_sighup(callback: Callable[[], None]) -> bool:
+    """Reload on SIGHUP where this loop can own signals (the main thread)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)
+    except (ValueError, RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 async def wait_for_signal() -> None:

@@ -5,10 +5,11 @@ regional pools on this machine, in one command.  ``--engine vllm``: the same wit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from gateway.config import Config, ConfigError, LaunchCfg, load_config
+from gateway.config import DEFAULT_CONFIG, Config, ConfigError, LaunchCfg, load_config
 from gateway.server import LaunchError, LocalFleet, run, running_gateway, wait_for_signal
 from routing.locate import EMBEDDED, embedded_db_notice
 
@@ -36,7 +37,7 @@ def vllm_default(cfg: Config) -> Config:
 
 
 def banner(port: int, regions: list[str], pids: dict[str, list[int]],
-           vllm: Sequence[tuple[str, str, int | None]] = ()) -> str:
+           vllm: Sequence[tuple[str, str, int | None]] = (), config: str | None = None) -> str:
     base = f"http://127.0.0.1:{port}"
     real = {pool for pool, _, _ in vllm}
     kill = [f"  {pool}: kill {' '.join(map(str, p))}" for pool, p in pids.items() if pool not in real]
@@ -52,8 +53,15 @@ def banner(port: int, regions: list[str], pids: dict[str, list[int]],
         "    -d '{\"model\": \"tiny-chat\", \"stream\": true, "
         "\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'",
         f"  explain the route: infercdn route --ip 103.4.96.1 --model tiny-chat   |   {base}/metrics",
+        *([f"routing config: {config} (edit it, then: kill -HUP {os.getpid()}, or curl -X POST {base}/admin/reload)"]
+          if config else []),
         "stop with Ctrl-C",
     ])
+
+
+def prepare(args: argparse.Namespace) -> Callable[[Config], Config] | None:
+    """What a config read from the file goes through (at start and on each reload)."""
+    return vllm_default if args.engine == "vllm" and args.config is None else None
 
 
 def load(args: argparse.Namespace) -> Config:
@@ -84,9 +92,10 @@ def main(args: argparse.Namespace) -> int:
             print(embedded_db_notice(), file=sys.stderr)
         try:
             async with running_gateway(cfg, args.host, args.port, sim_processes=not args.in_process,
-                                       engine=args.engine, model_dir=args.model_dir) as (fleet, bound):
-                print(banner(bound, [r.name for r in cfg.regions], fleet.pids, await launched_info(fleet)),
-                      flush=True)
+                                       engine=args.engine, model_dir=args.model_dir, prepare=prepare(args),
+                                       config_path=args.config or DEFAULT_CONFIG) as (fleet, bound):
+                print(banner(bound, [r.name for r in cfg.regions], fleet.pids, await launched_info(fleet),
+                             str(args.config or DEFAULT_CONFIG)), flush=True)
                 await wait_for_signal()
         except LaunchError as exc:
             print(f"infercdn up: {exc}", file=sys.stderr)

@@ -94,3 +94,63 @@ async def test_up_routes_clients_by_location_and_fails_over() -> None:
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             await proc.wait()
+
+
+async def test_up_reloads_its_config_on_sighup(tmp_path: Path) -> None:
+    """An operator edits the routing config of a running `infercdn up` and sends SIGHUP: the new
+    routing applies with the simulated endpoints kept; a broken file is refused with its file,
+    field and reason, and the running config stays."""
+    config = tmp_path / "routing.yaml"
+    text = (ROOT / "configs" / "local.yaml").read_text()
+    config.write_text(text)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "up", "--port", "0", "--in-process", "--config", str(config),
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    log: list[str] = []
+
+    async def log_has(text: str) -> None:
+        while not any(text in line for line in log):
+            line = (await proc.stderr.readline()).decode()
+            assert line, "infercdn up exited"
+            log.append(line)
+
+    try:
+        lines: list[str] = []
+        async with asyncio.timeout(60):
+            while not any(line.startswith("stop with") for line in lines):
+                line = (await proc.stdout.readline()).decode()
+                assert line, f"infercdn up exited: {(await proc.stderr.read()).decode()[-2000:]}"
+                lines.append(line.strip())
+        base = next(line.split("gateway ")[1].split(",")[0] for line in lines if line.startswith("infercdn is up"))
+        assert any(f"routing config: {config}" in line and f"kill -HUP {proc.pid}" in line for line in lines)
+        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        async with aiohttp.ClientSession() as session:
+            async def region() -> str:
+                async with session.post(base + "/v1/chat/completions", json=body,
+                                        headers={"X-Forwarded-For": "103.4.96.1"}) as r:
+                    await r.read()
+                    assert r.status == 200
+                    return r.headers["x-infercdn-region"]
+            assert await region() == "ap-southeast"
+            drained = text.replace("  - name: ap-southeast-sim\n", "  - name: ap-southeast-sim\n    draining: true\n")
+            assert drained != text
+            config.write_text(drained)
+            proc.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(20):
+                await log_has(f"config reloaded from {config}")
+            assert await region() != "ap-southeast"  # drained: Singapore goes elsewhere
+            assert not any("after a restart" in line for line in log)  # nothing left for a restart
+
+            config.write_text(drained.replace("ttft_ms: 40", "ttft_ms: -5", 1))
+            proc.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(20):
+                await log_has("config reload refused")
+                await log_has(f"{config}: pools[0].simulate.ttft_ms = -5: Input should be greater than or equal to 0")
+            assert await region() != "ap-southeast"  # the running config is kept
+            async with session.get(base + "/admin/observations") as r:
+                assert sum(1 for ep in await r.json() if "-sim" in ep) == 6  # no endpoint lost
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            await proc.wait()

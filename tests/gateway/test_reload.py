@@ -7,8 +7,8 @@ import aiohttp
 import yaml
 
 from gateway.app import build_app
-from gateway.config import parse_config
-from gateway.server import start_site
+from gateway.config import Config, load_config, parse_config
+from gateway.server import running_gateway, start_site
 from gateway.state import OBSERVATIONS
 from tests.conftest import SINGAPORE, base_config
 
@@ -63,3 +63,34 @@ async def test_admin_api_only_from_admin_networks(sim_factory, gateway_factory) 
             assert (await r.json())["error"]["code"] == "forbidden"
         async with s.get(gw.url + "/v1/models") as r:
             assert r.status == 200
+
+
+async def test_reload_keeps_local_endpoints_and_names_pools_that_need_a_restart(
+        tmp_path: Path, geoip_reader) -> None:
+    """A gateway with its local fleet (`infercdn up`): a reload passes the file through the same
+    preparation as at start and keeps the simulators it started; a pool added with a `simulate`
+    block gets none until a restart, and the answer says so."""
+    data = base_config({})
+    data["pools"] = [{"name": "eu-sim", "region": "eu-west", "models": ["tiny-chat"],
+                      "simulate": {"endpoints": 2, "ttft_ms": 1, "itl_ms": 1, "rtt_ms": 0}}]
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(data))
+    prepared: list[int] = []
+
+    def prepare(cfg: Config) -> Config:  # as `up --engine vllm` rewrites the default
+        prepared.append(len(cfg.pools))
+        return cfg
+
+    async with running_gateway(prepare(load_config(path)), "127.0.0.1", 0, prepare=prepare,
+                               config_path=str(path), geoip_reader=geoip_reader) as (fleet, port):
+        base = f"http://127.0.0.1:{port}"
+        assert len(fleet.urls["eu-sim"]) == 2
+        data["pools"].append({"name": "ap-sim", "region": "ap-southeast", "models": ["tiny-chat"],
+                              "simulate": {"endpoints": 1}})
+        path.write_text(yaml.safe_dump(data))
+        status, answer, _ = await _post(base + "/admin/reload")
+        assert status == 200
+        assert (answer["pools"], answer["endpoints"], answer["not_started"]) == (2, 2, ["ap-sim"])
+        assert prepared == [1, 2]
+        status, _, headers = await _post(base + "/v1/chat/completions", CHAT, SINGAPORE)
+        assert (status, headers["x-infercdn-region"]) == (200, "eu-west")  # ap-sim has no endpoint yet
