@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from routing.balance import BALANCERS
 from routing.plan import RoutingParams
 
 DEFAULT_CONFIG = Path(__file__).parent / "data" / "local.yaml"
@@ -344,6 +345,8 @@ def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:
                 problems.append((f"auth.tenants[{i}].models[{k}]", model, "no pool serves this model"))
     if cfg.routing.policy not in _policy_names():
         problems.append(("routing.policy", cfg.routing.policy, f"unknown policy; known: {sorted(_policy_names())}"))
+    if cfg.routing.balancer not in BALANCERS:
+        problems.append(("routing.balancer", cfg.routing.balancer, f"unknown balancer; known: {sorted(BALANCERS)}"))
     return problems
 
 

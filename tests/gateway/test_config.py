@@ -52,11 +52,13 @@ def test_cross_references_are_checked() -> None:
     data = base_config({"us-east": ["http://127.0.0.1:9"], "eu-west": ["http://127.0.0.1:10"]})
     data["pools"][1]["region"] = "mars"
     data["pools"][1]["endpoints"][0]["id"] = "us-east-0"
-    data["routing"] = {"policy": "fastest-please"}
+    data["routing"] = {"policy": "fastest-please", "balancer": "round-robin"}
     lines = _problems(data)
     assert any("pools[1].region = 'mars': unknown region" in line for line in lines)
     assert any("pools[1].endpoints[0].id = 'us-east-0': duplicate endpoint id" in line for line in lines)
     assert any("routing.policy = 'fastest-please': unknown policy" in line for line in lines)
+    assert any("routing.balancer = 'round-robin': unknown balancer; known: ['p2c', 'prefix_affinity']" in line
+               for line in lines)
 
 
 def test_pool_without_endpoints_is_rejected() -> None:
