@@ -159,6 +159,9 @@ class ModelCfg(_Model):
     stall_timeout_s: float = Field(default=30.0, gt=0)  # silence inside a stream; exceeded → resume
     total_deadline_s: float = Field(default=600.0, gt=0)
     resume: Literal["token_ids", "text", "off"] = "token_ids"
+    # stream: a non-stream request is sent upstream as a stream (first-token deadline, stall
+    # watchdog, resume) and its answer assembled; passthrough: the pool's JSON relayed as is
+    non_stream: Literal["stream", "passthrough"] = "stream"
     hedge: HedgeCfg = HedgeCfg()
     fallbacks: tuple[str, ...] = ()
     larger_context: tuple[str, ...] = ()  # pools to try when a pool answers context_length_exceeded

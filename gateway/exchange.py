@@ -34,6 +34,11 @@ class Exchange:
     served_by: Candidate | None = None
     served_model: str | None = None
     retry_after_s: float | None = None
+    assembled: bool = False  # a non-stream request served from an upstream stream (req is the stream)
+
+    @property
+    def client_stream(self) -> bool:
+        return self.req.stream and not self.assembled
 
     @property
     def attempts(self) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
+from gateway.assemble import AssembledSession, can_assemble
 from gateway.attempts import FirstToken, Won
 from gateway.config import Config
 from gateway.errors import ModelNotFound, RateLimited, Unavailable
@@ -46,7 +47,10 @@ class Proxy:
                     ctx: RequestContext) -> web.StreamResponse:
         mcfg = cfg.model_cfg(req.model)
         loop = asyncio.get_running_loop()
-        ex = Exchange(request, req, cfg, mcfg, loop.time() + mcfg.total_deadline_s)
+        assembled = not req.stream and mcfg.non_stream == "stream" and can_assemble(req.body)
+        if assembled:
+            req = req.as_stream()
+        ex = Exchange(request, req, cfg, mcfg, loop.time() + mcfg.total_deadline_s, assembled=assembled)
         self.budget.record_request()
         resume = req.stream and mcfg.resume == "token_ids" and not req.body.get("return_token_ids")
         last_refusal: tuple[Candidate, Refused] | None = None
@@ -54,7 +58,7 @@ class Proxy:
         for model in (req.model, *mcfg.fallbacks):
             plan = planner.plan(replace(ctx, model=model))
             won = await FirstToken(self, ex, lambda c: self._body(req, c, resume),
-                                   req.path).run(self._candidates(ex, plan, model), req.stream)
+                                   req.path).run(self._candidates(ex, plan, model), ex.client_stream)
             if won is None:
                 continue
             if isinstance(won.result, Refused):
@@ -118,7 +122,7 @@ class Proxy:
         ex.tried.append(Tried(won.cand, Outcome.CLIENT_ERROR, "context too long for this pool", ex.req.model))
         self.record(won.cand, Outcome.CLIENT_ERROR)
         return await FirstToken(self, ex, lambda c: self._body(ex.req, c, resume), ex.req.path).run(
-            iter(cands), ex.req.stream)
+            iter(cands), ex.client_stream)
 
     async def _deliver(self, ex: Exchange, cand: Candidate, ready: Ready, resume: bool, plan: Plan) -> web.StreamResponse:
         self.metrics.of(self.metrics.ttft_seconds, cand.region).observe(ready.ttfb_s)
@@ -131,7 +135,7 @@ class Proxy:
             self.usage(ex, find_usage(ready.first))
             self.count(ex, cand.region, "200")
             return web.Response(status=200, body=ready.first, headers={**ready.headers, **ex.headers(cand, ex.served_model)})
-        session = StreamSession(self, ex, plan, strip_ids=resume)
+        session = (AssembledSession if ex.assembled else StreamSession)(self, ex, plan, strip_ids=resume)
         return await session.run(cand, ready)
 
     def _refused(self, ex: Exchange, cand: Candidate, refused: Refused) -> web.Response:
@@ -163,7 +167,7 @@ class Proxy:
     def count(self, ex: Exchange, region: str, status: str) -> None:
         req = ex.req
         self.metrics.of(self.metrics.requests, req.model, region, status).inc()
-        self.metrics.of(self.metrics.request_seconds, req.model, "true" if req.stream else "false").observe(
+        self.metrics.of(self.metrics.request_seconds, req.model, "true" if ex.client_stream else "false").observe(
             time.monotonic() - req.started)
 
     def usage(self, ex: Exchange, usage: dict | None) -> None:

@@ -36,6 +36,12 @@ class ParsedRequest:
             cached = self._bodies[upstream_model] = orjson.dumps({**self.body, "model": upstream_model})
         return cached
 
+    def as_stream(self) -> ParsedRequest:
+        """The same request asking for a stream with a usage chunk (for an assembled answer)."""
+        body = {**self.body, "stream": True, "stream_options": {"include_usage": True}}
+        return ParsedRequest(self.kind, self.path, orjson.dumps(body), body, self.model, True, self.request_id,
+                             self.started)
+
     def body_with(self, extra: dict[str, Any]) -> bytes:
         """The body with ``extra`` fields set (re-encoded; cached per distinct ``extra``)."""
         key = repr(sorted(extra.items()))

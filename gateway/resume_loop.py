@@ -22,6 +22,9 @@ from routing.plan import Candidate, Plan
 
 
 class StreamSession:
+    """Relays to the client's response; :class:`gateway.assemble.AssembledSession` collects the
+    same events for a non-stream answer instead."""
+
     def __init__(self, proxy: Any, ex: Exchange, plan: Plan, strip_ids: bool) -> None:
         self.proxy = proxy
         self.ex = ex
@@ -31,6 +34,8 @@ class StreamSession:
         self.include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
         self.keep_ids = ex.req.body.get("return_token_ids") is True
         self.mismatch = False
+        self.response: Any = None  # what the events are written to (web.StreamResponse here)
+        self.transport: Any = None  # where the pump writes after the first event
 
     async def run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
         try:
@@ -38,12 +43,18 @@ class StreamSession:
         except ClientGone:  # a write after the relay (an ending, an in-band error) met a closed client
             raise asyncio.CancelledError() from None
 
-    async def _run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
+    async def _open(self, cand: Candidate, ready: Ready) -> bytes:
+        """Send the response head; what to write before the first event."""
         ex = self.ex
         early = ex.response is not None  # keep-alive comments went out before a token
-        await ex.commit_head(cand, ex.served_model, ready.headers)
+        self.response = await ex.commit_head(cand, ex.served_model, ready.headers)
+        self.transport = ex.request.transport
+        return f": served by region={cand.region} pool={cand.pool.name}\n\n".encode() if early else b""
+
+    async def _run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
+        ex = self.ex
+        notice = await self._open(cand, ready)
         tracker = StreamTracker(self.strip_ids, retain=ex.mcfg.resume != "off")
-        notice = f": served by region={cand.region} pool={cand.pool.name}\n\n".encode() if early else b""
         outcome, detail = await self._pump(cand, ready, tracker, notice)
         if outcome is Outcome.SUCCESS:
             return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
@@ -51,23 +62,25 @@ class StreamSession:
         ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
         if st is not None and await self._resume(st):
             return await self._finish(ex.served_by or cand, st.usage, "200")
-        await self._write(sse_error_event(self._cut_message(st, detail)))
+        return await self._give_up(cand, self._cut_message(st, detail))
+
+    async def _give_up(self, cand: Candidate, message: str) -> web.StreamResponse:
+        """The stream cannot be completed: an in-band error event and no [DONE]."""
+        await self._write(sse_error_event(message))
         return await self._finish(cand, None, "stream_error")
 
     async def _finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
         self.proxy.usage(self.ex, usage)
         self.proxy.count(self.ex, cand.region, status)
-        assert self.ex.response is not None
         # the client may close as soon as it reads [DONE], before the chunked terminator: the
         # answer was delivered, and aiohttp meets the closed transport again quietly
         with contextlib.suppress(ConnectionResetError):
-            await self.ex.response.write_eof()
-        return self.ex.response
+            await self.response.write_eof()
+        return self.response
 
     async def _write(self, data: bytes) -> None:
-        assert self.ex.response is not None
         try:
-            await self.ex.response.write(data)
+            await self.response.write(data)
         except ConnectionResetError as exc:
             raise ClientGone() from exc
 
@@ -77,7 +90,7 @@ class StreamSession:
         wd = Watchdog(ex.mcfg.stall_timeout_s, ex.deadline)
         outcome, detail = Outcome.BAD_STREAM, "the upstream stream ended before [DONE]"
         try:
-            await pump(ex.response, ex.request.transport, ready, feeder, wd, prefix)
+            await pump(self.response, self.transport, ready, feeder, wd, prefix)
             if feeder.done:
                 outcome, detail = Outcome.SUCCESS, "ok"
             elif isinstance(feeder, StreamTracker) and feeder.dropped:

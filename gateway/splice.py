@@ -41,7 +41,12 @@ class Splicer:
         if isinstance(doc.get("usage"), dict) and not doc.get("choices"):
             usage = self._usage(doc["usage"])
             self.st.usage = usage
-            return [encode_event(self._frame([], usage=usage))] if self.include_usage else []
+            if not self.include_usage:
+                return []
+            frame = self._frame([], usage=usage)
+            if doc.get("system_fingerprint") is not None:  # vLLM names its build with the usage
+                frame["system_fingerprint"] = doc["system_fingerprint"]
+            return [encode_event(frame)]
         out = []
         for choice in doc.get("choices") or ():
             if choice.get("index", 0) != 0:

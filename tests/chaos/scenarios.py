@@ -145,16 +145,30 @@ async def hang(env: Env) -> Row:
     return out
 
 
-@scenario("hang, non-stream (total deadline 1 s)")
+@scenario("hang, non-stream")
 async def hang_non_stream(env: Env) -> Row:
+    gw, eu, us = await eu_faulty(env, "hang:health=0")
+    r = await call(gw.url, CHAT)
+    assert_complete(r, await env.reference(CHAT))  # asked upstream as a stream: the TTFT deadline applies
+    assert r.attempts == 2 and r.region == "us-east"
+    assert FAST["ttft_deadline_s"] <= r.wall_s < FAST["ttft_deadline_s"] + 1.0
+    await eu.wait_for(lambda s: s.requests_cancelled == 1, 2)
+    assert (eu.stats.requests_total, us.stats.requests_total) == (1, 1)
+    out = row("hang, non-stream", r, env, "served from an upstream stream: TTFT deadline 0.5 s, next region")
+    await healthy_after(env, gw)
+    return out
+
+
+@scenario("hang, non-stream, passthrough (total deadline 1 s)")
+async def hang_non_stream_passthrough(env: Env) -> Row:
     gw, eu, us = await eu_faulty(env, "hang:health=0",
-                                 models={"*": {**FAST, "total_deadline_s": 1.0}})
+                                 models={"*": {**FAST, "total_deadline_s": 1.0, "non_stream": "passthrough"}})
     r = await call(gw.url, CHAT)
     assert r.status in (503, 504)
     err = assert_openai_error(r, r.status)
     assert 1.0 <= r.wall_s < 2.0  # bounded by the total deadline
     assert eu.stats.requests_total == 1 and us.stats.requests_total == 0  # no per-attempt deadline
-    out = row("hang, non-stream (total deadline 1 s)", r, env, f"message: \"{err['message']}\"")
+    out = row("hang, non-stream, passthrough (total deadline 1 s)", r, env, f"message: \"{err['message']}\"")
     await healthy_after(env, gw)
     return out
 
@@ -196,6 +210,19 @@ async def cut(env: Env) -> Row:
     assert (eu.stats.requests_total, us.stats.requests_total) == (1, 1)
     assert us.stats.paths["/v1/completions"] == 1  # a token-level continuation
     out = row("stream cut after 5 tokens", r, env, "resumed in us-east")
+    await healthy_after(env, gw)
+    return out
+
+
+@scenario("non-stream answer cut after 5 tokens")
+async def cut_non_stream(env: Env) -> Row:
+    gw, eu, us = await eu_faulty(env, "cut_after:tokens=5")
+    r = await call(gw.url, CHAT)
+    assert_complete(r, await env.reference(CHAT))
+    assert r.attempts == 2 and r.region == "us-east"  # the pool that finished the answer
+    assert (eu.stats.requests_total, us.stats.requests_total) == (1, 1)
+    assert us.stats.paths["/v1/completions"] == 1  # a token-level continuation, not a new generation
+    out = row("non-stream answer cut after 5 tokens", r, env, "resumed in us-east, one JSON answer")
     await healthy_after(env, gw)
     return out
 

@@ -40,12 +40,20 @@ async def test_hang_hits_the_ttft_deadline_and_fails_over(env: Env) -> None:
     await sc.hang(env)
 
 
-async def test_hang_without_stream_is_bounded_by_the_total_deadline(env: Env) -> None:
+async def test_hang_without_stream_fails_over_at_the_ttft_deadline(env: Env) -> None:
     await sc.hang_non_stream(env)
 
 
-async def test_hang_without_stream_names_the_timed_out_attempt(env: Env) -> None:
-    reply = (await sc.hang_non_stream(env)).reply
+async def test_non_stream_answer_cut_mid_generation_is_resumed(env: Env) -> None:
+    await sc.cut_non_stream(env)
+
+
+async def test_hang_without_stream_passthrough_is_bounded_by_the_total_deadline(env: Env) -> None:
+    await sc.hang_non_stream_passthrough(env)
+
+
+async def test_hang_without_stream_passthrough_names_the_timed_out_attempt(env: Env) -> None:
+    reply = (await sc.hang_non_stream_passthrough(env)).reply
     assert reply is not None
     assert "eu-west-0" in reply.doc["error"]["message"] and reply.attempts == 1
 

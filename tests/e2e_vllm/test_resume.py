@@ -60,3 +60,35 @@ async def test_stream_cut_mid_generation_is_resumed_exactly(vllm_server: VllmSer
     # the ids the gateway asked for to resume are not shown to a client that did not ask for them
     assert all("token_ids" not in (c.choices[0].model_extra or {}) for c in got if c.choices)
     assert [c.choices[0].finish_reason for c in got if c.choices][-1] == "length"
+
+
+@pytest.mark.parametrize("kind", ["chat", "completions"])
+async def test_non_stream_answer_cut_mid_generation_is_resumed_exactly(vllm_server: VllmServer, gateway_factory,
+                                                                       kind: str) -> None:
+    """A non-stream request is served from an upstream stream: a host dying mid-generation is
+    resumed on the next pool, and the one JSON answer equals vLLM's own non-stream answer."""
+    await wait_idle(vllm_server.url)
+    args: dict[str, Any] = {"model": MODEL, "max_tokens": MAX_TOKENS, "temperature": 0}
+    args.update(messages=CHAT) if kind == "chat" else args.update(prompt=PROMPT)
+    create = (lambda c: c.chat.completions) if kind == "chat" else (lambda c: c.completions)
+    async with sdk(vllm_server.url) as direct:
+        expected = await create(direct).create(**args)
+    proxy = CutProxy("127.0.0.1", vllm_server.port, cut_after_events=CUT_AFTER)
+    await proxy.start()
+    try:
+        data = vllm_config(vllm_server, {"us-east": [vllm_server.url]})
+        data["pools"][0]["endpoints"][0]["url"] = proxy.url
+        gw = await gateway_factory(data)
+        async with sdk(gw.url, LONDON) as client:
+            raw = await create(client).with_raw_response.create(**args)
+    finally:
+        await proxy.stop()
+    got = raw.parse()
+    assert proxy.cuts == 1, "the first attempt must have been cut"
+    assert (raw.headers["x-infercdn-region"], raw.headers["x-infercdn-attempts"]) == ("us-east", "2")
+    assert b'"stream":true' in bytes(proxy.sent)  # asked upstream as a stream
+    text = (lambda r: r.choices[0].message.content) if kind == "chat" else (lambda r: r.choices[0].text)
+    assert text(got) == text(expected) and text(got)
+    assert got.usage == expected.usage and got.usage.completion_tokens == MAX_TOKENS
+    assert got.choices[0].finish_reason == expected.choices[0].finish_reason == "length"
+    assert (got.object, got.model, got.system_fingerprint) == (expected.object, MODEL, expected.system_fingerprint)

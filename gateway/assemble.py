@@ -1,0 +1,150 @@
+"""Non-stream requests served from an upstream stream (``models.<m>.non_stream: stream``).
+
+A pool that answers a non-stream request sends nothing until the whole generation is done, so
+the gateway could not tell a hung pool from a long answer before the request's total deadline.
+Asked for a stream instead, the same request gets what streams get: the first-token deadline
+(a hung or slow pool is left for the next candidate), the stall watchdog, and mid-generation
+resume on another pool.  The events are collected, not relayed, and assembled into the one
+JSON object the client asked for: same id, model, text, finish reason and usage as the pool's
+own non-stream answer.
+
+Requests whose non-stream answer has a shape of its own (tool calls, logprobs, several
+choices, echo, token ids) are relayed as before."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import Unavailable
+from gateway.resume_loop import StreamSession
+from gateway.sse import events, parse_event
+from gateway.upstream import Ready
+from routing.plan import Candidate
+
+# fields whose non-stream answer is more than text + finish reason + usage
+_OWN_SHAPE = ("tools", "functions", "tool_choice", "logprobs", "top_logprobs", "prompt_logprobs", "echo",
+              "best_of", "suffix", "return_token_ids", "stream_options")
+
+
+def can_assemble(body: Mapping[str, Any]) -> bool:
+    """Whether a non-stream request's answer can be assembled from its stream exactly."""
+    if body.get("n", 1) not in (1, None):
+        return False
+    return not any(body.get(k) not in (None, False) for k in _OWN_SHAPE)
+
+
+def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
+    """The non-stream answer (``chat.completion`` or ``text_completion``) that the SSE events
+    in ``raw`` add up to; None when they carry no choice."""
+    head: dict[str, Any] | None = None
+    usage = None
+    role, texts, reasoning_key, reasoning = "assistant", [], "reasoning_content", []
+    finish = stop = fingerprint = None
+    seen = False
+    for payload in events(raw):
+        doc = parse_event(payload)
+        if doc is None:
+            continue
+        if head is None:
+            head = doc
+        if isinstance(doc.get("usage"), dict):
+            usage = doc["usage"]
+        fingerprint = doc.get("system_fingerprint") or fingerprint  # vLLM sends it with the usage
+        for choice in doc.get("choices") or ():
+            seen = True
+            if kind == "chat":
+                delta = choice.get("delta") or {}
+                role = delta.get("role") or role
+                if delta.get("content"):
+                    texts.append(delta["content"])
+                for key in ("reasoning_content", "reasoning"):
+                    if delta.get(key):
+                        reasoning_key = key
+                        reasoning.append(delta[key])
+            elif choice.get("text"):
+                texts.append(choice["text"])
+            if choice.get("finish_reason") is not None:
+                finish, stop = choice["finish_reason"], choice.get("stop_reason")
+    if head is None or not seen:
+        return None
+    text = "".join(texts)
+    if kind == "chat":
+        message: dict[str, Any] = {"role": role, "content": text}
+        if reasoning:
+            message[reasoning_key] = "".join(reasoning)
+        choice_out: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
+                                      "stop_reason": stop}
+        obj = "chat.completion"
+    else:
+        choice_out = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": stop}
+        obj = "text_completion"
+    out = {"id": head.get("id"), "object": obj, "created": head.get("created"), "model": head.get("model"),
+           "choices": [choice_out], "usage": usage}
+    if fingerprint is not None:
+        out["system_fingerprint"] = fingerprint
+    return out
+
+
+class _Buffer:
+    """Where the pump writes after the first event (in place of the client's transport)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _Collector:
+    """The response the first event and any ending are written to (in place of the client's)."""
+
+    headers: Mapping[str, str] = {}  # no chunked framing: the buffer gets the events as they are
+
+    def __init__(self, buffer: _Buffer) -> None:
+        self.buffer = buffer
+
+    async def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    async def write_eof(self) -> None:
+        return None
+
+
+class AssembledSession(StreamSession):
+    """A :class:`StreamSession` whose events are collected, then answered as one JSON object
+    (or a 503 when the generation could not be completed on any pool)."""
+
+    def __init__(self, proxy: Any, ex: Any, plan: Any, strip_ids: bool) -> None:
+        super().__init__(proxy, ex, plan, strip_ids)
+        self.buffer = _Buffer()
+        self.include_usage = True  # asked for upstream; the non-stream answer always has usage
+
+    async def _open(self, cand: Candidate, ready: Ready) -> bytes:
+        self.response = _Collector(self.buffer)
+        self.transport = self.buffer
+        return b""
+
+    async def _give_up(self, cand: Candidate, message: str) -> web.StreamResponse:
+        self.proxy.count(self.ex, cand.region, "503")
+        raise Unavailable(message.replace("the stream was cut", "the answer was cut", 1),
+                          headers=self.ex.headers(cand, self.ex.served_model))
+
+    async def _finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
+        doc = assemble(bytes(self.buffer.data), self.ex.req.kind)
+        if doc is None:
+            return await self._give_up(cand, "the upstream stream ended without an answer")
+        self.proxy.usage(self.ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)
+        self.proxy.count(self.ex, cand.region, status)
+        headers = {"Content-Type": "application/json", **self.ex.headers(cand, self.ex.served_model)}
+        return web.Response(status=200, body=orjson.dumps(doc), headers=headers)

@@ -1,0 +1,117 @@
+"""Non-stream requests served from an upstream stream: the answer assembled from the events,
+and what that buys (the first-token deadline, resume), against the real simulator."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.assemble import assemble, can_assemble
+from tests.conftest import LONDON, base_config
+
+CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "tell me a story"}], "max_tokens": 12,
+        "temperature": 0}
+PROMPT = {"model": "tiny-chat", "prompt": "once upon a time", "max_tokens": 12, "temperature": 0}
+
+
+@pytest.mark.parametrize(("extra", "ok"), [
+    ({}, True), ({"n": 1}, True), ({"logprobs": False}, True), ({"response_format": {"type": "json_object"}}, True),
+    ({"n": 2}, False), ({"logprobs": True}, False), ({"top_logprobs": 2}, False), ({"logprobs": 3}, False),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, False), ({"echo": True}, False),
+    ({"return_token_ids": True}, False), ({"stream_options": {"include_usage": True}}, False),
+])
+def test_which_requests_are_assembled(extra: dict[str, Any], ok: bool) -> None:
+    assert can_assemble({**CHAT, **extra}) is ok
+
+
+def _sse(*docs: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(d) + b"\n\n" for d in docs) + b": a comment\n\ndata: [DONE]\n\n"
+
+
+def test_chat_events_add_up_to_one_message() -> None:
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
+    raw = _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+               {**head, "choices": [{"index": 0, "delta": {"reasoning": "hmm "}, "finish_reason": None}]},
+               {**head, "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]},
+               {**head, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop", "stop_reason": 42}]},
+               {**head, "choices": [], "usage": {"prompt_tokens": 3, "total_tokens": 6, "completion_tokens": 3},
+                "system_fingerprint": "vllm-x"})
+    assert assemble(raw, "chat") == {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello", "reasoning": "hmm "},
+                     "logprobs": None, "finish_reason": "stop", "stop_reason": 42}],
+        "usage": {"prompt_tokens": 3, "total_tokens": 6, "completion_tokens": 3}, "system_fingerprint": "vllm-x"}
+
+
+def test_completion_events_add_up_to_one_text() -> None:
+    head = {"id": "cmpl-1", "object": "text_completion", "created": 7, "model": "m"}
+    raw = _sse({**head, "choices": [{"index": 0, "text": "", "finish_reason": None}]},
+               {**head, "choices": [{"index": 0, "text": "a b", "finish_reason": None}]},
+               {**head, "choices": [{"index": 0, "text": " c", "finish_reason": "length", "stop_reason": None}]})
+    doc = assemble(raw, "completions")
+    assert doc is not None and doc["object"] == "text_completion" and doc["usage"] is None
+    assert doc["choices"] == [{"index": 0, "text": "a b c", "logprobs": None, "finish_reason": "length",
+                               "stop_reason": None}]
+    assert assemble(b"data: [DONE]\n\n", "completions") is None
+
+
+async def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str], float]:
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    t0 = time.monotonic()
+    async with aiohttp.ClientSession() as s, s.post(url + path, json=body, headers={"X-Forwarded-For": LONDON}) as r:
+        return r.status, await r.json(), dict(r.headers), time.monotonic() - t0
+
+
+@pytest.mark.parametrize("body", [CHAT, PROMPT], ids=["chat", "completions"])
+async def test_assembled_answer_is_the_pools_own_answer(sim_factory, gateway_factory, body: dict[str, Any]) -> None:
+    sim = await sim_factory()
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}))
+    status, got, headers, _ = await _post(gw.url, body)
+    _, direct, _, _ = await _post(sim.url, body)
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert headers["x-infercdn-attempts"] == "1"
+    assert (got["object"], got["model"]) == (direct["object"], direct["model"])
+    def text(doc: dict[str, Any]) -> str:
+        choice = doc["choices"][0]
+        return choice["message"]["content"] if "messages" in body else choice["text"]
+    assert text(got) == text(direct) and text(got)
+    assert got["choices"][0]["finish_reason"] == direct["choices"][0]["finish_reason"] == "length"
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert [got["usage"][k] for k in counts] == [direct["usage"][k] for k in counts]
+    async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
+        metrics = await r.text()
+    assert 'infercdn_request_duration_seconds_count{model="tiny-chat",stream="false"} 1.0' in metrics
+    assert 'infercdn_tokens_total{kind="completion",model="tiny-chat"} 12.0' in metrics
+
+
+@pytest.mark.parametrize(("non_stream", "extra", "region"), [
+    ("stream", {}, "us-east"),  # no first token in 0.3 s: the next region answers
+    ("passthrough", {}, "eu-west"),  # the pool's JSON awaited as it is: the slow region answers
+    ("stream", {"logprobs": True, "top_logprobs": 1}, "eu-west"),  # an answer of its own shape: relayed
+])
+async def test_slow_pool_and_the_first_token_deadline(sim_factory, gateway_factory, non_stream: str,
+                                                      extra: dict[str, Any], region: str) -> None:
+    eu = await sim_factory(fault="slow_first_token:seconds=1")
+    us = await sim_factory()
+    models = {"*": {"ttft_deadline_s": 0.3, "non_stream": non_stream}}
+    gw = await gateway_factory(base_config({"eu-west": [eu.url], "us-east": [us.url]}, models=models))
+    status, got, headers, wall = await _post(gw.url, {**CHAT, **extra})
+    assert status == 200 and got["choices"][0]["message"]["content"]
+    assert headers["x-infercdn-region"] == region
+    if region == "us-east":
+        assert headers["x-infercdn-attempts"] == "2" and wall < 1.0
+        await eu.wait_for(lambda s: s.requests_cancelled == 1, 2)  # the slow attempt was dropped upstream
+    else:
+        assert headers["x-infercdn-attempts"] == "1" and wall >= 1.0
+
+
+async def test_answer_that_cannot_be_completed_is_a_503(sim_factory, gateway_factory) -> None:
+    sim = await sim_factory(fault="cut_after:tokens=5")
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}))
+    status, got, headers, _ = await _post(gw.url, CHAT)
+    assert status == 503 and headers["x-infercdn-region"] == "eu-west"
+    assert got["error"]["code"] == "no_healthy_upstream"
+    assert got["error"]["message"].startswith("the answer was cut after 5 token(s) and could not be resumed")
