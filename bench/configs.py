@@ -24,7 +24,7 @@ INFERCDN_COMMON = {
 }
 
 
-def infercdn_yaml(upstreams: list[str], regions: bool) -> str:
+def infercdn_yaml(upstreams: list[str], regions: bool, passthrough: bool = False) -> str:
     """One region and pool holding every upstream, or (``regions``) one region/pool per upstream:
     ``eu-central`` (Frankfurt, where the gateway is) first, then ``eu-west`` (Paris)."""
     gateway = {"host": "127.0.0.1", "port": 0, "location": FRANKFURT, "region": "eu-central",
@@ -39,6 +39,8 @@ def infercdn_yaml(upstreams: list[str], regions: bool) -> str:
         pools = [{"name": f"{n}-pool", "region": n, "models": ["tiny-chat"], "endpoints": [{"url": u}]}
                  for (n, _), u in zip(names, upstreams)]
     doc = {"gateway": gateway, **INFERCDN_COMMON, "regions": region_list, "pools": pools}
+    if passthrough:
+        doc["models"] = {"*": {"non_stream": "passthrough"}}
     return yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LITELLM_KEY = "sk-bench"
 PYPI = {"vllm-router": ("vllm-router", "0.1.17"), "sglang-router": ("sglang-router", "0.3.2"),
         "litellm": ("litellm[proxy]", "1.108.7")}  # never 1.107.0 (a compromised release)
-SYSTEMS = ("direct", "infercdn", "nginx", "vllm-router", "sglang-router", "litellm")
+# infercdn-passthrough: infercdn relaying non-stream answers as the pool's JSON (models."*".non_stream:
+# passthrough), as the other proxies do; by default it serves them from upstream streams
+SYSTEMS = ("direct", "infercdn", "infercdn-passthrough", "nginx", "vllm-router", "sglang-router", "litellm")
 FAILOVER = ("infercdn", "nginx", "vllm-router", "sglang-router")
 
 
@@ -86,7 +88,7 @@ def venv_for(name: str) -> Path:
 
 def install(name: str, rev: str | None = None) -> str:
     """Make ``name`` runnable; return its version string."""
-    if name in ("direct", "infercdn"):
+    if name in ("direct", "infercdn", "infercdn-passthrough"):
         return "" if name == "direct" else _git_rev(rev)
     if name == "nginx":
         apt_install("nginx")
@@ -127,9 +129,9 @@ def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False,
     port = free_port()
     log = work / f"{name}.log"
     env: dict[str, str] = {}
-    if name == "infercdn":
+    if name.startswith("infercdn"):
         cfg = work / "infercdn.yaml"
-        cfg.write_text(configs.infercdn_yaml(upstreams, regions))
+        cfg.write_text(configs.infercdn_yaml(upstreams, regions, passthrough=name == "infercdn-passthrough"))
         cmd = [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(cfg), "--port", str(port)]
     elif name == "nginx":
         (work / "logs").mkdir(exist_ok=True)
@@ -152,9 +154,9 @@ def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False,
         env = configs.LITELLM_ENV
     else:
         raise PeerError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
-    if name == "infercdn":
+    if name.startswith("infercdn"):
         env = {"PYTHONPATH": str(tree)}
-    proc = spawn(cmd, log, env=env, cwd=str(tree if name == "infercdn" else ROOT))
+    proc = spawn(cmd, log, env=env, cwd=str(tree if name.startswith("infercdn") else ROOT))
     try:
         wait_port(port, proc, timeout=120 if name == "litellm" else 30, log=log)
     except RuntimeError as exc:

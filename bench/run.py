@@ -116,6 +116,8 @@ def run_rounds(args: argparse.Namespace, ok: list[str], timing: Timing, work: Pa
             ups = start_upstreams(2, wl.itl_ms, work / f"r{rnd}-{wl_name}-up", tree)
             try:
                 for name in order:
+                    if name == "infercdn-passthrough" and wl.stream:
+                        continue  # streams are relayed the same either way
                     runs.append(one(name, wl_name, ups, timing, work, rnd, tree))
             finally:
                 ups.stop()
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                         for s, st in systems.items() if st["status"] != "ok" for w in args.workloads]
     with tempfile.TemporaryDirectory(prefix="infercdn-bench-") as tmp:
         work = Path(tmp)
-        tree = peers.snapshot(args.rev, work / "src") if args.rev and "infercdn" in ok else peers.ROOT
+        tree = (peers.snapshot(args.rev, work / "src") if args.rev and any(s.startswith("infercdn") for s in ok)
+                else peers.ROOT)
         runs += run_rounds(args, ok, timing, work, tree)
         idle = prof = None
         if not args.no_idle and "infercdn" in ok:
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
            "rounds": args.rounds, "timing": timing.__dict__,
            "workloads": {w: WORKLOADS[w].text for w in args.workloads},
            "infercdn_config": "one region/pool with both upstreams (W4: two regions, one upstream each); "
-                              "load.enabled: true, health every 1 s",
+                              "load.enabled: true, health every 1 s; non-stream requests served from upstream "
+                              "streams (the default) except for infercdn-passthrough (W1 only)",
            "systems": systems, "summary": report.summarise(runs), "runs": runs, "idle": idle,
            "profile": _relative(prof.get("svg")) if prof and prof.get("status") == "ok" else None,
            "profile_detail": prof, "elapsed_s": round(time.monotonic() - started, 1)}
