@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -173,6 +174,9 @@ def shared_vllm_server(config: pytest.Config) -> VllmServer:
         work = Path(tempfile.mkdtemp(prefix="infercdn-vllm-test-"))
         server = VllmServer(os.environ[VLLM_PYTHON_ENV], os.environ[TINY_MODEL_ENV], work)
         config.stash[_SERVER] = server
+        # cleanups run last-in first-out: the server stops, then its folder goes (a failing start
+        # or restart has already put the launcher log's tail in the error)
+        config.add_cleanup(lambda: shutil.rmtree(work, ignore_errors=True))
         config.add_cleanup(server.stop)
     return server.ensure_running()
 
