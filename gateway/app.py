@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.access import AccessLog, flusher
 from gateway.background import health_probes, load_scraper
 from gateway.config import Config
 from gateway.handlers import admin_guard, routes
@@ -15,7 +16,7 @@ from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
 from gateway.reload import CONFIG_PATH, CONFIG_TRANSFORM, SIMULATED
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
-from gateway.state import LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT, Runtime
+from gateway.state import ACCESS_LOG, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT, Runtime
 from gateway.upstream_client import UpstreamClient
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, open_geoip
@@ -52,6 +53,9 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     app[OBSERVATIONS] = observations
     app[LOCATOR] = locator
     app[SNAPSHOT] = SnapshotHolder(make_snapshot(cfg, observations, rt.rng, simulated))
+    access = AccessLog(g.access_log)
+    app[ACCESS_LOG] = access
+    app.cleanup_ctx.append(lambda a: flusher(a, access))
     app.cleanup_ctx.append(_upstream_client)
     app.cleanup_ctx.append(health_probes)
     app.cleanup_ctx.append(load_scraper)

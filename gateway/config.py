@@ -56,6 +56,7 @@ class GatewayCfg(_Model):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     keepalive_comment_s: float = Field(default=15.0, gt=0)
     admin_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # who may call /admin/*
+    access_log: str = Field(default="stdout", min_length=1)  # stdout | stderr | off | a file path (JSON lines)
 
     @field_validator("trusted_proxies", "admin_networks")
     @classmethod

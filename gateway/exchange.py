@@ -35,6 +35,9 @@ class Exchange:
     served_model: str | None = None
     retry_after_s: float | None = None
     assembled: bool = False  # a non-stream request served from an upstream stream (req is the stream)
+    status: str | None = None  # the final status as counted ("200", "503", "stream_error", ...)
+    ttft_s: float | None = None  # the answering attempt's time to first token
+    usage: dict | None = None
 
     @property
     def client_stream(self) -> bool:

@@ -10,12 +10,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.access import Note
+from gateway.access import line as access_line
 from gateway.auth import check_model
 from gateway.config import ConfigError
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import ParsedRequest, parse, read_body
-from gateway.state import LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT
+from gateway.state import ACCESS_LOG, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT
 from routing.locate import parse_ip
 from routing.plan import RequestContext
 from routing.topology import Location
@@ -34,22 +36,48 @@ def client_location(request: web.Request) -> tuple[str | None, Location]:
 
 
 async def _generate(request: web.Request, kind: str, path: str) -> web.StreamResponse:
+    log = request.app[ACCESS_LOG]
+    if not log.enabled:
+        return await _serve(request, kind, path, None)
+    note = Note(kind)
+    try:
+        response = await _serve(request, kind, path, note)
+        note.status = response.status
+        return response
+    except asyncio.CancelledError:
+        note.status = 499  # the client left first (nginx's convention)
+        raise
+    finally:
+        log.write(access_line(request, note))
+
+
+async def _serve(request: web.Request, kind: str, path: str, note: Note | None) -> web.StreamResponse:
     snapshot = request.app[SNAPSHOT].current
     rid = request.headers.get("X-Request-Id")
     tenant = None
+    if note is not None:
+        note.request_id = rid
     try:
         tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
+        if note is not None:
+            note.tenant = tenant.cfg.name
         raw = await read_body(request, snapshot.config.gateway.max_body_bytes)
         req = parse(kind, path, raw, rid, request.app[RUNTIME].new_id)
+        if note is not None:
+            note.request_id, note.model = req.request_id, req.model
         check_model(tenant, req.model)
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
         tenant.admit(asyncio.get_running_loop().time())
     except GatewayError as exc:
+        if note is not None:
+            note.error = str(exc.code or exc.type)
         return exc.response({"x-request-id": rid} if rid else None)
     try:
-        _, location = client_location(request)
+        ip, location = client_location(request)
+        if note is not None:
+            note.client_ip = ip
         t = tenant.cfg
         prefix = prefix_hash(req) if snapshot.config.routing.balancer == "prefix_affinity" else None
         ctx = RequestContext(model=req.model, client=location, required_tags=frozenset(t.required_tags),
@@ -57,6 +85,8 @@ async def _generate(request: web.Request, kind: str, path: str) -> web.StreamRes
                              prefix_hash=prefix)
         return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx)
     except GatewayError as exc:
+        if note is not None:
+            note.error = str(exc.code or exc.type)
         return exc.response({"x-request-id": req.request_id})
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client's connection closes; the relay turns a

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
+from gateway.access import EXCHANGE
 from gateway.assemble import AssembledSession, can_assemble
 from gateway.attempts import FirstToken, Won
 from gateway.config import Config
@@ -51,6 +52,7 @@ class Proxy:
         if assembled:
             req = req.as_stream()
         ex = Exchange(request, req, cfg, mcfg, loop.time() + mcfg.total_deadline_s, assembled=assembled)
+        request[EXCHANGE] = ex  # for the access log
         self.budget.record_request()
         resume = req.stream and mcfg.resume == "token_ids" and not req.body.get("return_token_ids")
         last_refusal: tuple[Candidate, Refused] | None = None
@@ -126,6 +128,7 @@ class Proxy:
 
     async def _deliver(self, ex: Exchange, cand: Candidate, ready: Ready, resume: bool, plan: Plan) -> web.StreamResponse:
         self.metrics.of(self.metrics.ttft_seconds, cand.region).observe(ready.ttfb_s)
+        ex.ttft_s = ready.ttfb_s
         if ex.tried:
             self.metrics.of(self.metrics.failovers, ex.tried[0].cand.region, cand.region).inc()
         if not ex.req.stream:
@@ -166,6 +169,7 @@ class Proxy:
 
     def count(self, ex: Exchange, region: str, status: str) -> None:
         req = ex.req
+        ex.status = status
         self.metrics.of(self.metrics.requests, req.model, region, status).inc()
         self.metrics.of(self.metrics.request_seconds, req.model, "true" if ex.client_stream else "false").observe(
             time.monotonic() - req.started)
@@ -173,6 +177,7 @@ class Proxy:
     def usage(self, ex: Exchange, usage: dict | None) -> None:
         if not usage:
             return
+        ex.usage = usage
         for kind in ("prompt_tokens", "completion_tokens"):
             value = usage.get(kind)
             if isinstance(value, int) and value > 0:

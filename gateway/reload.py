@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.snapshot import make_snapshot
 from gateway.config import Config, ConfigError, load_config
-from gateway.state import OBSERVATIONS, RUNTIME, SNAPSHOT
+from gateway.state import ACCESS_LOG, OBSERVATIONS, RUNTIME, SNAPSHOT
 
 log = logging.getLogger("infercdn.reload")
 
@@ -25,7 +25,7 @@ SIMULATED = web.AppKey("simulated", dict)
 # applied to every config read from the file: `infercdn up` adds the endpoints it started
 CONFIG_TRANSFORM = web.AppKey("config_transform", Callable[[Config], Config])
 
-_FIXED = ("gateway.host", "gateway.port", "geoip", "health", "load", "budget", "timeouts")
+_FIXED = ("gateway.host", "gateway.port", "gateway.access_log", "geoip", "health", "load", "budget", "timeouts")
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
@@ -52,6 +52,9 @@ def reload_config(app: web.Application) -> dict[str, object]:
         cfg = transform(cfg)
     snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old)
     holder.swap(snapshot)
+    access = app.get(ACCESS_LOG)
+    if access is not None:
+        access.reopen()  # logrotate: move the file, then reload
     fixed = restart_needed(old.config, cfg)
     served = {p.name for p in snapshot.topology.pools if p.endpoints}
     idle = [p.name for p in cfg.pools if (p.simulate is not None or p.launch is not None) and p.name not in served]

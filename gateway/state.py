@@ -60,3 +60,4 @@ LOCATOR = web.AppKey("locator", object)  # routing.locate.ClientLocator
 METRICS = web.AppKey("metrics", GatewayMetrics)
 RUNTIME = web.AppKey("runtime", Runtime)
 PROXY = web.AppKey("proxy", object)  # gateway.proxy.Proxy
+ACCESS_LOG = web.AppKey("access_log", object)  # gateway.access.AccessLog

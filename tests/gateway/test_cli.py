@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -59,19 +60,37 @@ def test_route_text_output_explains_rejections(tmp_path: Path) -> None:
     assert done.stdout.splitlines()[2].split()[1] == "eu-west"
 
 
-async def test_up_routes_clients_by_location_and_fails_over() -> None:
+async def start_up(*args: str) -> tuple[asyncio.subprocess.Process, list[str], str]:
+    """`infercdn up --port 0 ARGS` in a subprocess: the process, its banner lines, the gateway URL."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "up", "--port", "0", cwd=ROOT, env=env,
+        sys.executable, "-m", "gateway.cli", "up", "--port", "0", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    lines: list[str] = []
     try:
-        lines: list[str] = []
         async with asyncio.timeout(60):
             while not any(line.startswith("stop with") for line in lines):
                 line = (await proc.stdout.readline()).decode()
                 assert line, f"infercdn up exited: {(await proc.stderr.read()).decode()[-2000:]}"
                 lines.append(line.strip())
-        base = next(line.split("gateway ")[1].split(",")[0] for line in lines if line.startswith("infercdn is up"))
+    except BaseException:
+        await stop_up(proc)
+        raise
+    base = next(line.split("gateway ")[1].split(",")[0] for line in lines if line.startswith("infercdn is up"))
+    return proc, lines, base
+
+
+async def stop_up(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        await proc.wait()
+
+
+async def test_up_routes_clients_by_location_and_fails_over() -> None:
+    proc, lines, base = await start_up()
+    try:
         pids = {line.split(":")[0]: [int(p) for p in line.split("kill ")[1].split()]
                 for line in lines if "-sim: kill " in line}
         assert any("curl" in line for line in lines)
@@ -91,9 +110,7 @@ async def test_up_routes_clients_by_location_and_fails_over() -> None:
         assert [(s, r) for s, r, _ in after] == [(200, "eu-west")] * 5  # no failed request
         assert after[-1][2] == "1"  # detected: later requests go straight to eu-west
     finally:
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            await proc.wait()
+        await stop_up(proc)
 
 
 async def test_up_reloads_its_config_on_sighup(tmp_path: Path) -> None:
@@ -103,10 +120,7 @@ async def test_up_reloads_its_config_on_sighup(tmp_path: Path) -> None:
     config = tmp_path / "routing.yaml"
     text = (ROOT / "configs" / "local.yaml").read_text()
     config.write_text(text)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "up", "--port", "0", "--in-process", "--config", str(config),
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc, lines, base = await start_up("--in-process", "--config", str(config))
     log: list[str] = []
 
     async def log_has(text: str) -> None:
@@ -116,13 +130,6 @@ async def test_up_reloads_its_config_on_sighup(tmp_path: Path) -> None:
             log.append(line)
 
     try:
-        lines: list[str] = []
-        async with asyncio.timeout(60):
-            while not any(line.startswith("stop with") for line in lines):
-                line = (await proc.stdout.readline()).decode()
-                assert line, f"infercdn up exited: {(await proc.stderr.read()).decode()[-2000:]}"
-                lines.append(line.strip())
-        base = next(line.split("gateway ")[1].split(",")[0] for line in lines if line.startswith("infercdn is up"))
         assert any(f"routing config: {config}" in line and f"kill -HUP {proc.pid}" in line for line in lines)
         body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
         async with aiohttp.ClientSession() as session:
@@ -151,6 +158,4 @@ async def test_up_reloads_its_config_on_sighup(tmp_path: Path) -> None:
             async with session.get(base + "/admin/observations") as r:
                 assert sum(1 for ep in await r.json() if "-sim" in ep) == 6  # no endpoint lost
     finally:
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            await proc.wait()
+        await stop_up(proc)
