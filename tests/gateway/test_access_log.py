@@ -10,9 +10,6 @@ import aiohttp
 import orjson
 import yaml
 
-from gateway.app import build_app
-from gateway.config import parse_config
-from gateway.server import start_site
 from tests.conftest import LONDON, base_config
 from tests.gateway.test_failover import dead_url
 
@@ -69,25 +66,20 @@ async def test_one_line_per_request_with_route_attempts_and_tokens(tmp_path: Pat
     assert lines["r-left"]["status"] == 499 and lines["r-left"]["region"] == "us-east"
 
 
-async def test_reload_reopens_a_rotated_file(tmp_path: Path, sim_factory, geoip_reader) -> None:
+async def test_reload_reopens_a_rotated_file(tmp_path: Path, sim_factory, gateway_factory) -> None:
     sim = await sim_factory()
     log = tmp_path / "access.jsonl"
     data = base_config({"eu-west": [sim.url]})
     data["gateway"]["access_log"] = str(log)
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump(data))
-    app = build_app(parse_config(data), geoip_reader=geoip_reader, config_path=str(path))
-    runner, port = await start_site(app, "127.0.0.1", 0)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            assert await _post(session, base, CHAT, "before") == 200
-            assert [x["request_id"] for x in await _lines(log, 1)] == ["before"]
-            log.rename(tmp_path / "access.jsonl.1")  # logrotate moves it...
-            async with session.post(base + "/admin/reload") as r:  # ...then tells the gateway
-                assert r.status == 200
-            assert await _post(session, base, CHAT, "after") == 200
-        assert [x["request_id"] for x in await _lines(log, 1)] == ["after"]
-        assert (tmp_path / "access.jsonl.1").read_text().count("\n") == 1
-    finally:
-        await runner.cleanup()
+    gw = await gateway_factory(data, config_path=str(path))
+    async with aiohttp.ClientSession() as session:
+        assert await _post(session, gw.url, CHAT, "before") == 200
+        assert [x["request_id"] for x in await _lines(log, 1)] == ["before"]
+        log.rename(tmp_path / "access.jsonl.1")  # logrotate moves it...
+        async with session.post(gw.url + "/admin/reload") as r:  # ...then tells the gateway
+            assert r.status == 200
+        assert await _post(session, gw.url, CHAT, "after") == 200
+    assert [x["request_id"] for x in await _lines(log, 1)] == ["after"]
+    assert (tmp_path / "access.jsonl.1").read_text().count("\n") == 1

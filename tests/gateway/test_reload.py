@@ -6,9 +6,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from gateway.app import build_app
-from gateway.config import Config, load_config, parse_config
-from gateway.server import running_gateway, start_site
+from gateway.config import Config, load_config
+from gateway.server import running_gateway
 from gateway.state import OBSERVATIONS
 from tests.conftest import SINGAPORE, base_config
 
@@ -21,35 +20,31 @@ async def _post(url: str, body: dict | None = None, ip: str | None = None) -> tu
         return r.status, await r.json(), dict(r.headers)
 
 
-async def test_reload_swaps_pools_and_keeps_observations(tmp_path: Path, sim_factory, geoip_reader) -> None:
+async def test_reload_swaps_pools_and_keeps_observations(tmp_path: Path, sim_factory, gateway_factory) -> None:
     eu, ap = await sim_factory(), await sim_factory()
     data = base_config({"eu-west": [eu.url]})
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump(data))
-    app = build_app(parse_config(data), geoip_reader=geoip_reader, config_path=str(path))
-    runner, port = await start_site(app, "127.0.0.1", 0)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        status, _, headers = await _post(base + "/v1/chat/completions", CHAT, SINGAPORE)
-        assert (status, headers["x-infercdn-region"]) == (200, "eu-west")
-        app[OBSERVATIONS].throttle("eu-west-0", 1000)  # some state the reload must keep
+    gw = await gateway_factory(data, config_path=str(path))
+    app, base = gw.app, gw.url
+    status, _, headers = await _post(base + "/v1/chat/completions", CHAT, SINGAPORE)
+    assert (status, headers["x-infercdn-region"]) == (200, "eu-west")
+    app[OBSERVATIONS].throttle("eu-west-0", 1000)  # some state the reload must keep
 
-        data["pools"].append({"name": "ap-pool", "region": "ap-southeast", "models": ["tiny-chat"],
-                              "endpoints": [{"id": "ap-0", "url": ap.url}]})
-        path.write_text(yaml.safe_dump(data))
-        status, answer, _ = await _post(base + "/admin/reload")
-        assert status == 200 and answer["pools"] == 2 and answer["restart_needed_for"] == []
-        status, _, headers = await _post(base + "/v1/chat/completions", CHAT, SINGAPORE)
-        assert (status, headers["x-infercdn-region"]) == (200, "ap-southeast")
-        assert app[OBSERVATIONS].view("eu-west-0").throttled_until is not None
+    data["pools"].append({"name": "ap-pool", "region": "ap-southeast", "models": ["tiny-chat"],
+                          "endpoints": [{"id": "ap-0", "url": ap.url}]})
+    path.write_text(yaml.safe_dump(data))
+    status, answer, _ = await _post(base + "/admin/reload")
+    assert status == 200 and answer["pools"] == 2 and answer["restart_needed_for"] == []
+    status, _, headers = await _post(base + "/v1/chat/completions", CHAT, SINGAPORE)
+    assert (status, headers["x-infercdn-region"]) == (200, "ap-southeast")
+    assert app[OBSERVATIONS].view("eu-west-0").throttled_until is not None
 
-        path.write_text("pools: [oops\n")
-        status, answer, _ = await _post(base + "/admin/reload")
-        assert status == 400 and "invalid YAML" in answer["error"]["message"]
-        status, _, headers = await _post(base + "/v1/chat/completions", CHAT, SINGAPORE)
-        assert (status, headers["x-infercdn-region"]) == (200, "ap-southeast")  # old snapshot kept
-    finally:
-        await runner.cleanup()
+    path.write_text("pools: [oops\n")
+    status, answer, _ = await _post(base + "/admin/reload")
+    assert status == 400 and "invalid YAML" in answer["error"]["message"]
+    status, _, headers = await _post(base + "/v1/chat/completions", CHAT, SINGAPORE)
+    assert (status, headers["x-infercdn-region"]) == (200, "ap-southeast")  # old snapshot kept
 
 
 async def test_admin_api_only_from_admin_networks(sim_factory, gateway_factory) -> None:
