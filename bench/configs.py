@@ -24,11 +24,14 @@ INFERCDN_COMMON = {
 }
 
 
-def infercdn_yaml(upstreams: list[str], regions: bool, passthrough: bool = False) -> str:
+def infercdn_yaml(upstreams: list[str], regions: bool, passthrough: bool = False, access_log: bool = True) -> str:
     """One region and pool holding every upstream, or (``regions``) one region/pool per upstream:
-    ``eu-central`` (Frankfurt, where the gateway is) first, then ``eu-west`` (Paris)."""
+    ``eu-central`` (Frankfurt, where the gateway is) first, then ``eu-west`` (Paris).  ``access_log``:
+    the revision has the setting (older ones, run with ``--rev``, reject it)."""
     gateway = {"host": "127.0.0.1", "port": 0, "location": FRANKFURT, "region": "eu-central",
-               "trusted_proxies": ["127.0.0.0/8"], "access_log": "off"}  # as nginx's here
+               "trusted_proxies": ["127.0.0.0/8"]}
+    if access_log:
+        gateway["access_log"] = "off"  # as nginx's here
     if not regions:
         region_list = [{"name": "eu-central", "location": FRANKFURT}]
         pools = [{"name": "eu-central-pool", "region": "eu-central", "models": ["tiny-chat"],

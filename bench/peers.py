@@ -131,7 +131,9 @@ def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False,
     env: dict[str, str] = {}
     if name.startswith("infercdn"):
         cfg = work / "infercdn.yaml"
-        cfg.write_text(configs.infercdn_yaml(upstreams, regions, passthrough=name == "infercdn-passthrough"))
+        has_log = "access_log" in (tree / "gateway" / "config.py").read_text()
+        cfg.write_text(configs.infercdn_yaml(upstreams, regions, passthrough=name == "infercdn-passthrough",
+                                             access_log=has_log))
         cmd = [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(cfg), "--port", str(port)]
     elif name == "nginx":
         (work / "logs").mkdir(exist_ok=True)
