@@ -115,3 +115,31 @@ async def test_answer_that_cannot_be_completed_is_a_503(sim_factory, gateway_fac
     assert status == 503 and headers["x-infercdn-region"] == "eu-west"
     assert got["error"]["code"] == "no_healthy_upstream"
     assert got["error"]["message"].startswith("the answer was cut after 5 token(s) and could not be resumed")
+
+
+async def test_hedged_non_stream_request(sim_factory, gateway_factory) -> None:
+    """Hedging applies to non-stream requests too (they race for a first token like streams):
+    the hedge answers, the slow attempt is cancelled upstream, no keep-alive reaches the JSON."""
+    eu = await sim_factory(fault="slow_first_token:seconds=2")
+    us = await sim_factory()
+    models = {"*": {"ttft_deadline_s": 5, "hedge": {"enabled": True, "after_ms": 50}}}
+    gw = await gateway_factory(base_config({"eu-west": [eu.url], "us-east": [us.url]},
+                                           gateway={"keepalive_comment_s": 0.01}, models=models))
+    status, got, headers, wall = await _post(gw.url, CHAT)
+    assert status == 200 and got["object"] == "chat.completion" and got["choices"][0]["message"]["content"]
+    assert (headers["x-infercdn-region"], headers["x-infercdn-attempts"]) == ("us-east", "2")
+    assert wall < 1.5
+    await eu.wait_for(lambda s: s.requests_cancelled == 1, 2)
+
+
+async def test_fallback_model_answers_a_non_stream_request(sim_factory, gateway_factory) -> None:
+    """When every pool of the model fails, the configured fallback answers, named as such."""
+    dead = await sim_factory(fault="503:health=0")
+    other = await sim_factory(model="other-model")
+    data = base_config({"eu-west": [dead.url]}, models={"tiny-chat": {"fallbacks": ["other-model"]}})
+    data["pools"].append({"name": "other-pool", "region": "us-east", "models": ["other-model"],
+                          "endpoints": [{"id": "other-0", "url": other.url}]})
+    gw = await gateway_factory(data)
+    status, got, headers, _ = await _post(gw.url, CHAT)
+    assert status == 200 and got["model"] == "other-model" == headers["x-infercdn-model"]
+    assert got["choices"][0]["message"]["content"] and got["usage"]["completion_tokens"] == 12
