@@ -12,11 +12,13 @@ from gateway.access import AccessLog, flusher
 from gateway.background import health_probes, load_scraper
 from gateway.config import Config
 from gateway.handlers import admin_guard, routes
+from gateway.limits import SharedLimits
 from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
 from gateway.reload import CONFIG_PATH, CONFIG_TRANSFORM, SIMULATED
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
-from gateway.state import ACCESS_LOG, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT, Runtime
+from gateway.state import (ACCESS_LOG, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT,
+                           Runtime)
 from gateway.upstream_client import UpstreamClient
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, open_geoip
@@ -56,11 +58,26 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     access = AccessLog(g.access_log)
     app[ACCESS_LOG] = access
     app.cleanup_ctx.append(lambda a: flusher(a, access))
+    app.cleanup_ctx.append(_shared_limits)
     app.cleanup_ctx.append(_upstream_client)
     app.cleanup_ctx.append(health_probes)
     app.cleanup_ctx.append(load_scraper)
     app.add_routes(routes())
     return app
+
+
+async def _shared_limits(app: web.Application):  # type: ignore[no-untyped-def]
+    cfg = app[SNAPSHOT].current.config
+    shared = cfg.auth.shared
+    limits = None
+    if shared is not None:
+        lease = shared.lease_s or max([m.total_deadline_s for m in cfg.models.values()] or [600.0]) + 30.0
+        limits = SharedLimits(shared.redis_url, shared.key_prefix, shared.timeout_ms / 1000, lease)
+        limits.connect()
+    app[SHARED_LIMITS] = limits
+    yield
+    if limits is not None:
+        await limits.close()
 
 
 async def _upstream_client(app: web.Application):  # type: ignore[no-untyped-def]

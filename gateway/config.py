@@ -258,7 +258,7 @@ class TenantCfg(_Model):
     models: tuple[str, ...] = ()  # allowed public models; empty: all
     required_tags: tuple[str, ...] = ()  # e.g. [soc2]: only pools carrying every tag
     jurisdictions: tuple[str, ...] | None = None  # data residency: only regions in these jurisdictions
-    requests_per_s: float | None = Field(default=None, gt=0)  # token bucket per gateway
+    requests_per_s: float | None = Field(default=None, gt=0)  # token bucket (per gateway, or auth.shared)
     burst: int = Field(default=20, ge=1)
     max_concurrent: int | None = Field(default=None, ge=1)
 
@@ -271,10 +271,20 @@ class TenantCfg(_Model):
         return tuple(h.lower() for h in v)
 
 
+class SharedLimitsCfg(_Model):
+    """Tenant limits enforced for all gateways together, through Redis."""
+
+    redis_url: str = Field(pattern=r"^(redis|rediss|unix)://")
+    key_prefix: str = "infercdn:"  # several fleets on one Redis
+    timeout_ms: float = Field(default=50.0, gt=0)  # slower than this: this gateway's own limits decide
+    lease_s: float | None = Field(default=None, gt=0)  # a concurrency slot's lapse; default: longest total deadline
+
+
 class AuthCfg(_Model):
     required: bool = False  # false: requests without a key are served as the anonymous tenant
     tenants: tuple[TenantCfg, ...] = ()
     anonymous: TenantCfg = TenantCfg(name="anonymous")
+    shared: SharedLimitsCfg | None = None  # limits per fleet instead of per gateway
 
 
 class Config(_Model):

@@ -12,12 +12,13 @@ from aiohttp import web
 
 from gateway.access import Note
 from gateway.access import line as access_line
+from gateway import limits
 from gateway.auth import check_model
 from gateway.config import ConfigError
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import ParsedRequest, parse, read_body
-from gateway.state import ACCESS_LOG, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT
+from gateway.state import ACCESS_LOG, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT
 from routing.locate import parse_ip
 from routing.plan import RequestContext
 from routing.topology import Location
@@ -55,6 +56,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note | None) 
     snapshot = request.app[SNAPSHOT].current
     rid = request.headers.get("X-Request-Id")
     tenant = None
+    shared = request.app[SHARED_LIMITS]
     if note is not None:
         note.request_id = rid
     try:
@@ -69,7 +71,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note | None) 
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
-        tenant.admit(asyncio.get_running_loop().time())
+        ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time())
     except GatewayError as exc:
         if note is not None:
             note.error = str(exc.code or exc.type)
@@ -94,7 +96,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note | None) 
         request.app[PROXY].metrics.of(request.app[PROXY].metrics.client_disconnects, req.model).inc()
         raise
     finally:
-        tenant.done()
+        limits.done(shared, tenant, ticket)
 
 
 PREFIX_BYTES = 1024

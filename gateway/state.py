@@ -61,3 +61,4 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 RUNTIME = web.AppKey("runtime", Runtime)
 PROXY = web.AppKey("proxy", object)  # gateway.proxy.Proxy
 ACCESS_LOG = web.AppKey("access_log", object)  # gateway.access.AccessLog
+SHARED_LIMITS = web.AppKey("shared_limits", object)  # gateway.limits.SharedLimits, or None
