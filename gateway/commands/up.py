@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from gateway.config import DEFAULT_CONFIG, Config, ConfigError, LaunchCfg, load_config
@@ -87,15 +88,17 @@ def main(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
 
+    config_path = Path(args.config or DEFAULT_CONFIG).resolve()  # the file to edit (not a symlink)
+
     async def serve() -> int:
         if cfg.geoip.database == EMBEDDED:
             print(embedded_db_notice(), file=sys.stderr)
         try:
             async with running_gateway(cfg, args.host, args.port, sim_processes=not args.in_process,
                                        engine=args.engine, model_dir=args.model_dir, prepare=prepare(args),
-                                       config_path=args.config or DEFAULT_CONFIG) as (fleet, bound):
+                                       config_path=config_path) as (fleet, bound):
                 print(banner(bound, [r.name for r in cfg.regions], fleet.pids, await launched_info(fleet),
-                             str(args.config or DEFAULT_CONFIG)), flush=True)
+                             str(config_path)), flush=True)
                 await wait_for_signal()
         except LaunchError as exc:
             print(f"infercdn up: {exc}", file=sys.stderr)
