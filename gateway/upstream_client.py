@@ -3,6 +3,7 @@ send, and classify what came back within the first-token deadline."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from urllib.parse import urlsplit
 
@@ -11,6 +12,7 @@ from gateway.upstream import (_HOP_BY_HOP, Failed, Ready, Refused, UpstreamConn,
 from routing.outcome import Outcome
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of endpoint URLs, parsed once each
 def _key(url: str) -> tuple[tuple[str, str, int], str]:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
