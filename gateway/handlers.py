@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway import limits
 from gateway.access import Note
 from gateway.access import line as access_line
-from gateway import limits
 from gateway.auth import check_model
 from gateway.config import ConfigError
 from gateway.errors import GatewayError, ModelNotFound, error_body

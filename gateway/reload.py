@@ -25,7 +25,8 @@ SIMULATED = web.AppKey("simulated", dict)
 # applied to every config read from the file: `infercdn up` adds the endpoints it started
 CONFIG_TRANSFORM = web.AppKey("config_transform", Callable[[Config], Config])
 
-_FIXED = ("gateway.host", "gateway.port", "gateway.access_log", "auth.shared", "geoip", "health", "load", "budget", "timeouts")
+_FIXED = ("gateway.host", "gateway.port", "gateway.access_log", "auth.shared", "geoip", "health", "load", "budget",
+          "timeouts")
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
