@@ -50,9 +50,10 @@ class UpstreamClient:
         except asyncio.TimeoutError:
             if conn is not None:
                 conn.abort()
+            # the connect timeout (timeouts.connect_s) or the first-token deadline, whichever fired
             what = "connect" if conn is None else "first token"
             return Failed(Outcome.TIMEOUT if conn is not None else Outcome.CONNECT_ERROR,
-                          f"no {what} within {first_token_s:g} s")
+                          f"no {what} within {time.monotonic() - t0:.3g} s")
         except UpstreamLost as exc:
             if conn is not None:
                 conn.abort()

@@ -187,3 +187,22 @@ async def test_client_leaving_while_waiting_for_the_first_token(sim_factory, gat
 async def _metrics(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
         return await resp.text()
+
+
+async def test_connect_timeout_is_named_with_the_time_it_took(gateway_factory) -> None:
+    """An endpoint that does not complete the TCP handshake (its accept queue is full, so the
+    kernel drops the SYN) is left after timeouts.connect_s, and the error says so, not the
+    (longer) first-token deadline."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        fillers = [socket.create_connection(full.getsockname(), timeout=1)]  # the one slot listen(0) has
+        gw = await gateway_factory(base_config({"eu-west": [f"http://127.0.0.1:{full.getsockname()[1]}"]},
+                                               timeouts={"connect_s": 0.2},
+                                               models={"*": {"ttft_deadline_s": 30, "non_stream": "passthrough"}}))
+        status, body, _ = await post(gw.url, {**CHAT, "max_tokens": 2}, LONDON)
+        for f in fillers:
+            f.close()
+    assert status == 503
+    message = body["error"]["message"]
+    assert "eu-west-0 (eu-west): no connect within 0.2" in message, message
