@@ -30,7 +30,9 @@ STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
 def config(pools: dict[str, list[str]], **sections: Any) -> dict[str, Any]:
     """``base_config`` with the chaos suite's small deadlines unless ``models`` is given."""
     sections.setdefault("models", {"*": dict(FAST)})
-    return base_config(pools, **sections)
+    data = base_config(pools, **sections)
+    data["gateway"].setdefault("access_log", "stderr")  # the report prints its table on stdout
+    return data
 
 
 @dataclass
