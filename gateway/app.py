@@ -17,8 +17,8 @@ from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
 from gateway.reload import CONFIG_PATH, CONFIG_TRANSFORM, SIMULATED
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
-from gateway.state import (ACCESS_LOG, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT,
-                           Runtime)
+from gateway.state import (ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT,
+                           Draining, Runtime)
 from gateway.upstream_client import UpstreamClient
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, open_geoip
@@ -51,6 +51,7 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
         app[CONFIG_TRANSFORM] = config_transform
     app[SIMULATED] = dict(simulated or {})
     app[RUNTIME] = rt
+    app[DRAINING] = Draining()
     app[METRICS] = metrics
     app[OBSERVATIONS] = observations
     app[LOCATOR] = locator

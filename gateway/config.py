@@ -57,6 +57,11 @@ class GatewayCfg(_Model):
     keepalive_comment_s: float = Field(default=15.0, gt=0)
     admin_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # who may call /admin/*
     access_log: str = Field(default="stdout", min_length=1)  # stdout | stderr | off | a file path (JSON lines)
+    # on SIGTERM/SIGINT: /readyz answers 503 "draining" for drain_notice_s while requests are still
+    # served (a load balancer takes the gateway out), then the listener closes and requests in
+    # flight get up to drain_timeout_s to finish
+    drain_notice_s: float = Field(default=0.0, ge=0)
+    drain_timeout_s: float = Field(default=60.0, ge=0)
 
     @field_validator("trusted_proxies", "admin_networks")
     @classmethod

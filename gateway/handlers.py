@@ -18,7 +18,7 @@ from gateway.config import ConfigError
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import ParsedRequest, parse, read_body
-from gateway.state import ACCESS_LOG, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT
+from gateway.state import ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT
 from routing.locate import parse_ip
 from routing.plan import RequestContext
 from routing.topology import Location
@@ -143,6 +143,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    if request.app[DRAINING].since is not None:
+        return _json({"status": "draining", "models": []}, 503)
     models = _healthy_models(request)
     return _json({"status": "ready" if models else "no healthy pool", "models": models},
                  200 if models else 503)

@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import Config, EndpointCfg, PoolCfg
 from gateway.reload import CONFIG_PATH, reload_on_signal
+from gateway.state import DRAINING
 from routing.geo import geo_ms
 from routing.topology import Location
 
@@ -217,10 +218,12 @@ async def _wait_healthy(launched: LaunchedVllm, timeout_s: float) -> None:
     raise LaunchError(f"vLLM for pool {launched.pool} {why}; last lines of {launched.log_path}:\n{tail}")
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_site(app: web.Application, host: str, port: int,
+                     shutdown_timeout: float = 5.0) -> tuple[web.AppRunner, int]:
     """Start ``app`` with handler cancellation on (a client that leaves cancels its handler,
-    which closes the upstream request at once)."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    which closes the upstream request at once); at cleanup, requests in flight get
+    ``shutdown_timeout`` seconds to finish."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
     await site.start()
@@ -237,8 +240,9 @@ async def running_gateway(cfg: Config, host: str, port: int, *, sim_processes: b
     (POST /admin/reload, SIGHUP; with ``config_path``) passes the file through ``prepare`` and
     adds the fleet's endpoints the same way."""
     fleet = LocalFleet(processes=sim_processes, engine=engine, model_dir=model_dir)
-    runner = None
+    runner = app = None
     hup = False
+    stopping = False
     try:
         await fleet.start(cfg)
 
@@ -247,16 +251,31 @@ async def running_gateway(cfg: Config, host: str, port: int, *, sim_processes: b
 
         app = build_app(fleet.config(cfg), simulated=fleet.urls, config_transform=transform,
                         **kwargs)  # type: ignore[arg-type]
-        runner, bound = await start_site(app, host, port)
+        runner, bound = await start_site(app, host, port, shutdown_timeout=cfg.gateway.drain_timeout_s)
         if CONFIG_PATH in app:
             hup = _on_sighup(lambda: reload_on_signal(app))
         yield fleet, bound
+        stopping = True
     finally:
         if hup:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if runner is not None:
-            await runner.cleanup()
+        if runner is not None and app is not None:
+            await _drain(app, runner, cfg, notice=stopping)
         await fleet.stop()
+
+
+async def _drain(app: web.Application, runner: web.AppRunner, cfg: Config, notice: bool) -> None:
+    """Stop without cutting anyone off: /readyz says "draining" (for ``drain_notice_s`` while new
+    requests are still served, on a normal stop), then the listener closes and requests in flight
+    get up to ``drain_timeout_s``; the upstream side closes only after them."""
+    g = cfg.gateway
+    app[DRAINING].since = time.monotonic()
+    if notice and g.drain_notice_s > 0:
+        log.info("draining: /readyz answers 503; still serving for %g s", g.drain_notice_s)
+        await asyncio.sleep(g.drain_notice_s)
+    log.info("draining: listener closed; waiting up to %g s for requests in flight", g.drain_timeout_s)
+    await runner.cleanup()
+    log.info("stopped, %.1f s after the stop began", time.monotonic() - app[DRAINING].since)
 
 
 def _on_sighup(callback: Callable[[], None]) -> bool:
@@ -269,11 +288,17 @@ def _on_sighup(callback: Callable[[], None]) -> bool:
 
 
 async def wait_for_signal() -> None:
+    """Until SIGINT or SIGTERM; the handlers go then, so a second one stops the process at once
+    (during the drain that follows the first)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def run(main: Callable[[], Awaitable[int]]) -> int:

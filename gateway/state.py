@@ -62,3 +62,13 @@ RUNTIME = web.AppKey("runtime", Runtime)
 PROXY = web.AppKey("proxy", object)  # gateway.proxy.Proxy
 ACCESS_LOG = web.AppKey("access_log", object)  # gateway.access.AccessLog
 SHARED_LIMITS = web.AppKey("shared_limits", object)  # gateway.limits.SharedLimits, or None
+
+
+class Draining:
+    """Set once the gateway is stopping: /readyz answers 503 from then on."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+
+DRAINING = web.AppKey("draining", Draining)

@@ -6,12 +6,16 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
+
+from tests.conftest import base_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,3 +163,49 @@ async def test_up_reloads_its_config_on_sighup(tmp_path: Path) -> None:
                 assert sum(1 for ep in await r.json() if "-sim" in ep) == 6  # no endpoint lost
     finally:
         await stop_up(proc)
+
+
+async def test_gateway_drains_on_sigterm(tmp_path: Path, sim_factory) -> None:
+    """SIGTERM to `infercdn gateway`: /readyz turns 503 "draining" while requests are still served
+    (drain_notice_s), then the listener closes, and a stream in flight still ends complete before
+    the process exits 0."""
+    sim = await sim_factory(itl_ms=20.0)
+    data = base_config({"eu-west": [sim.url]})
+    data["gateway"].update(drain_notice_s=1.0, drain_timeout_s=30, access_log="off")
+    config = tmp_path / "gw.yaml"
+    config.write_text(yaml.safe_dump(data))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config), "--port", "0", cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        assert "listening on" in line, line + (await proc.stderr.read()).decode()[-2000:]
+        base = line.split("listening on ")[1].split()[0]
+        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60,
+                "stream": True}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(base + "/v1/chat/completions", json=body) as stream:
+                assert stream.status == 200
+                got = await stream.content.readuntil(b"\n\n")
+                proc.send_signal(signal.SIGTERM)
+                async with asyncio.timeout(5):  # the notice period: not ready, still serving
+                    while True:
+                        async with session.get(base + "/readyz") as r:
+                            if r.status == 503:
+                                assert (await r.json())["status"] == "draining"
+                                break
+                        await asyncio.sleep(0.02)
+                async with session.get(base + "/v1/models") as r:
+                    assert r.status == 200
+                got += await stream.read()  # the stream in flight runs to its end
+            assert got.rstrip().endswith(b"data: [DONE]")
+            assert got.count(b'"content"') >= 60
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+        with pytest.raises(OSError):  # the listener is gone
+            socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=1).close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
