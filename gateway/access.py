@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -47,7 +48,7 @@ class AccessLog:
             stream = sys.stdout if self.target == "stdout" else sys.stderr
             self.file = getattr(stream, "buffer", None) or _TextAdapter(stream)
         else:
-            self.file = open(self.target, "ab")  # noqa: SIM115 - kept open, closed in close()
+            self.file = open(Path(self.target).expanduser(), "ab")  # noqa: SIM115 - closed in close()
             self._owned = True
 
     def reopen(self) -> None:

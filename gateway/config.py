@@ -63,6 +63,13 @@ class GatewayCfg(_Model):
     drain_notice_s: float = Field(default=0.0, ge=0)
     drain_timeout_s: float = Field(default=60.0, ge=0)
 
+    @field_validator("access_log")
+    @classmethod
+    def _access_log(cls, v: str) -> str:
+        if v not in ("stdout", "stderr", "off") and not Path(v).expanduser().resolve().parent.is_dir():
+            raise ValueError(f"the folder of {v!r} does not exist (or use stdout, stderr or off)")
+        return v
+
     @field_validator("trusted_proxies", "admin_networks")
     @classmethod
     def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:

@@ -78,3 +78,12 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(scalar)
+
+
+def test_access_log_file_must_be_in_an_existing_folder(tmp_path: Path) -> None:
+    data = base_config({"us-east": ["http://127.0.0.1:9"]})
+    data["gateway"]["access_log"] = str(tmp_path / "missing" / "access.jsonl")
+    lines = _problems(data)
+    assert any(line.startswith("f.yaml: gateway.access_log = ") and "does not exist" in line for line in lines)
+    data["gateway"]["access_log"] = str(tmp_path / "access.jsonl")
+    assert parse_config(data, "f.yaml").gateway.access_log == str(tmp_path / "access.jsonl")
