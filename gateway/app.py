@@ -73,7 +73,8 @@ async def _shared_limits(app: web.Application):  # type: ignore[no-untyped-def]
     limits = None
     if shared is not None:
         lease = shared.lease_s or max([m.total_deadline_s for m in cfg.models.values()] or [600.0]) + 30.0
-        limits = SharedLimits(shared.redis_url, shared.key_prefix, shared.timeout_ms / 1000, lease)
+        limits = SharedLimits(shared.redis_url, shared.key_prefix, shared.timeout_ms / 1000, lease,
+                              on_error=app[METRICS].shared_limit_errors.inc)
         limits.connect()
     app[SHARED_LIMITS] = limits
     yield

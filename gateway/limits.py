@@ -94,6 +94,7 @@ class SharedLimits:
     client: Any = None
     script: Any = None
     last_warning: float = field(default=float("-inf"))
+    on_error: Any = None  # called with nothing on each failed Redis call (a metric)
     releases: set[asyncio.Task[None]] = field(default_factory=set)
 
     def connect(self) -> None:
@@ -151,6 +152,8 @@ class SharedLimits:
             self._warn(exc)
 
     def _warn(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error()
         now = time.monotonic()
         if now - self.last_warning >= 60.0:
             self.last_warning = now

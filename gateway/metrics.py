@@ -27,6 +27,7 @@ class GatewayMetrics:
     transitions: Counter
     client_disconnects: Counter
     resumes: Counter
+    shared_limit_errors: Counter
 
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -72,4 +73,7 @@ def build_metrics() -> GatewayMetrics:
                                    ["model"], registry=r),
         resumes=Counter("infercdn_stream_resumes", "Streams continued on another endpoint after their first token",
                         ["strategy", "result"], registry=r),
+        shared_limit_errors=Counter("infercdn_shared_limit_errors",
+                                    "Redis calls of auth.shared that failed (the gateway's own limits decided)",
+                                    registry=r),
     )

@@ -130,5 +130,7 @@ async def test_redis_down_each_gateway_applies_its_own_limits(sim_factory, gatew
                                        requests_per_s=0.2, burst=2))
     async with aiohttp.ClientSession() as s:
         assert [await _status(s, gw.url) for _ in range(3)] == [200, 200, 429]  # served; local bucket
+        async with s.get(gw.url + "/metrics") as r:
+            assert "infercdn_shared_limit_errors_total 3.0" in await r.text()  # one per request
     warnings = [r.getMessage() for r in caplog.records if r.name == "infercdn.limits"]
     assert len(warnings) == 1 and "each gateway applies its own" in warnings[0]
