@@ -88,13 +88,13 @@ async def test_assembled_answer_is_the_pools_own_answer(sim_factory, gateway_fac
 
 
 @pytest.mark.parametrize(("non_stream", "extra", "region"), [
-    ("stream", {}, "us-east"),  # no first token in 0.3 s: the next region answers
+    ("stream", {}, "us-east"),  # no first token in 0.3 s: the next region answers (well before 1.5 s)
     ("passthrough", {}, "eu-west"),  # the pool's JSON awaited as it is: the slow region answers
     ("stream", {"logprobs": True, "top_logprobs": 1}, "eu-west"),  # an answer of its own shape: relayed
 ])
 async def test_slow_pool_and_the_first_token_deadline(sim_factory, gateway_factory, non_stream: str,
                                                       extra: dict[str, Any], region: str) -> None:
-    eu = await sim_factory(fault="slow_first_token:seconds=1")
+    eu = await sim_factory(fault="slow_first_token:seconds=1.5")
     us = await sim_factory()
     models = {"*": {"ttft_deadline_s": 0.3, "non_stream": non_stream}}
     gw = await gateway_factory(base_config({"eu-west": [eu.url], "us-east": [us.url]}, models=models))
@@ -102,10 +102,10 @@ async def test_slow_pool_and_the_first_token_deadline(sim_factory, gateway_facto
     assert status == 200 and got["choices"][0]["message"]["content"]
     assert headers["x-infercdn-region"] == region
     if region == "us-east":
-        assert headers["x-infercdn-attempts"] == "2" and wall < 1.0
+        assert headers["x-infercdn-attempts"] == "2" and wall < 1.5
         await eu.wait_for(lambda s: s.requests_cancelled == 1, 2)  # the slow attempt was dropped upstream
     else:
-        assert headers["x-infercdn-attempts"] == "1" and wall >= 1.0
+        assert headers["x-infercdn-attempts"] == "1" and wall >= 1.5
 
 
 async def test_answer_that_cannot_be_completed_is_a_503(sim_factory, gateway_factory) -> None:

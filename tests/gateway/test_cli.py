@@ -171,7 +171,7 @@ async def test_gateway_drains_on_sigterm(tmp_path: Path, sim_factory) -> None:
     the process exits 0."""
     sim = await sim_factory(itl_ms=20.0)
     data = base_config({"eu-west": [sim.url]})
-    data["gateway"].update(drain_notice_s=1.0, drain_timeout_s=30, access_log="off")
+    data["gateway"].update(drain_notice_s=3.0, drain_timeout_s=30, access_log="off")
     config = tmp_path / "gw.yaml"
     config.write_text(yaml.safe_dump(data))
     proc = await asyncio.create_subprocess_exec(

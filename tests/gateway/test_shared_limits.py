@@ -73,7 +73,7 @@ async def _status(session: aiohttp.ClientSession, url: str) -> int:
 
 async def test_rate_is_counted_across_gateways(sim_factory, gateway_factory, redis_url: str) -> None:
     sim = await sim_factory()
-    limits = {"requests_per_s": 0.2, "burst": 2}
+    limits = {"requests_per_s": 0.05, "burst": 2}  # no refill within the test
     a = await gateway_factory(_config(sim.url, redis_url, **limits))
     b = await gateway_factory(_config(sim.url, redis_url, **limits))
     alone = await gateway_factory(_config(sim.url, None, **limits))  # per gateway: its own bucket
@@ -127,7 +127,7 @@ async def test_redis_down_each_gateway_applies_its_own_limits(sim_factory, gatew
     sim = await sim_factory()
     caplog.set_level(logging.WARNING, logger="infercdn.limits")
     gw = await gateway_factory(_config(sim.url, dead_url().replace("http", "redis", 1),
-                                       requests_per_s=0.2, burst=2))
+                                       requests_per_s=0.05, burst=2))
     async with aiohttp.ClientSession() as s:
         assert [await _status(s, gw.url) for _ in range(3)] == [200, 200, 429]  # served; local bucket
         async with s.get(gw.url + "/metrics") as r:
