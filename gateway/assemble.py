@@ -88,25 +88,6 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
     return out
 
 
-class _Collect:
-    """The first attempt's feeder: keeps the upstream's events as they came (token ids
-    included, for a resume) and relays nothing; per read, one append and a look at the end."""
-
-    __slots__ = ("raw", "done", "retain")
-
-    def __init__(self) -> None:
-        self.raw = bytearray()
-        self.done = False
-        self.retain = True
-
-    def feed(self, chunk: bytes) -> bytes:
-        raw = self.raw
-        raw += chunk
-        if raw.endswith(b"data: [DONE]\n\n"):
-            self.done = True
-        return b""
-
-
 class _Buffer:
     """Where the pump writes after the first event (in place of the client's transport)."""
 
@@ -136,23 +117,16 @@ class _Collector:
     async def write(self, data: bytes) -> None:
         self.buffer.write(data)
 
-    async def write_eof(self) -> None:
-        return None
-
 
 class AssembledSession(StreamSession):
     """A :class:`StreamSession` whose events are collected, then answered as one JSON object
     (or a 503 when the generation could not be completed on any pool)."""
 
     def __init__(self, proxy: Any, ex: Any, plan: Any, strip_ids: bool) -> None:
-        super().__init__(proxy, ex, plan, strip_ids)
+        # token ids stay in the collected events (assemble() reads past them): no stripping
+        super().__init__(proxy, ex, plan, strip_ids=False)
         self.buffer = _Buffer()
-        self.first = _Collect()
         self.include_usage = True  # asked for upstream; the non-stream answer always has usage
-
-    def _tracker(self) -> Any:
-        self.first = _Collect()
-        return self.first
 
     async def _open(self, cand: Candidate, ready: Ready) -> bytes:
         self.response = _Collector(self.buffer)
@@ -166,7 +140,7 @@ class AssembledSession(StreamSession):
 
     async def _finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
         # the first attempt's events, then what a resume spliced on (or an ending written)
-        doc = assemble(bytes(self.first.raw) + bytes(self.buffer.data), self.ex.req.kind)
+        doc = assemble(bytes(self.buffer.data), self.ex.req.kind)
         if doc is None:
             return await self._give_up(cand, "the upstream stream ended without an answer")
         self.proxy.usage(self.ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)

@@ -37,9 +37,6 @@ def client_location(request: web.Request) -> tuple[str | None, Location]:
 
 
 async def _generate(request: web.Request, kind: str, path: str) -> web.StreamResponse:
-    log = request.app[ACCESS_LOG]
-    if not log.enabled:
-        return await _serve(request, kind, path, None)
     note = Note(kind)
     try:
         response = await _serve(request, kind, path, note)
@@ -49,37 +46,31 @@ async def _generate(request: web.Request, kind: str, path: str) -> web.StreamRes
         note.status = 499  # the client left first (nginx's convention)
         raise
     finally:
-        log.write(access_line(request, note))
+        log = request.app[ACCESS_LOG]
+        if log.enabled:
+            log.write(access_line(request, note))
 
 
-async def _serve(request: web.Request, kind: str, path: str, note: Note | None) -> web.StreamResponse:
+async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.StreamResponse:
     snapshot = request.app[SNAPSHOT].current
-    rid = request.headers.get("X-Request-Id")
-    tenant = None
+    rid = note.request_id = request.headers.get("X-Request-Id")
     shared = request.app[SHARED_LIMITS]
-    if note is not None:
-        note.request_id = rid
     try:
         tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
-        if note is not None:
-            note.tenant = tenant.cfg.name
+        note.tenant = tenant.cfg.name
         raw = await read_body(request, snapshot.config.gateway.max_body_bytes)
         req = parse(kind, path, raw, rid, request.app[RUNTIME].new_id)
-        if note is not None:
-            note.request_id, note.model = req.request_id, req.model
+        note.request_id, note.model = req.request_id, req.model
         check_model(tenant, req.model)
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
         ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time())
     except GatewayError as exc:
-        if note is not None:
-            note.error = str(exc.code or exc.type)
+        note.error = str(exc.code or exc.type)
         return exc.response({"x-request-id": rid} if rid else None)
     try:
-        ip, location = client_location(request)
-        if note is not None:
-            note.client_ip = ip
+        note.client_ip, location = client_location(request)
         t = tenant.cfg
         prefix = prefix_hash(req) if snapshot.config.routing.balancer == "prefix_affinity" else None
         ctx = RequestContext(model=req.model, client=location, required_tags=frozenset(t.required_tags),
@@ -87,8 +78,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note | None) 
                              prefix_hash=prefix)
         return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx)
     except GatewayError as exc:
-        if note is not None:
-            note.error = str(exc.code or exc.type)
+        note.error = str(exc.code or exc.type)
         return exc.response({"x-request-id": req.request_id})
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client's connection closes; the relay turns a

@@ -75,7 +75,7 @@ async def admit(shared: SharedLimits | None, tenant: Any, now: float) -> Ticket:
     if shared is None or (c.requests_per_s is None and c.max_concurrent is None):
         tenant.admit(now)
         return LOCAL
-    return await shared.admit(tenant)
+    return await shared.admit(tenant, now)
 
 
 def done(shared: SharedLimits | None, tenant: Any, ticket: Ticket) -> None:
@@ -113,7 +113,7 @@ class SharedLimits:
     def _keys(self, tenant: str) -> list[str]:
         return [f"{self.key_prefix}rate:{tenant}", f"{self.key_prefix}conc:{tenant}"]
 
-    async def admit(self, tenant: Any) -> Ticket:
+    async def admit(self, tenant: Any, now: float) -> Ticket:
         """Admit one request of ``tenant`` (a TenantState) fleet-wide, or raise RateLimited;
         when Redis fails, the local limits decide."""
         c = tenant.cfg
@@ -125,7 +125,7 @@ class SharedLimits:
                                               lease or "", self.lease_s])
         except Exception as exc:  # noqa: BLE001 - any Redis trouble: fail open to the local limits
             self._warn(exc)
-            tenant.admit(time.monotonic())
+            tenant.admit(now)
             return LOCAL
         if int(out[0]) == 1:
             return Ticket(local=False, lease=lease)

@@ -54,7 +54,7 @@ class StreamSession:
     async def _run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
         ex = self.ex
         notice = await self._open(cand, ready)
-        tracker = self._tracker()
+        tracker = StreamTracker(self.strip_ids, retain=ex.mcfg.resume != "off")
         outcome, detail = await self._pump(cand, ready, tracker, notice)
         if outcome is Outcome.SUCCESS:
             return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
@@ -63,9 +63,6 @@ class StreamSession:
         if st is not None and await self._resume(st):
             return await self._finish(ex.served_by or cand, st.usage, "200")
         return await self._give_up(cand, self._cut_message(st, detail))
-
-    def _tracker(self) -> StreamTracker:
-        return StreamTracker(self.strip_ids, retain=self.ex.mcfg.resume != "off")
 
     async def _give_up(self, cand: Candidate, message: str) -> web.StreamResponse:
         """The stream cannot be completed: an in-band error event and no [DONE]."""

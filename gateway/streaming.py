@@ -14,8 +14,8 @@ from aiohttp import web
 from gateway.sse import split_complete, strip_token_ids
 from gateway.upstream import Ready
 
-MAX_RETAINED = 4 * 1024 * 1024
-_WELL_FORMED = re.compile(rb"(?:data: \{[^\n]*\}\n\n)+").fullmatch  # JSON data events only  # beyond this a stream can no longer be resumed (memory bound)
+MAX_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
+_WELL_FORMED = re.compile(rb"(?:data: \{[^\n]*\}\n\n)+").fullmatch  # JSON data events only
 
 
 class StreamTracker:

@@ -7,6 +7,7 @@ import logging
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,13 +110,13 @@ async def test_lease_of_a_gateway_that_never_released_lapses(redis_url: str) -> 
     shared = SharedLimits(redis_url, "t:", timeout_s=1.0, lease_s=0.3)
     shared.connect()
     try:
-        assert (await shared.admit(tenant)).lease  # a gateway admits, then dies without releasing
+        assert (await shared.admit(tenant, time.monotonic())).lease  # a gateway admits, then dies without releasing
         with pytest.raises(RateLimited):
-            await shared.admit(tenant)
+            await shared.admit(tenant, time.monotonic())
         async with asyncio.timeout(5):
             while True:
                 try:
-                    await shared.admit(tenant)
+                    await shared.admit(tenant, time.monotonic())
                     break
                 except RateLimited:
                     await asyncio.sleep(0.05)
