@@ -2,13 +2,14 @@
 
 1. Eligibility, once, before any policy: the pool serves the model, carries the required
    tags (its own or its region's), sits in an allowed jurisdiction, is not excluded or
-   draining; the endpoint is healthy, not ejected, its breaker lets a request through and
+   draining (in the config, or drained by the operator); the endpoint is not draining, healthy, not ejected, its breaker lets a request through and
    it is not throttled (see ``Observations`` for the reasons).  Every removal becomes a
    Rejection (pool-level when the whole pool is out, endpoint-level otherwise).
 2. Panic: when fewer than ``panic_threshold`` of the model's endpoints (in pools that pass
    the static filters) are eligible, the ineligible ones (unhealthy, ejected, breaker open)
    are tried too, after the eligible ones: better an unlikely endpoint than a certain
-   failure.  Throttled endpoints are the exception: they asked for no requests, and get none.
+   failure.  Throttled and draining endpoints are the exception: they asked (or the operator
+   asked) for no requests, and get none.
 3. Score per pool, in ms of expected time to first token: geo (client -> region) + excess
    + queue (fresh reported load) + penalty (recent errors, optional price).
    Excess is the measured gateway -> pool latency above the distance prior, less the
@@ -87,8 +88,9 @@ class Planner:
         out: list[tuple[_PoolInfo, _Group]] = []
         total = eligible = 0
         constrained = bool(ctx.exclude_pools or ctx.required_tags or ctx.allowed_jurisdictions is not None)
+        drained = self.observations.drained_pools
         for info in infos:
-            reason = self._static_reason(info, ctx) if constrained or info.unusable else None
+            reason = self._static_reason(info, ctx, drained) if constrained or info.unusable or drained else None
             if reason is not None:
                 rejected.append(Rejection(info.pool.name, None, reason))
                 continue
@@ -113,20 +115,21 @@ class Planner:
         if offset > 0:
             notes.append(f"gateway-side latency offset {offset:.1f} ms subtracted")
         if panic:
-            candidates += self._candidates(ctx, _unthrottled(out), offset)
+            candidates += self._candidates(ctx, _panic_fallback(out), offset)
             notes.append(f"panic: {eligible} of {total} endpoints eligible (threshold "
-                         f"{self.params.panic_threshold:.0%}); ineligible endpoints follow, except throttled ones")
+                         f"{self.params.panic_threshold:.0%}); ineligible endpoints follow, except throttled "
+                         "and draining ones")
         if not candidates:
             notes.append(f"no eligible endpoint for model {ctx.model!r}")
         return Plan(ctx.model, ctx.client, tuple(candidates), tuple(rejected), panic,
                     self.policy.name, tuple(notes))
 
     @staticmethod
-    def _static_reason(info: _PoolInfo, ctx: RequestContext) -> str | None:
+    def _static_reason(info: _PoolInfo, ctx: RequestContext, drained: frozenset[str]) -> str | None:
         pool = info.pool
         if pool.name in ctx.exclude_pools:
             return "excluded"
-        if pool.draining:
+        if pool.draining or pool.name in drained:
             return "draining"
         if ctx.required_tags and not ctx.required_tags <= info.tags:
             return "tags"
@@ -227,11 +230,15 @@ def _measured(group: _Group) -> float | None:
     return total / n if n else None
 
 
-def _unthrottled(groups: list[tuple[_PoolInfo, _Group]]) -> list[tuple[_PoolInfo, _Group]]:
-    """Panic's fallback groups without the throttled endpoints (and without emptied groups)."""
+_NEVER_IN_PANIC = ("throttled", "draining")
+
+
+def _panic_fallback(groups: list[tuple[_PoolInfo, _Group]]) -> list[tuple[_PoolInfo, _Group]]:
+    """Panic's fallback groups without the throttled and draining endpoints (and without
+    emptied groups)."""
     out: list[tuple[_PoolInfo, _Group]] = []
     for info, group in groups:
-        kept = [item for item in group if item[1][0] != "throttled"]
+        kept = [item for item in group if item[1][0] not in _NEVER_IN_PANIC]
         if kept:
             out.append((info, kept))
     return out
