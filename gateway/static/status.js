@@ -92,7 +92,7 @@ function regionCard(r, doc) {
   return `<div class="region ${esc(r.health)}" data-region="${esc(r.name)}" data-health="${esc(r.health)}">
     <h3>${esc(r.name)} <small>${esc(r.city || "")} · ${esc(r.jurisdiction || "")}</small>
       <span class="badge ${esc(r.health)}" style="margin-left:auto">${esc(r.health)}</span></h3>
-    <div class="stats">${stat(num(t.requests_per_s, 1), "req/s")}${stat(num(t.tokens_per_s, 0), "tok/s")}
+    <div class="stats">${stat(num(t.requests_per_s, 1), "req/s")}${stat(num(t.tokens_per_s, (t.tokens_per_s || 0) < 10 ? 1 : 0), "tok/s")}
       ${stat(t.requests_1m ?? 0, "req 1m")}${stat(t.errors_1m ?? 0, "errors 1m")}
       ${stat(t.failovers_1m ?? 0, "failovers 1m")}${stat(t.resumes_1m ?? 0, "resumes 1m")}</div>
     ${spark(t.series || [])}
