@@ -113,7 +113,7 @@ def _healthy_models(request: web.Request) -> list[str]:
     snapshot, obs = request.app[SNAPSHOT].current, request.app[OBSERVATIONS]
     models: set[str] = set()
     for pool in snapshot.topology.pools:
-        if pool.draining:
+        if pool.draining or pool.name in obs.drained_pools:
             continue
         if any(_usable(obs.view(ep.id)) for ep in pool.endpoints):
             models.update(pool.models)
@@ -121,7 +121,7 @@ def _healthy_models(request: web.Request) -> list[str]:
 
 
 def _usable(view: object) -> bool:
-    return bool(view.healthy) and not view.ejected
+    return bool(view.healthy) and not view.ejected and not view.drained
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -100,13 +100,37 @@ function regionCard(r, doc) {
   </div>`;
 }
 
+// Bring `into` to look like `from` in place: elements that stay keep their identity, so a
+// button under the pointer survives the redraw of each second (a click is not lost).
+function morph(into, from) {
+  if (into.nodeType !== from.nodeType || into.nodeName !== from.nodeName) {
+    into.replaceWith(from.cloneNode(true));
+    return;
+  }
+  if (into.nodeType !== Node.ELEMENT_NODE) {
+    if (into.nodeValue !== from.nodeValue) into.nodeValue = from.nodeValue;
+    return;
+  }
+  for (const {name} of [...into.attributes]) if (!from.hasAttribute(name)) into.removeAttribute(name);
+  for (const {name, value} of [...from.attributes]) if (into.getAttribute(name) !== value) into.setAttribute(name, value);
+  const want = [...from.childNodes];
+  while (into.childNodes.length > want.length) into.lastChild.remove();
+  want.forEach((child, i) => {
+    const have = into.childNodes[i];
+    if (have) morph(have, child);
+    else into.appendChild(child.cloneNode(true));
+  });
+}
+
 function render(doc) {
   last = doc;
   const g = doc.gateway;
   $("gateway").textContent = `gateway ${g.city || ""} (${g.region || "no region"})${doc.draining ? " — draining" : ""}`;
   $("updated").textContent = "updated " + new Date(doc.time * 1000).toLocaleTimeString();
   drawMap(doc);
-  $("regions").innerHTML = doc.regions.map((r) => regionCard(r, doc)).join("");
+  const next = $("regions").cloneNode(false);
+  next.innerHTML = doc.regions.map((r) => regionCard(r, doc)).join("");
+  morph($("regions"), next);
   const all = Object.values(doc.traffic || {});
   const sum = (k) => all.reduce((a, t) => a + (t[k] || 0), 0);
   $("fleet-totals").textContent = `fleet, last minute: ${sum("requests_1m")} requests, ${sum("errors_1m")} errors, ` +

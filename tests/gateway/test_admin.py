@@ -211,3 +211,21 @@ async def test_infercdn_admin_commands(sim_factory, gateway_factory, capsys) -> 
     assert rc == 1 and "404" in err and "nowhere" in err
     rc, _, err = await cli("topology", "--gateway", "http://127.0.0.1:9")
     assert rc == 1 and "cannot reach gateway" in err
+
+
+async def test_readiness_and_models_follow_operator_drains(sim_factory, gateway_factory) -> None:
+    sim = await sim_factory()
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}))
+    async with aiohttp.ClientSession() as s:
+        async def ready() -> tuple[int, list[str]]:
+            async with s.get(gw.url + "/readyz") as r, s.get(gw.url + "/v1/models") as m:
+                return r.status, [d["id"] for d in (await m.json())["data"]]
+
+        assert await ready() == (200, ["tiny-chat"])
+        await _post(gw.url + "/admin/pools/eu-west-pool/drain", headers=ADMIN)
+        assert await ready() == (503, [])
+        await _post(gw.url + "/admin/pools/eu-west-pool/undrain", headers=ADMIN)
+        await _post(gw.url + "/admin/endpoints/eu-west-0/drain", headers=ADMIN)
+        assert await ready() == (503, [])
+        await _post(gw.url + "/admin/endpoints/eu-west-0/undrain", headers=ADMIN)
+        assert await ready() == (200, ["tiny-chat"])
