@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.errors import error_body
 from gateway.state import OBSERVATIONS, SNAPSHOT, RoutingSnapshot
 from routing.observations import EndpointView, Observations
+from routing.topology import Endpoint
 
 log = logging.getLogger("infercdn.admin")
 
@@ -54,7 +55,7 @@ def endpoint_state(view: EndpointView) -> str:
     return "healthy"
 
 
-def _endpoint(ep: Any, view: EndpointView) -> dict[str, Any]:
+def _endpoint(ep: Endpoint, view: EndpointView) -> dict[str, Any]:
     return {"id": ep.id, "url": ep.url, "weight": ep.weight, "state": endpoint_state(view),
             "healthy": view.healthy, "ejected": view.ejected, "breaker": view.breaker,
             "drained": view.drained, "probe_draining": view.probe_draining,

@@ -94,7 +94,7 @@ async def status_events(request: web.Request) -> web.StreamResponse:
             if request.app[DRAINING].since is not None:
                 break
             await asyncio.sleep(feed.interval_s)
-    except (ConnectionError, RuntimeError):  # the client left (a write to a closed transport)
+    except ConnectionError:  # the client left (aiohttp: a write to a closing transport)
         pass
     finally:
         feed.clients -= 1

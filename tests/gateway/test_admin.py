@@ -229,3 +229,41 @@ async def test_readiness_and_models_follow_operator_drains(sim_factory, gateway_
         assert await ready() == (503, [])
         await _post(gw.url + "/admin/endpoints/eu-west-0/undrain", headers=ADMIN)
         assert await ready() == (200, ["tiny-chat"])
+
+
+async def test_a_health_check_answering_draining_shows_and_stops_new_requests(sim_factory, gateway_factory) -> None:
+    """A vLLM launcher announces its drain on its control port (503 "draining"): the endpoint is
+    shown as draining (not merely unhealthy) and gets no new requests, until it says ready again."""
+    from aiohttp import web
+
+    answer = {"status": 503, "text": "draining"}
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(**answer)
+
+    control = web.Application()
+    control.router.add_get("/health", health)
+    runner = web.AppRunner(control)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        stopping, other = await sim_factory(), await sim_factory()
+        data = base_config({"eu-west": [stopping.url, other.url]})
+        data["pools"][0]["endpoints"][0]["health_url"] = f"http://127.0.0.1:{port}/health"
+        gw = await gateway_factory(data)
+
+        async def state_becomes(want: str) -> None:
+            async with asyncio.timeout(10):
+                while _endpoint(await _get(gw.url + "/admin/topology"), "eu-west-0")["state"] != want:
+                    await asyncio.sleep(0.05)
+
+        await state_becomes("draining")
+        assert _endpoint(await _get(gw.url + "/admin/topology"), "eu-west-0")["probe_draining"]
+        await _chat(gw.url, 4)
+        assert stopping.stats.requests_total == 0 and other.stats.requests_total == 4
+        answer.update(status=200, text="ready")
+        await state_becomes("healthy")
+    finally:
+        await runner.cleanup()
