@@ -8,11 +8,11 @@ to first token (its p95 sets the hedging threshold).
 Eligibility (``route_inputs``' first field), first reason wins: "draining" (an operator
 drained it, ``drain``, or its health check answered 503 "draining", as the vLLM launcher does
 while it stops), "unhealthy", "ejected", "breaker_open", "breaker_half_open" (every trial
-slot taken), "throttled".  A drained endpoint gets no new requests, not even in panic; those in
-flight finish.  Operator drains (of endpoints, and of whole pools: ``drain_pool``, which the
-planner reads) are kept across reloads for the endpoints and pools that remain, like the rest.  ``acquire`` and
-``release`` wrap every attempt: they count in-flight requests and take and free the
-breaker's trial slots when it is half-open.  ``sync(topology)`` after a reload adds new
+slot taken), "throttled".  A drained endpoint gets no new requests, not even in panic; those
+in flight finish.  Operator drains (of endpoints, and of whole pools: ``drain_pool``, which
+the planner reads) are kept across reloads for the endpoints and pools that remain, like the
+rest.  ``acquire`` and ``release`` wrap every attempt: they count in-flight requests and take
+and free the breaker's trial slots when it is half-open.  ``sync(topology)`` after a reload adds new
 endpoints, drops removed ones and keeps the state of those that remain.
 
 Unknown endpoint ids never raise: records about them are ignored (a request that started on
@@ -114,6 +114,7 @@ class Observations:
         self._eps: dict[str, _EndpointState] = {}
         self._ttft: dict[str, QuantileWindow] = {}  # pool name -> recent times to first token
         self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
+        self._pools: frozenset[str] = frozenset()  # names of the topology's pools
         self.drained_pools: frozenset[str] = frozenset()  # drained by the operator
 
     def sync(self, topology: Topology) -> None:
@@ -131,7 +132,8 @@ class Observations:
         self.outliers.sync({pool.name: [e.id for e in pool.endpoints] for pool in topology.pools})
         for eid, st in self._eps.items():
             st.outlier = self.outliers.state(eid)
-        self.drained_pools = frozenset(name for name in self.drained_pools if name in self._ttft)
+        self._pools = frozenset(pool.name for pool in topology.pools)
+        self.drained_pools = self.drained_pools & self._pools
 
     def endpoint_ids(self) -> list[str]:
         return list(self._eps)
@@ -201,11 +203,10 @@ class Observations:
 
     def drain_pool(self, pool_name: str, drained: bool = True) -> bool:
         """The operator drains (or undrains) every endpoint of a pool; False if unknown."""
-        if pool_name not in self._ttft:
+        if pool_name not in self._pools:
             return False
-        pools = set(self.drained_pools)
-        (pools.add if drained else pools.discard)(pool_name)
-        self.drained_pools = frozenset(pools)
+        one = frozenset({pool_name})
+        self.drained_pools = self.drained_pools | one if drained else self.drained_pools - one
         return True
 
     def record_ttft(self, endpoint_id: str, ms: float) -> None:

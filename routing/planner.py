@@ -2,8 +2,9 @@
 
 1. Eligibility, once, before any policy: the pool serves the model, carries the required
    tags (its own or its region's), sits in an allowed jurisdiction, is not excluded or
-   draining (in the config, or drained by the operator); the endpoint is not draining, healthy, not ejected, its breaker lets a request through and
-   it is not throttled (see ``Observations`` for the reasons).  Every removal becomes a
+   draining (in the config, or drained by the operator); the endpoint is not draining,
+   healthy, not ejected, its breaker lets a request through and it is not throttled (see
+   ``Observations`` for the reasons).  Every removal becomes a
    Rejection (pool-level when the whole pool is out, endpoint-level otherwise).
 2. Panic: when fewer than ``panic_threshold`` of the model's endpoints (in pools that pass
    the static filters) are eligible, the ineligible ones (unhealthy, ejected, breaker open)
