@@ -94,6 +94,8 @@ async def probe_round(app: web.Application, session: aiohttp.ClientSession, warm
         view = obs.view(ep.id)
         metrics.endpoint_healthy.labels(ep.pool, ep.id).set(1 if view.healthy else 0)
         metrics.endpoint_ejected.labels(ep.pool, ep.id).set(1 if view.ejected else 0)
+        drained = view.drained or view.probe_draining or ep.pool in obs.drained_pools
+        metrics.endpoint_drained.labels(ep.pool, ep.id).set(1 if drained else 0)
         metrics.inflight.labels(ep.id).set(view.inflight)
         if view.latency_ms is not None:
             metrics.endpoint_latency_ms.labels(ep.pool, ep.id).set(view.latency_ms)

@@ -23,6 +23,7 @@ class GatewayMetrics:
     inflight: Gauge
     endpoint_healthy: Gauge
     endpoint_ejected: Gauge
+    endpoint_drained: Gauge
     endpoint_latency_ms: Gauge
     transitions: Counter
     client_disconnects: Counter
@@ -64,6 +65,9 @@ def build_metrics() -> GatewayMetrics:
         endpoint_healthy=Gauge("infercdn_endpoint_healthy", "1 if active health checks pass",
                                ["pool", "endpoint"], registry=r),
         endpoint_ejected=Gauge("infercdn_endpoint_ejected", "1 if ejected by outlier detection",
+                               ["pool", "endpoint"], registry=r),
+        endpoint_drained=Gauge("infercdn_endpoint_drained",
+                               "1 if drained: by the operator (endpoint or pool), or announced by its health check",
                                ["pool", "endpoint"], registry=r),
         endpoint_latency_ms=Gauge("infercdn_endpoint_latency_ms", "EWMA of measured latency to the endpoint",
                                   ["pool", "endpoint"], registry=r),

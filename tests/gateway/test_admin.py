@@ -267,3 +267,27 @@ async def test_a_health_check_answering_draining_shows_and_stops_new_requests(si
         await state_becomes("healthy")
     finally:
         await runner.cleanup()
+
+
+async def test_drains_are_exported_as_a_metric(sim_factory, gateway_factory) -> None:
+    sim = await sim_factory()
+    gw = await gateway_factory(base_config({"eu-west": [sim.url, sim.url]}))
+    line = 'infercdn_endpoint_drained{endpoint="eu-west-0",pool="eu-west-pool"} '
+
+    async def metric() -> str:
+        async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
+            text = await r.text()
+        return next((x[len(line):] for x in text.splitlines() if x.startswith(line)), "")
+
+    async def becomes(value: str) -> None:  # set by the next probe round (every 0.2 s here)
+        async with asyncio.timeout(10):
+            while await metric() != value:
+                await asyncio.sleep(0.05)
+
+    await becomes("0.0")
+    await _post(gw.url + "/admin/endpoints/eu-west-0/drain", headers=ADMIN)
+    await becomes("1.0")
+    await _post(gw.url + "/admin/endpoints/eu-west-0/undrain", headers=ADMIN)
+    await becomes("0.0")
+    await _post(gw.url + "/admin/pools/eu-west-pool/drain", headers=ADMIN)
+    await becomes("1.0")
