@@ -139,7 +139,7 @@ async def test_admin_posts_need_json_or_the_admin_header(sim_factory, gateway_fa
         for kwargs in ({"data": "x", "headers": {"Content-Type": "text/plain"}}, {"data": {"a": "b"}}, {}):
             async with s.post(url, **kwargs) as r:
                 assert r.status == 415, kwargs
-                assert (await r.json())["error"]["code"] == "unsupported_media_type"
+                assert (await r.json())["error"]["code"] == "admin_header_required"
         async with s.post(url, data="{oops", headers={"Content-Type": "application/json"}) as r:
             assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_json"
         async with s.post(url, data="[1]", headers={"Content-Type": "application/json"}) as r:
