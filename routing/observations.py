@@ -113,9 +113,9 @@ class Observations:
         self._on_transition = on_transition
         self._eps: dict[str, _EndpointState] = {}
         self._ttft: dict[str, QuantileWindow] = {}  # pool name -> recent times to first token
-        self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
         self._pools: frozenset[str] = frozenset()  # names of the topology's pools
         self.drained_pools: frozenset[str] = frozenset()  # drained by the operator
+        self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
 
     def sync(self, topology: Topology) -> None:
         old, p = self._eps, self.params
