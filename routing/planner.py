@@ -39,6 +39,7 @@ from routing.policies import ScoredPool, get_policy
 from routing.topology import Endpoint, Location, Pool, Region, Topology
 
 _Group = list[tuple[Endpoint, RouteInputs]]
+_NEVER = frozenset({"throttled", "draining"})  # not even in panic
 _GEO_CACHE_SIZE = 4096
 
 
@@ -116,7 +117,7 @@ class Planner:
         if offset > 0:
             notes.append(f"gateway-side latency offset {offset:.1f} ms subtracted")
         if panic:
-            candidates += self._candidates(ctx, _panic_fallback(out), offset)
+            candidates += self._candidates(ctx, _unthrottled(out), offset)
             notes.append(f"panic: {eligible} of {total} endpoints eligible (threshold "
                          f"{self.params.panic_threshold:.0%}); ineligible endpoints follow, except throttled "
                          "and draining ones")
@@ -231,15 +232,12 @@ def _measured(group: _Group) -> float | None:
     return total / n if n else None
 
 
-_NEVER_IN_PANIC = ("throttled", "draining")
-
-
-def _panic_fallback(groups: list[tuple[_PoolInfo, _Group]]) -> list[tuple[_PoolInfo, _Group]]:
+def _unthrottled(groups: list[tuple[_PoolInfo, _Group]]) -> list[tuple[_PoolInfo, _Group]]:
     """Panic's fallback groups without the throttled and draining endpoints (and without
     emptied groups)."""
     out: list[tuple[_PoolInfo, _Group]] = []
     for info, group in groups:
-        kept = [item for item in group if item[1][0] not in _NEVER_IN_PANIC]
+        kept = [item for item in group if item[1][0] not in _NEVER]
         if kept:
             out.append((info, kept))
     return out
