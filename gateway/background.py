@@ -21,6 +21,7 @@ LOAD_GAUGES = {
     "vllm:num_requests_waiting": "waiting",
     "vllm:kv_cache_usage_perc": "kv_usage",
 }
+DRAINING_BODY = b"draining"  # a 503 with this body: the endpoint announces a drain (vLLM launcher)
 
 
 def parse_vllm_load(text: str) -> dict[str, float]:
@@ -51,9 +52,6 @@ async def _every(interval_s: float, step: Callable[[], Awaitable[None]]) -> None
         except Exception:  # a bug in one round must not stop the loop
             log.exception("background round failed")
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
-
-
-DRAINING_BODY = b"draining"  # a 503 with this body: the endpoint announces a drain (vLLM launcher)
 
 
 async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeout_s: float,

@@ -4,13 +4,12 @@
    tags (its own or its region's), sits in an allowed jurisdiction, is not excluded or
    draining (in the config, or drained by the operator); the endpoint is not draining,
    healthy, not ejected, its breaker lets a request through and it is not throttled (see
-   ``Observations`` for the reasons).  Every removal becomes a
+   ``Observations`` for the reasons).  A draining endpoint is never tried, not even in panic.  Every removal becomes a
    Rejection (pool-level when the whole pool is out, endpoint-level otherwise).
 2. Panic: when fewer than ``panic_threshold`` of the model's endpoints (in pools that pass
    the static filters) are eligible, the ineligible ones (unhealthy, ejected, breaker open)
    are tried too, after the eligible ones: better an unlikely endpoint than a certain
-   failure.  Throttled and draining endpoints are the exception: they asked (or the operator
-   asked) for no requests, and get none.
+   failure.  Throttled endpoints are the exception: they asked for no requests, and get none.
 3. Score per pool, in ms of expected time to first token: geo (client -> region) + excess
    + queue (fresh reported load) + penalty (recent errors, optional price).
    Excess is the measured gateway -> pool latency above the distance prior, less the
@@ -39,7 +38,6 @@ from routing.policies import ScoredPool, get_policy
 from routing.topology import Endpoint, Location, Pool, Region, Topology
 
 _Group = list[tuple[Endpoint, RouteInputs]]
-_NEVER = frozenset({"throttled", "draining"})  # not even in panic
 _GEO_CACHE_SIZE = 4096
 
 
@@ -108,8 +106,9 @@ class Planner:
                 rejected.extend(Rejection(info.pool.name, ep.id, inp[0]) for ep, inp in bad)  # type: ignore[arg-type]
             else:
                 rejected.append(Rejection(info.pool.name, None, _pool_reason(bad)))
-            if bad:
-                out.append((info, bad))
+            fallback = [item for item in bad if item[1][0] != "draining"]  # not even in panic
+            if fallback:
+                out.append((info, fallback))
         panic = total > 0 and eligible < self.params.panic_threshold * total
         offset = self._offset(ok or out)
         candidates = self._candidates(ctx, ok, offset)
@@ -233,11 +232,10 @@ def _measured(group: _Group) -> float | None:
 
 
 def _unthrottled(groups: list[tuple[_PoolInfo, _Group]]) -> list[tuple[_PoolInfo, _Group]]:
-    """Panic's fallback groups without the throttled and draining endpoints (and without
-    emptied groups)."""
+    """Panic's fallback groups without the throttled endpoints (and without emptied groups)."""
     out: list[tuple[_PoolInfo, _Group]] = []
     for info, group in groups:
-        kept = [item for item in group if item[1][0] not in _NEVER]
+        kept = [item for item in group if item[1][0] != "throttled"]
         if kept:
             out.append((info, kept))
     return out
