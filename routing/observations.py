@@ -5,15 +5,17 @@ state, the circuit breaker, throttling (an upstream's Retry-After, honoured acro
 in-flight counts and the load each vLLM endpoint reports; per pool, a window of recent times
 to first token (its p95 sets the hedging threshold).
 
-Eligibility (``route_inputs``' first field), first reason wins: "draining" (an operator
-drained it, ``drain``, or its health check answered 503 "draining", as the vLLM launcher does
-while it stops), "unhealthy", "ejected", "breaker_open", "breaker_half_open" (every trial
-slot taken), "throttled".  A drained endpoint gets no new requests, not even in panic; those
-in flight finish.  Operator drains (of endpoints, and of whole pools: ``drain_pool``, which
-the planner reads) are kept across reloads for the endpoints and pools that remain, like the
-rest.  ``acquire`` and ``release`` wrap every attempt: they count in-flight requests and take
-and free the breaker's trial slots when it is half-open.  ``sync(topology)`` after a reload adds new
+Eligibility (``route_inputs``' first field), first reason wins: "unhealthy", "ejected",
+"breaker_open", "breaker_half_open" (every trial slot taken), "throttled".  ``acquire`` and
+``release`` wrap every attempt: they count in-flight requests and take and free the
+breaker's trial slots when it is half-open.  ``sync(topology)`` after a reload adds new
 endpoints, drops removed ones and keeps the state of those that remain.
+
+"draining" overrides every other reason: an operator drained the endpoint (``drain``), or
+its health check answered 503 "draining", as the vLLM launcher does while it stops.  A
+draining endpoint gets no new requests, not even in panic; those in flight finish.  Operator
+drains (of endpoints, and of whole pools: ``drain_pool``, which the planner reads) are kept
+across reloads for the endpoints and pools that remain, and forgotten with those that leave.
 
 Unknown endpoint ids never raise: records about them are ignored (a request that started on
 an older topology may finish after its endpoint was removed), and ``view`` answers with a
@@ -242,15 +244,15 @@ class Observations:
         now = self._clock()
         o = st.outlier
         reason: str | None = None
-        if st.drained or st.probe_draining:
-            reason = "draining"
-        elif st.health.state is _UNHEALTHY:
+        if st.health.state is _UNHEALTHY:
             reason = "unhealthy"
         elif o is not None and o.ejected_until is not None:
             if now < o.ejected_until:
                 reason = "ejected"
             else:
                 self.outliers.is_ejected(endpoint_id)  # notices the end of the ejection, reports it
+        if st.drained or st.probe_draining:
+            reason = "draining"  # over any other reason: never tried, not even in panic
         if reason is None and not st.breaker.closed:
             reason = st.breaker.reason()
         if reason is None and st.throttled_until is not None and self._throttled(st, now):
