@@ -241,13 +241,11 @@ async def test_a_health_check_answering_draining_shows_and_stops_new_requests(si
     async def health(_: web.Request) -> web.Response:
         return web.Response(**answer)
 
+    from gateway.server import start_site
+
     control = web.Application()
     control.router.add_get("/health", health)
-    runner = web.AppRunner(control)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await start_site(control, "127.0.0.1", 0)
     try:
         stopping, other = await sim_factory(), await sim_factory()
         data = base_config({"eu-west": [stopping.url, other.url]})
