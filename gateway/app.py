@@ -17,6 +17,8 @@ from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
 from gateway.reload import CONFIG_PATH, CONFIG_TRANSFORM, SIMULATED
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
+from gateway.status import STATUS, StatusFeed
+from gateway.traffic import TRAFFIC, Traffic, traffic_middleware
 from gateway.state import (ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT,
                            Draining, Runtime)
 from gateway.upstream_client import UpstreamClient
@@ -44,7 +46,11 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     g = cfg.gateway
     locator = ClientLocator(g.trusted_proxies, reader, Location(g.location.lat, g.location.lon),
                             cfg.geoip.cache_size)
-    app = web.Application(client_max_size=g.max_body_bytes + 1024, middlewares=[admin_guard])
+    traffic = Traffic(rt.clock)
+    app = web.Application(client_max_size=g.max_body_bytes + 1024,
+                          middlewares=[admin_guard, traffic_middleware(traffic)])
+    app[TRAFFIC] = traffic
+    app[STATUS] = StatusFeed(traffic, rt.clock)
     if config_path is not None:
         app[CONFIG_PATH] = Path(config_path)
     if config_transform is not None:

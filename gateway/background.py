@@ -21,6 +21,7 @@ LOAD_GAUGES = {
     "vllm:num_requests_waiting": "waiting",
     "vllm:kv_cache_usage_perc": "kv_usage",
 }
+DRAINING_BODY = b"draining"  # a 503 with this body: the endpoint announces a drain (vLLM launcher)
 
 
 def parse_vllm_load(text: str) -> dict[str, float]:
@@ -53,15 +54,19 @@ async def _every(interval_s: float, step: Callable[[], Awaitable[None]]) -> None
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
 
-async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeout_s: float) -> tuple[bool, float | None]:
+async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeout_s: float,
+                 drains: set[str] | None = None) -> tuple[bool, float | None]:
+    """(healthy, round trip in ms); an endpoint that answered "draining" is added to ``drains``."""
     t0 = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):
             async with session.get(ep.health_url or ep.url + path) as resp:
-                await resp.read()
+                body = await resp.read()
                 ok = resp.status == 200
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
         return False, None
+    if drains is not None and resp.status == 503 and body.strip() == DRAINING_BODY:
+        drains.add(ep.id)
     return ok, (time.monotonic() - t0) * 1000 if ok else None
 
 
@@ -75,10 +80,11 @@ async def probe_round(app: web.Application, session: aiohttp.ClientSession, warm
     is not a latency sample (seen here: 60-110 ms for 1 ms paths)."""
     cfg = app[SNAPSHOT].current.config.health
     eps = _endpoints(app)
-    results = await asyncio.gather(*(_probe(session, ep, cfg.path, cfg.timeout_s) for ep in eps))
+    drains: set[str] = set()
+    results = await asyncio.gather(*(_probe(session, ep, cfg.path, cfg.timeout_s, drains) for ep in eps))
     obs, metrics = app[OBSERVATIONS], app[METRICS]
     for ep, (ok, rtt) in zip(eps, results):
-        obs.record_probe(ep.id, ok, rtt if ep.id in warm else None)
+        obs.record_probe(ep.id, ok, rtt if ep.id in warm else None, ep.id in drains)
         if ok:
             warm.add(ep.id)
         else:
@@ -86,6 +92,8 @@ async def probe_round(app: web.Application, session: aiohttp.ClientSession, warm
         view = obs.view(ep.id)
         metrics.endpoint_healthy.labels(ep.pool, ep.id).set(1 if view.healthy else 0)
         metrics.endpoint_ejected.labels(ep.pool, ep.id).set(1 if view.ejected else 0)
+        drained = view.drained or view.probe_draining or ep.pool in obs.drained_pools
+        metrics.endpoint_drained.labels(ep.pool, ep.id).set(1 if drained else 0)
         metrics.inflight.labels(ep.id).set(view.inflight)
         if view.latency_ms is not None:
             metrics.endpoint_latency_ms.labels(ep.pool, ep.id).set(view.latency_ms)

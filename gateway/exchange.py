@@ -38,6 +38,7 @@ class Exchange:
     status: str | None = None  # the final status as counted ("200", "503", "stream_error", ...)
     ttft_s: float | None = None  # the answering attempt's time to first token
     usage: dict | None = None
+    resumes: int = 0  # times the stream was continued on another endpoint after its first token
 
     @property
     def client_stream(self) -> bool:

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway import limits
+from gateway.admin import admin_routes
 from gateway.access import Note
 from gateway.access import line as access_line
 from gateway.auth import check_model
@@ -18,6 +19,7 @@ from gateway.config import ConfigError
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import ParsedRequest, parse, read_body
+from gateway.status import status_routes
 from gateway.state import ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT
 from routing.locate import parse_ip
 from routing.plan import RequestContext
@@ -111,7 +113,7 @@ def _healthy_models(request: web.Request) -> list[str]:
     snapshot, obs = request.app[SNAPSHOT].current, request.app[OBSERVATIONS]
     models: set[str] = set()
     for pool in snapshot.topology.pools:
-        if pool.draining:
+        if pool.draining or pool.name in obs.drained_pools:
             continue
         if any(_usable(obs.view(ep.id)) for ep in pool.endpoints):
             models.update(pool.models)
@@ -119,7 +121,7 @@ def _healthy_models(request: web.Request) -> list[str]:
 
 
 def _usable(view: object) -> bool:
-    return bool(view.healthy) and not view.ejected
+    return bool(view.healthy) and not view.ejected and not view.drained
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -152,9 +154,12 @@ def _admin_allowed(request: web.Request) -> bool:
     return ip is not None and any(ip.version == n.version and ip in n for n in map(ip_network, nets))
 
 
+ADMIN_PATHS = ("/admin/", "/status")  # the admin API and the fleet page
+
+
 @web.middleware
 async def admin_guard(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path.startswith("/admin/") and not _admin_allowed(request):
+    if request.path.startswith(ADMIN_PATHS) and not _admin_allowed(request):
         return _json(error_body("the admin API is not available from this address", "permission_error",
                                 None, "forbidden"), 403)
     return await handler(request)
@@ -199,5 +204,7 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/admin/plan", admin_plan),
         web.get("/admin/observations", admin_observations),
         web.post("/admin/reload", admin_reload),
+        *admin_routes(),
+        *status_routes(),
         web.route("*", "/{tail:.*}", not_found),
     ]

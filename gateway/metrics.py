@@ -25,6 +25,7 @@ class GatewayMetrics:
     endpoint_ejected: Gauge
     endpoint_latency_ms: Gauge
     transitions: Counter
+    endpoint_drained: Gauge
     client_disconnects: Counter
     resumes: Counter
     shared_limit_errors: Counter
@@ -69,6 +70,9 @@ def build_metrics() -> GatewayMetrics:
                                   ["pool", "endpoint"], registry=r),
         transitions=Counter("infercdn_endpoint_transitions", "Health/outlier state transitions",
                             ["endpoint", "kind", "to"], registry=r),
+        endpoint_drained=Gauge("infercdn_endpoint_drained",
+                               "1 if drained: by the operator (endpoint or pool), or announced by its health check",
+                               ["pool", "endpoint"], registry=r),
         client_disconnects=Counter("infercdn_client_disconnects", "Clients that left before the end",
                                    ["model"], registry=r),
         resumes=Counter("infercdn_stream_resumes", "Streams continued on another endpoint after their first token",

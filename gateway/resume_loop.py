@@ -141,6 +141,7 @@ class StreamSession:
             splicer = Splicer(st, cont, self.keep_ids, self.include_usage)
             outcome, detail = await self._pump(cand, result, SpliceFeed(splicer))
             self.proxy.metrics.of(self.proxy.metrics.resumes, cont.strategy, "ok" if outcome is Outcome.SUCCESS else "failed").inc()
+            ex.resumes += 1
             if outcome is Outcome.SUCCESS:
                 return True
             ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))

@@ -11,6 +11,12 @@ Eligibility (``route_inputs``' first field), first reason wins: "unhealthy", "ej
 breaker's trial slots when it is half-open.  ``sync(topology)`` after a reload adds new
 endpoints, drops removed ones and keeps the state of those that remain.
 
+"draining" overrides every other reason: an operator drained the endpoint (``drain``), or
+its health check answered 503 "draining", as the vLLM launcher does while it stops.  A
+draining endpoint gets no new requests, not even in panic; those in flight finish.  Operator
+drains (of endpoints, and of whole pools: ``drain_pool``, which the planner reads) are kept
+across reloads for the endpoints and pools that remain, and forgotten with those that leave.
+
 Unknown endpoint ids never raise: records about them are ignored (a request that started on
 an older topology may finish after its endpoint was removed), and ``view`` answers with a
 neutral view (healthy, nothing measured).  Reported load older than ``load_stale_s`` counts
@@ -74,6 +80,8 @@ class EndpointView:
     error_rate: float
     breaker: str = "closed"  # "closed" | "open" | "half_open"
     throttled_until: float | None = None  # clock() time until which the upstream asked for no requests
+    drained: bool = False  # by the operator (admin API)
+    probe_draining: bool = False  # its health check answered "draining"
 
 
 _UNHEALTHY = HealthState.UNHEALTHY
@@ -82,7 +90,7 @@ _NEUTRAL_VIEW = EndpointView(True, False, None, None, 0, None, None, None, False
 
 class _EndpointState:
     __slots__ = ("health", "latency", "breaker", "throttled_until", "inflight", "running", "waiting",
-                 "kv_usage", "load_at", "outlier")
+                 "kv_usage", "load_at", "outlier", "drained", "probe_draining")
 
     def __init__(self, health: HealthCheck, latency: LatencyEwma, breaker: CircuitBreaker) -> None:
         self.health = health
@@ -95,6 +103,8 @@ class _EndpointState:
         self.kv_usage: float | None = None
         self.load_at: float | None = None
         self.outlier: EndpointOutlier | None = None  # the detector's record, linked by sync()
+        self.drained = False
+        self.probe_draining = False
 
 
 class Observations:
@@ -105,6 +115,8 @@ class Observations:
         self._on_transition = on_transition
         self._eps: dict[str, _EndpointState] = {}
         self._ttft: dict[str, QuantileWindow] = {}  # pool name -> recent times to first token
+        self._pools: frozenset[str] = frozenset()  # names of the topology's pools
+        self.drained_pools: frozenset[str] = frozenset()  # drained by the operator
         self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
 
     def sync(self, topology: Topology) -> None:
@@ -122,15 +134,20 @@ class Observations:
         self.outliers.sync({pool.name: [e.id for e in pool.endpoints] for pool in topology.pools})
         for eid, st in self._eps.items():
             st.outlier = self.outliers.state(eid)
+        self._pools = frozenset(pool.name for pool in topology.pools)
+        self.drained_pools = self.drained_pools & self._pools
 
     def endpoint_ids(self) -> list[str]:
         return list(self._eps)
 
-    def record_probe(self, endpoint_id: str, ok: bool, rtt_ms: float | None = None) -> None:
+    def record_probe(self, endpoint_id: str, ok: bool, rtt_ms: float | None = None,
+                     draining: bool = False) -> None:
+        """One health probe; ``draining``: it failed saying the endpoint is draining."""
         st = self._eps.get(endpoint_id)
         if st is None:
             return
         st.health.record(ok)
+        st.probe_draining = draining and not ok
         if ok and rtt_ms is not None:
             st.latency.update(rtt_ms)
 
@@ -178,6 +195,22 @@ class Observations:
         if st.throttled_until is None or until > st.throttled_until:
             st.throttled_until = until
 
+    def drain(self, endpoint_id: str, drained: bool = True) -> bool:
+        """The operator drains (or, with ``drained=False``, undrains) an endpoint; False if unknown."""
+        st = self._eps.get(endpoint_id)
+        if st is None:
+            return False
+        st.drained = drained
+        return True
+
+    def drain_pool(self, pool_name: str, drained: bool = True) -> bool:
+        """The operator drains (or undrains) every endpoint of a pool; False if unknown."""
+        if pool_name not in self._pools:
+            return False
+        one = frozenset({pool_name})
+        self.drained_pools = self.drained_pools | one if drained else self.drained_pools - one
+        return True
+
     def record_ttft(self, endpoint_id: str, ms: float) -> None:
         """Time to first token of a successful attempt, into its pool's window."""
         o = self.outliers.state(endpoint_id)
@@ -218,6 +251,8 @@ class Observations:
                 reason = "ejected"
             else:
                 self.outliers.is_ejected(endpoint_id)  # notices the end of the ejection, reports it
+        if st.drained or st.probe_draining:
+            reason = "draining"  # over any other reason: never tried, not even in panic
         if reason is None and not st.breaker.closed:
             reason = st.breaker.reason()
         if reason is None and st.throttled_until is not None and self._throttled(st, now):
@@ -242,7 +277,8 @@ class Observations:
             kv_usage=st.kv_usage if fresh else None, load_fresh=fresh,
             consecutive_failures=o.consecutive_failures, error_rate=self.outliers.error_rate(endpoint_id),
             breaker=st.breaker.state.value,
-            throttled_until=st.throttled_until if self._throttled(st, self._clock()) else None)
+            throttled_until=st.throttled_until if self._throttled(st, self._clock()) else None,
+            drained=st.drained, probe_draining=st.probe_draining)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready state of every endpoint, for the admin API."""

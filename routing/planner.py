@@ -2,8 +2,9 @@
 
 1. Eligibility, once, before any policy: the pool serves the model, carries the required
    tags (its own or its region's), sits in an allowed jurisdiction, is not excluded or
-   draining; the endpoint is healthy, not ejected, its breaker lets a request through and
-   it is not throttled (see ``Observations`` for the reasons).  Every removal becomes a
+   draining (in the config, or drained by the operator); the endpoint is not draining,
+   healthy, not ejected, its breaker lets a request through and it is not throttled (see
+   ``Observations`` for the reasons).  A draining endpoint is never tried, not even in panic.  Every removal becomes a
    Rejection (pool-level when the whole pool is out, endpoint-level otherwise).
 2. Panic: when fewer than ``panic_threshold`` of the model's endpoints (in pools that pass
    the static filters) are eligible, the ineligible ones (unhealthy, ejected, breaker open)
@@ -87,8 +88,9 @@ class Planner:
         out: list[tuple[_PoolInfo, _Group]] = []
         total = eligible = 0
         constrained = bool(ctx.exclude_pools or ctx.required_tags or ctx.allowed_jurisdictions is not None)
+        drained = self.observations.drained_pools
         for info in infos:
-            reason = self._static_reason(info, ctx) if constrained or info.unusable else None
+            reason = self._static_reason(info, ctx, drained) if constrained or info.unusable or drained else None
             if reason is not None:
                 rejected.append(Rejection(info.pool.name, None, reason))
                 continue
@@ -104,8 +106,9 @@ class Planner:
                 rejected.extend(Rejection(info.pool.name, ep.id, inp[0]) for ep, inp in bad)  # type: ignore[arg-type]
             else:
                 rejected.append(Rejection(info.pool.name, None, _pool_reason(bad)))
-            if bad:
-                out.append((info, bad))
+            fallback = [item for item in bad if item[1][0] != "draining"]  # not even in panic
+            if fallback:
+                out.append((info, fallback))
         panic = total > 0 and eligible < self.params.panic_threshold * total
         offset = self._offset(ok or out)
         candidates = self._candidates(ctx, ok, offset)
@@ -115,18 +118,19 @@ class Planner:
         if panic:
             candidates += self._candidates(ctx, _unthrottled(out), offset)
             notes.append(f"panic: {eligible} of {total} endpoints eligible (threshold "
-                         f"{self.params.panic_threshold:.0%}); ineligible endpoints follow, except throttled ones")
+                         f"{self.params.panic_threshold:.0%}); ineligible endpoints follow, except throttled "
+                         "and draining ones")
         if not candidates:
             notes.append(f"no eligible endpoint for model {ctx.model!r}")
         return Plan(ctx.model, ctx.client, tuple(candidates), tuple(rejected), panic,
                     self.policy.name, tuple(notes))
 
     @staticmethod
-    def _static_reason(info: _PoolInfo, ctx: RequestContext) -> str | None:
+    def _static_reason(info: _PoolInfo, ctx: RequestContext, drained: frozenset[str]) -> str | None:
         pool = info.pool
         if pool.name in ctx.exclude_pools:
             return "excluded"
-        if pool.draining:
+        if pool.draining or pool.name in drained:
             return "draining"
         if ctx.required_tags and not ctx.required_tags <= info.tags:
             return "tags"
