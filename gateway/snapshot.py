@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from gateway.auth import Authenticator
 from gateway.config import Config
@@ -36,9 +37,13 @@ def observation_params(cfg: Config) -> ObservationParams:
 
 def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
                   simulated: Mapping[str, list[str]] | None = None,
-                  previous: RoutingSnapshot | None = None) -> RoutingSnapshot:
-    topology = build_topology(cfg, simulated)
+                  previous: RoutingSnapshot | None = None, discovered: Any = None) -> RoutingSnapshot:
+    """``discovered`` (gateway.discovery.Discovered): DNS addresses and registered pools to add;
+    its hooks see the new topology before anyone routes on it."""
+    topology = build_topology(cfg, simulated, discovered)
     observations.sync(topology)
+    for hook in discovered.on_new_topology if discovered is not None else ():
+        hook(topology)
     planner = Planner(topology, observations, cfg.routing.params(), rng,
                       policy=cfg.routing.policy, balancer=cfg.routing.balancer)
     auth = Authenticator.build(cfg.auth, time.monotonic, previous.auth if previous else None)

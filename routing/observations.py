@@ -6,7 +6,9 @@ in-flight counts and the load each vLLM endpoint reports; per pool, a window of 
 to first token (its p95 sets the hedging threshold).
 
 Eligibility (``route_inputs``' first field), first reason wins: "unhealthy", "ejected",
-"breaker_open", "breaker_half_open" (every trial slot taken), "throttled".  ``acquire`` and
+"breaker_open", "breaker_half_open" (every trial slot taken), "throttled"; before all of them
+a hold set from outside: "quarantined" (the canary caught it) or "canary_pending" (not checked
+yet).  Holds outlive ``sync``: an endpoint that leaves and comes back stays held.  ``acquire`` and
 ``release`` wrap every attempt: they count in-flight requests and take and free the
 breaker's trial slots when it is half-open.  ``sync(topology)`` after a reload adds new
 endpoints, drops removed ones and keeps the state of those that remain.
@@ -106,6 +108,18 @@ class Observations:
         self._eps: dict[str, _EndpointState] = {}
         self._ttft: dict[str, QuantileWindow] = {}  # pool name -> recent times to first token
         self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
+        self._holds: dict[str, str] = {}  # endpoint id -> "quarantined" | "canary_pending"
+
+    def hold(self, endpoint_id: str, reason: str) -> None:
+        """No traffic for ``endpoint_id`` (not even in panic) until ``unhold``."""
+        self._holds[endpoint_id] = reason
+
+    def unhold(self, endpoint_id: str) -> str | None:
+        """Lift a hold; returns the reason it had, or None."""
+        return self._holds.pop(endpoint_id, None)
+
+    def held(self, endpoint_id: str) -> str | None:
+        return self._holds.get(endpoint_id)
 
     def sync(self, topology: Topology) -> None:
         old, p = self._eps, self.params
@@ -207,11 +221,13 @@ class Observations:
         """The planner's hot path: what ``view`` says, as a plain tuple, with one clock read."""
         st = self._eps.get(endpoint_id)
         if st is None:
-            return (None, None, 0, None, None, None, 0.0)
+            return (self._holds.get(endpoint_id), None, 0, None, None, None, 0.0)
         now = self._clock()
         o = st.outlier
-        reason: str | None = None
-        if st.health.state is _UNHEALTHY:
+        reason: str | None = self._holds.get(endpoint_id) if self._holds else None
+        if reason is not None:
+            pass
+        elif st.health.state is _UNHEALTHY:
             reason = "unhealthy"
         elif o is not None and o.ejected_until is not None:
             if now < o.ejected_until:
@@ -255,5 +271,6 @@ class Observations:
             d["times_ejected"] = self.outliers.times_ejected(eid)
             d["latency_samples"] = st.latency.samples
             d["breaker_trials"] = st.breaker.trials
+            d["hold"] = self._holds.get(eid)
             out[eid] = d
         return out
