@@ -18,7 +18,6 @@ the endpoint, not through the proxy, and are counted apart (``infercdn_canary_*`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.config import CanaryCfg
-from gateway.discovery import DISCOVERED
+from gateway.discovery import DISCOVERED, periodic
 from gateway.state import METRICS, OBSERVATIONS, SNAPSHOT
 from routing.topology import Endpoint, Pool, Topology
 
@@ -266,22 +265,6 @@ def canary_loop(clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0
             canary = Canary(app, http, clock)
             app[DISCOVERED].on_new_topology.append(canary.hold_new)
             canary.hold_new(app[SNAPSHOT].current.topology)
-
-            async def loop() -> None:
-                while True:
-                    try:
-                        await canary.round()
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:  # a bug in one round must not stop the loop
-                        log.exception("canary round failed")
-                    await asyncio.sleep(tick)
-
-            task = asyncio.create_task(loop())
-            try:
+            async with periodic("canary", tick, canary.round):
                 yield
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
     return ctx

@@ -129,6 +129,34 @@ async def resolve_round(app: web.Application, resolver: Resolver, due: dict[str,
         refresh(app, f"DNS of {', '.join(changed)}")
 
 
+@contextlib.asynccontextmanager
+async def periodic(name: str, every_s: float, step: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """Run ``step`` every ``every_s`` seconds in a task while the block runs.  A client library
+    that swallows a cancellation (seen with redis-py mid-call) cannot keep the task alive: the
+    loop stops on its own once it is being cancelled."""
+    async def loop() -> None:
+        me = asyncio.current_task()
+        while True:
+            started = time.monotonic()
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one round must not stop the loop
+                log.exception("%s round failed", name)
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
+            await asyncio.sleep(max(0.0, every_s - (time.monotonic() - started)))
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def dns_watcher(resolver: Resolver | None = None, tick_s: float = 0.5
                 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The DNS source as a cleanup context; ``resolver`` defaults to the system's."""
@@ -138,22 +166,6 @@ def dns_watcher(resolver: Resolver | None = None, tick_s: float = 0.5
         due: dict[str, float] = {}
         errors = app[METRICS].discovery_errors.labels("dns")
         tick = min([tick_s, *(t[3] for t in targets)])
-
-        async def loop() -> None:
-            while True:
-                try:
-                    await resolve_round(app, res, due, errors.inc)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a bug in one round must not stop the loop
-                    log.exception("DNS round failed")
-                await asyncio.sleep(tick)
-
-        task = asyncio.create_task(loop())
-        try:
+        async with periodic("DNS", tick, lambda: resolve_round(app, res, due, errors.inc)):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     return ctx

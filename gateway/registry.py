@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import RegistryCfg
-from gateway.discovery import DISCOVERED, refresh
+from gateway.discovery import DISCOVERED, periodic, refresh
 from gateway.fleet import Refusal, registered_pools
 from gateway.state import METRICS, SNAPSHOT
 from routing.announce import KEY_PART
@@ -130,24 +130,10 @@ def registry_watcher(wall: Callable[[], float] = time.time) -> Callable[[web.App
         client = aioredis.Redis.from_url(reg.redis_url, socket_timeout=reg.timeout_s,
                                          socket_connect_timeout=reg.timeout_s)
 
-        async def loop() -> None:
-            while True:
-                started = time.monotonic()
-                try:
-                    await poll(app, client, state, wall)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a bug in one round must not stop the loop
-                    log.exception("registry round failed")
-                await asyncio.sleep(max(0.0, reg.poll_s - (time.monotonic() - started)))
-
-        task = asyncio.create_task(loop())
         try:
-            yield
+            async with periodic("registry", reg.poll_s, lambda: poll(app, client, state, wall)):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             with contextlib.suppress(Exception):
                 await client.aclose()
     return ctx
