@@ -8,7 +8,7 @@ its region's tags (a provider chooses its region, so region tags would be trust 
 
 Endpoints of one provider in one region serving the same models at the same price form one
 pool, named ``<provider>@<region>`` (``#2``, ``#3`` … for further groups); an endpoint's id is
-``<provider>/<id>``."""
+``<provider>:<id>``."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -78,7 +78,7 @@ def registered_pools(cfg: Config, raws: Iterable[bytes | str], now: float) -> tu
             refused.extend(Refusal(a.provider, a.id, "name_taken") for a in anns)
             continue
         provider = cfg.registry.provider(first.provider)  # type: ignore[union-attr]
-        eps = tuple(Endpoint(f"{a.provider}/{a.id}", a.url.rstrip("/"), name, 1.0, a.health_url) for a in anns)
+        eps = tuple(Endpoint(f"{a.provider}:{a.id}", a.url.rstrip("/"), name, 1.0, a.health_url) for a in anns)
         pools.append(Pool(name, first.region, {m: m for m in first.models}, eps,
                           frozenset(provider.tags) if provider else frozenset(), first.price_per_mtok,
                           max_context=first.max_model_len, region_tags=False, provider=first.provider))

@@ -134,7 +134,7 @@ async def test_static_pools_work_beside_the_registry(sim_factory, gateway_factor
         assert await chat(s, gw, LONDON) == 200
     assert static.stats.requests_total == 1 and joined.stats.requests_total == 1  # London: the nearer one
     obs = await get_json(gw.url + "/admin/observations")
-    assert {"static-0", "acme/" + joined.url.removeprefix("http://")} <= set(obs)
+    assert {"static-0", "acme:" + joined.url.removeprefix("http://")} <= set(obs)
 
 
 async def test_a_dead_worker_lapses_with_no_failed_request(sim_factory, gateway_factory, register,
@@ -157,7 +157,7 @@ async def test_a_dead_worker_lapses_with_no_failed_request(sim_factory, gateway_
         for _ in range(4):
             statuses.append(await chat(s, gw, LONDON))
     assert statuses == [200] * len(statuses)
-    assert await registered_ids(gw) == {"acme/" + b.url.removeprefix("http://")}
+    assert await registered_ids(gw) == {"acme:" + b.url.removeprefix("http://")}
 
 
 async def test_a_provider_without_a_valid_token_is_refused(sim_factory, gateway_factory, register,
@@ -228,7 +228,8 @@ async def test_an_impostor_is_quarantined_and_gets_no_client_traffic(sim_factory
     await register(reference, "acme", "us-east")
     await register(honest, "cheap", "ap-southeast")
     await register(impostor, "shady", "eu-west")  # nearest to London
-    imp_id, honest_id = "shady/" + impostor.url.removeprefix("http://"), "cheap/" + honest.url.removeprefix("http://")
+    imp_id, honest_id = "shady:" + impostor.url.removeprefix("http://"), "cheap:" + honest.url.removeprefix("http://")
+    await until(lambda: _has(gw, 3))
 
     async def judged() -> bool:
         v = (await get_json(gw.url + "/admin/canary"))["endpoints"]
