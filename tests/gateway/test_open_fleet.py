@@ -288,3 +288,49 @@ async def test_the_sim_command_registers_and_withdraws_on_stop(redis_url: str) -
         await proc.wait()
         await client.aclose()
 
+
+
+async def test_registry_down_keeps_the_last_fleet(sim_factory, gateway_factory, register, caplog,
+                                                  redis_url: str) -> None:  # noqa: F811
+    import redis.asyncio as aioredis
+
+    sim = await sim_factory()
+    gw = await gateway_factory(fleet_config(redis_url))
+    await register(sim, "acme", "eu-west")
+    await until(lambda: _has(gw, 1))
+    client = aioredis.Redis.from_url(redis_url)
+    with contextlib.suppress(Exception):
+        await client.shutdown(nosave=True)  # Redis goes away
+    await client.aclose()
+
+    async def errors_counted() -> bool:
+        return (await get_json(gw.url + "/admin/registry"))["errors"] > 0
+    await until(errors_counted)
+    async with aiohttp.ClientSession() as s:
+        assert [await chat(s, gw, LONDON) for _ in range(3)] == [200] * 3
+        async with s.get(gw.url + "/metrics") as r:
+            assert 'infercdn_discovery_errors_total{source="registry"}' in await r.text()
+    assert await _has(gw, 1) and sim.stats.requests_total == 3
+    assert any("keeping the last fleet seen (1 endpoints)" in r.getMessage() for r in caplog.records)
+
+
+async def test_revoking_a_provider_by_reload_takes_its_traffic_at_once(sim_factory, gateway_factory, register,
+                                                                       tmp_path, redis_url: str) -> None:  # noqa: F811
+    import yaml
+
+    near, far = await sim_factory(), await sim_factory()
+    data = fleet_config(redis_url, {"acme": ["verified"], "cheap": []})
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(data))
+    gw = await gateway_factory(data, config_path=path)
+    await register(near, "cheap", "eu-west")
+    await register(far, "acme", "us-east")
+    await until(lambda: _has(gw, 2))
+    data["registry"]["providers"][1]["revoked"] = True
+    path.write_text(yaml.safe_dump(data))
+    async with aiohttp.ClientSession() as s:
+        assert await chat(s, gw, LONDON) == 200
+        async with s.post(gw.url + "/admin/reload") as r:
+            assert r.status == 200
+        assert [await chat(s, gw, LONDON) for _ in range(3)] == [200] * 3  # no poll needed in between
+    assert near.stats.requests_total == 1 and far.stats.requests_total == 3
