@@ -104,8 +104,13 @@ class Registrar:
             await self.renew()
             await asyncio.sleep(self.reg.lease_s / 3)
 
+    def rejoin(self) -> None:
+        """Renewals work again after a withdraw (a restarted server is ready again)."""
+        self.withdrawn = False
+
     async def withdraw(self) -> None:
-        """Leave the registry at once (draining or stopping); later renewals do nothing."""
+        """Leave the registry at once (draining, stopping, or the server died); renewals do
+        nothing until ``rejoin``."""
         if self.withdrawn:
             return
         self.withdrawn = True
