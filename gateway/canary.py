@@ -168,16 +168,22 @@ class Canary:
             ref = self.state.references.get((model, i))
             if ref is not None and now - ref.at < cfg.reference_ttl_s:
                 continue
-            for pool, ep in refs:  # the first reference that answers
+            for pool, ep in refs:  # the first reference that answers as itself
+                upstream = pool.models[model]
                 try:
-                    await self._identity(ep, pool.models[model], cfg)
-                    ids, _ = await self._completion(ep, pool.models[model], prompt, cfg)
+                    wrong = await self._identity(ep, upstream, cfg)
+                    ids, named = await self._completion(ep, upstream, prompt, cfg) if wrong is None else ((), None)
                 except Inconclusive:
+                    continue
+                if wrong is not None or named != upstream:
+                    log.warning("canary: reference %s does not serve %s as registered (%s); not used",
+                                ep.id, upstream, wrong or {"model_field": named})
                     continue
                 if ref is not None and ref.tokens != ids:
                     log.warning("canary: reference endpoints disagree on %s prompt %d: %s had %s, %s says %s",
                                 model, i, ref.endpoint, list(ref.tokens), ep.id, list(ids))
                 self.state.references[(model, i)] = Reference(ids, now, ep.id)
+                self.state.verdicts[ep.id] = Verdict("pass", self.clock(), "reference")
                 self.app[METRICS].canary_checks.labels(pool.name, ep.id, "reference").inc()
                 break
 
