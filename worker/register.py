@@ -94,7 +94,7 @@ class Registrar:
             return False
         self.renewals += 1
         if self.renewals == 1:
-            log.info("registered %s as %s/%s in %s (lease %g s)", ann.url, ann.provider, ann.id,
+            log.info("registered %s as %s:%s in %s (lease %g s)", ann.url, ann.provider, ann.id,
                      ann.region, self.reg.lease_s)
         return True
 
@@ -117,7 +117,7 @@ class Registrar:
         try:
             async with asyncio.timeout(2.0):
                 await self._connect().delete(self.key)
-            log.info("withdrew %s/%s from the registry", self.announcement.provider, self.announcement.id)
+            log.info("withdrew %s:%s from the registry", self.announcement.provider, self.announcement.id)
         except Exception as exc:  # noqa: BLE001 - the lease lapses by itself
             self._warn(exc)
 
