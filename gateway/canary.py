@@ -27,8 +27,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.background import every
 from gateway.config import CanaryCfg
-from gateway.discovery import DISCOVERED, periodic
+from gateway.discovery import DISCOVERED
 from gateway.state import METRICS, OBSERVATIONS, SNAPSHOT
 from routing.topology import Endpoint, Pool, Topology
 
@@ -271,6 +272,6 @@ def canary_loop(clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0
             canary = Canary(app, http, clock)
             app[DISCOVERED].on_new_topology.append(canary.hold_new)
             canary.hold_new(app[SNAPSHOT].current.topology)
-            async with periodic("canary", tick, canary.round):
+            async with every(tick, canary.round, "canary"):
                 yield
     return ctx

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
+from gateway.background import every
 from gateway.config import Config
 from gateway.snapshot import make_snapshot
 from gateway.state import METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
@@ -111,10 +112,10 @@ async def resolve_round(app: web.Application, resolver: Resolver, due: dict[str,
     now = time.monotonic()
     targets = [t for t in dns_targets(app[SNAPSHOT].current.config) if due.get(t[0], 0.0) <= now]
     changed = []
-    for eid, host, port, every in targets:
-        due[eid] = now + every
+    for eid, host, port, refresh_s in targets:
+        due[eid] = now + refresh_s
         try:
-            async with asyncio.timeout(max(1.0, every)):
+            async with asyncio.timeout(max(1.0, refresh_s)):
                 addrs = tuple(sorted(set(await resolver(host, port))))
         except (OSError, asyncio.TimeoutError) as exc:
             on_error()
@@ -129,34 +130,6 @@ async def resolve_round(app: web.Application, resolver: Resolver, due: dict[str,
         refresh(app, f"DNS of {', '.join(changed)}")
 
 
-@contextlib.asynccontextmanager
-async def periodic(name: str, every_s: float, step: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
-    """Run ``step`` every ``every_s`` seconds in a task while the block runs.  A client library
-    that swallows a cancellation (seen with redis-py mid-call) cannot keep the task alive: the
-    loop stops on its own once it is being cancelled."""
-    async def loop() -> None:
-        me = asyncio.current_task()
-        while True:
-            started = time.monotonic()
-            try:
-                await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug in one round must not stop the loop
-                log.exception("%s round failed", name)
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError
-            await asyncio.sleep(max(0.0, every_s - (time.monotonic() - started)))
-
-    task = asyncio.create_task(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 def dns_watcher(resolver: Resolver | None = None, tick_s: float = 0.5
                 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The DNS source as a cleanup context; ``resolver`` defaults to the system's."""
@@ -166,6 +139,6 @@ def dns_watcher(resolver: Resolver | None = None, tick_s: float = 0.5
         due: dict[str, float] = {}
         errors = app[METRICS].discovery_errors.labels("dns")
         tick = min([tick_s, *(t[3] for t in targets)])
-        async with periodic("DNS", tick, lambda: resolve_round(app, res, due, errors.inc)):
+        async with every(tick, lambda: resolve_round(app, res, due, errors.inc), "DNS"):
             yield
     return ctx

@@ -18,7 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import RegistryCfg
-from gateway.discovery import DISCOVERED, periodic, refresh
+from gateway.background import every
+from gateway.discovery import DISCOVERED, refresh
 from gateway.fleet import Refusal, registered_pools
 from gateway.state import METRICS, SNAPSHOT
 from routing.announce import KEY_PART
@@ -131,7 +132,7 @@ def registry_watcher(wall: Callable[[], float] = time.time) -> Callable[[web.App
                                          socket_connect_timeout=reg.timeout_s)
 
         try:
-            async with periodic("registry", reg.poll_s, lambda: poll(app, client, state, wall)):
+            async with every(reg.poll_s, lambda: poll(app, client, state, wall), "registry"):
                 yield
         finally:
             with contextlib.suppress(Exception):

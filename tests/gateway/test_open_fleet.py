@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from routing.announce import token_hash
-from tests.conftest import LONDON, REGIONS, SINGAPORE, US
+from tests.conftest import LONDON, REGIONS, SINGAPORE, US, base_config
 from tests.gateway.test_shared_limits import redis_url  # noqa: F401 - a throwaway redis-server
 from worker.register import Registrar, Registration
 
@@ -33,20 +33,11 @@ def fleet_config(redis: str, providers: dict[str, list[str]] | None = None, stat
                  **sections: Any) -> dict[str, Any]:
     """A gateway in Frankfurt with no static pools (unless ``static``), reading the registry."""
     providers = providers if providers is not None else {"acme": ["verified"]}
-    data: dict[str, Any] = {
-        "gateway": {"host": "127.0.0.1", "port": 0, "location": {"lat": 50.11, "lon": 8.68}, "region": "eu-west"},
-        "health": {"interval_s": 0.2, "timeout_s": 0.5, "rise": 1, "fall": 1},
-        "load": {"scrape_interval_s": 0.2, "stale_s": 2.0},
-        "retry": {"max_attempts": 4, "backoff_base_ms": 1, "backoff_max_ms": 5},
-        "timeouts": {"connect_s": 0.5},
-        "models": {"*": {"ttft_deadline_s": 5, "stall_timeout_s": 5, "total_deadline_s": 30}},
-        "regions": [dict(r) for r in REGIONS],
-        "pools": static or [],
-        "registry": {"redis_url": redis, "poll_s": 0.1, "timeout_s": 1.0,
-                     "providers": [{"name": n, "token_sha256": token_hash(TOKENS[n]), "tags": tags}
-                                   for n, tags in providers.items()]},
-    }
-    data.update(sections)
+    data = base_config({}, **sections)
+    data["pools"] = static or []
+    data["registry"] = {"redis_url": redis, "poll_s": 0.1, "timeout_s": 1.0,
+                        "providers": [{"name": n, "token_sha256": token_hash(TOKENS[n]), "tags": tags}
+                                      for n, tags in providers.items()]}
     return data
 
 

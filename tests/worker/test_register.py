@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.worker.test_vllm_launcher import fake_root, free_port, supervisor, wait_for  # noqa: F401
+from tests.worker.test_vllm_launcher import fake_root, supervisor, wait_for  # noqa: F401
 from worker import register
 from worker.vllm.cli import registrar_for
 from worker.vllm.config import build_config
