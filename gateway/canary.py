@@ -147,6 +147,7 @@ class Canary:
             return
         topology = self.app[SNAPSHOT].current.topology
         now = self.clock()
+        self._forget_gone(topology)
         jobs = []
         for model in sorted(topology.models()):
             serving = [(p, ep) for p in topology.pools if model in p.models for ep in p.endpoints]
@@ -162,6 +163,16 @@ class Canary:
             async with gate:
                 await job
         await asyncio.gather(*(bounded(j) for j in jobs))
+
+    def _forget_gone(self, topology: Topology) -> None:
+        """Endpoints that left are forgotten, except the quarantined: one that comes back under
+        the same id stays out until it passes."""
+        obs = self.app[OBSERVATIONS]
+        for eid in [e for e, v in self.state.verdicts.items() if e not in topology.endpoints and v.result != "fail"]:
+            del self.state.verdicts[eid]
+            self.state.due.pop(eid, None)
+            if obs.held(eid) == "canary_pending":
+                obs.unhold(eid)
 
     async def _refresh_references(self, model: str, refs: list[tuple[Pool, Endpoint]], cfg: CanaryCfg,
                                   now: float) -> None:

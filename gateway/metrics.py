@@ -95,6 +95,6 @@ def build_metrics() -> GatewayMetrics:
                                 ["endpoint"], registry=r),
         canary_tokens=Counter("infercdn_canary_tokens", "Tokens generated for the canary", ["endpoint"], registry=r),
         endpoint_quarantined=Gauge("infercdn_endpoint_quarantined", "1 while the canary holds the endpoint out "
-                                   "(quarantined), 0.5 while its first check is pending", ["pool", "endpoint"],
+                                   "(quarantined)", ["pool", "endpoint"],
                                    registry=r),
     )

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -248,6 +249,27 @@ async def test_an_impostor_is_quarantined_and_gets_no_client_traffic(sim_factory
                        if line.startswith("infercdn_upstream_attempts_total") and imp_id in line]
     assert client_attempts == []
     assert impostor.stats.paths["/v1/chat/completions"] == 0 and honest.stats.paths["/v1/completions"] > 0
+
+
+async def test_a_quarantined_endpoint_comes_back_when_it_passes_again(sim_factory, gateway_factory, register,
+                                                                      redis_url: str) -> None:  # noqa: F811
+    reference, impostor = await sim_factory(), await sim_factory(model_seed=99)
+    gw = await gateway_factory(fleet_config(redis_url, {"acme": ["verified"], "shady": []},
+                                            canary={"interval_s": 0.3, "max_tokens": 4}))
+    await register(reference, "acme", "us-east")
+    await register(impostor, "shady", "eu-west")
+    imp_id = "shady:" + impostor.url.removeprefix("http://")
+
+    def verdict(want: str) -> Callable[[], Any]:
+        async def check() -> bool:
+            return (await get_json(gw.url + "/admin/canary"))["endpoints"].get(imp_id, {}).get("result") == want
+        return check
+    await until(verdict("fail"))
+    impostor.core.config = replace(impostor.core.config, model_seed=0)  # now it serves the real weights
+    await until(verdict("pass"))
+    async with aiohttp.ClientSession() as s:
+        assert await chat(s, gw, LONDON) == 200
+    assert impostor.stats.paths["/v1/chat/completions"] == 1  # the nearest pool again
 
 
 async def test_the_sim_command_registers_and_withdraws_on_stop(redis_url: str) -> None:  # noqa: F811
