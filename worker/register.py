@@ -167,9 +167,10 @@ def add_arguments(parser: Any) -> None:
     add("--registry-prefix", default="infercdn:", help="key prefix in Redis (default %(default)s)")
 
 
-def from_args(args: Any, environ: dict[str, str] | None = None) -> Registration | None:
+def from_args(args: Any, environ: dict[str, str] | None = None, listen_host: str | None = None
+              ) -> Registration | None:
     """The Registration the flags ask for, or None without ``--register``; ValueError names
-    what is missing."""
+    what is missing (``listen_host``: where the worker listens, to catch an unreachable URL)."""
     if not getattr(args, "register", None):
         return None
     env = os.environ if environ is None else environ
@@ -182,5 +183,8 @@ def from_args(args: Any, environ: dict[str, str] | None = None) -> Registration 
         raise ValueError(f"--register {args.register!r}: expected a redis://, rediss:// or unix:// URL")
     if args.lease_s <= 0 or (args.price is not None and args.price < 0):
         raise ValueError("--lease must be > 0 and --price >= 0")
+    if listen_host in ("0.0.0.0", "::", "") and not args.advertise_url:
+        raise ValueError(f"listening on all addresses ({listen_host or '*'}): give --advertise-url with an "
+                         "address gateways can reach")
     return Registration(args.register, args.provider, args.region, token, args.price, args.lease_s,
                         args.registry_prefix, args.endpoint_id, args.advertise_url)

@@ -29,9 +29,11 @@ def test_flags_need_provider_region_and_token() -> None:
         register.from_args(parse("--register", "redis://r:6379"), environ={})
     with pytest.raises(ValueError, match="redis://"):
         register.from_args(parse("--register", "http://r", "--provider", "p", "--region", "eu"), {"INFERCDN_PROVIDER_TOKEN": "t"})
-    reg = register.from_args(parse("--register", "redis://r:6379", "--provider", "p", "--region", "eu", "--price", "0.4"),
-                             {"INFERCDN_PROVIDER_TOKEN": "t"})
+    args = parse("--register", "redis://r:6379", "--provider", "p", "--region", "eu", "--price", "0.4")
+    reg = register.from_args(args, {"INFERCDN_PROVIDER_TOKEN": "t"}, listen_host="127.0.0.1")
     assert reg == register.Registration("redis://r:6379", "p", "eu", "t", 0.4)
+    with pytest.raises(ValueError, match="--advertise-url"):  # 0.0.0.0 is no address for a gateway
+        register.from_args(args, {"INFERCDN_PROVIDER_TOKEN": "t"}, listen_host="0.0.0.0")
 
 
 def test_vllm_announces_its_served_name_and_the_control_ports_health() -> None:

@@ -78,7 +78,7 @@ async def serve(config: SimConfig, host: str, port: int, *, announce: Callable[[
 def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
-        registration = register.from_args(args)
+        registration = register.from_args(args, listen_host=args.host)
     except ValueError as exc:
         print(f"infercdn worker sim: {exc}", file=sys.stderr)
         return 2

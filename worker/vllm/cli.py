@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
-        registration = register.from_args(args)
+        registration = register.from_args(args, listen_host=cfg.host)
     except (ConfigError, ValueError) as exc:
         print(f"infercdn worker vllm: {exc}", file=sys.stderr)
         return 2
