@@ -148,15 +148,18 @@ class Canary:
         topology = self.app[SNAPSHOT].current.topology
         now = self.clock()
         self._forget_gone(topology)
-        jobs = []
         for model in sorted(topology.models()):
-            serving = [(p, ep) for p in topology.pools if model in p.models for ep in p.endpoints]
-            refs = [(p, ep) for p, ep in serving if is_reference(p, topology, cfg)]
+            refs = [(p, ep) for p in topology.pools if model in p.models and is_reference(p, topology, cfg)
+                    for ep in p.endpoints]
             await self._refresh_references(model, refs, cfg, now)
-            for pool, ep in serving:
-                if self.state.due.get(ep.id, 0.0) <= now and (pool, ep) not in refs:
+        jobs = []
+        for pool in topology.pools:
+            if is_reference(pool, topology, cfg):
+                continue
+            for ep in pool.endpoints:
+                if self.state.due.get(ep.id, 0.0) <= now:
                     self.state.due[ep.id] = now + cfg.interval_s
-                    jobs.append(self.check(model, pool, ep, cfg))
+                    jobs.append(self.check(pool, ep, cfg))
         gate = asyncio.Semaphore(8)
 
         async def bounded(job: Any) -> None:
@@ -211,12 +214,16 @@ class Canary:
         listed = await _listed(self.http, ep, cfg)
         return None if upstream in listed else {"check": "v1_models", "expected": upstream, "listed": listed}
 
-    async def check(self, model: str, pool: Pool, ep: Endpoint, cfg: CanaryCfg) -> None:
-        upstream = pool.models[model]
+    async def check(self, pool: Pool, ep: Endpoint, cfg: CanaryCfg) -> None:
+        """Every model of the endpoint's pool; the first that fails decides."""
+        evidence = None
         try:
-            evidence = await self._identity(ep, upstream, cfg)
-            if evidence is None:
-                evidence = await self._compare(model, ep, upstream, cfg)
+            for model in sorted(pool.models):
+                upstream = pool.models[model]
+                evidence = await self._identity(ep, upstream, cfg) or await self._compare(model, ep, upstream, cfg)
+                if evidence is not None:
+                    evidence["model"] = model
+                    break
         except Inconclusive as exc:
             self.app[METRICS].canary_checks.labels(pool.name, ep.id, "error").inc()
             log.info("canary: %s inconclusive (%s)", ep.id, exc)
