@@ -25,7 +25,7 @@ from gateway.background import every
 from gateway.config import Config
 from gateway.snapshot import make_snapshot
 from gateway.state import METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
-from routing.topology import Endpoint
+from routing.topology import Endpoint, Topology
 
 log = logging.getLogger("infercdn.discovery")
 
@@ -40,7 +40,7 @@ class Discovered:
     registered: tuple[bytes, ...] = ()  # raw announcements, verified at each build (gateway.fleet)
     registered_at: float = 0.0  # wall clock of that read: leases are judged against it
     # called with the new snapshot's topology before it is swapped in (the canary holds new endpoints)
-    on_new_topology: list[Callable[[object], None]] = field(default_factory=list)
+    on_new_topology: list[Callable[[Topology], None]] = field(default_factory=list)
 
     def expand(self, ep: Endpoint, refresh: bool) -> list[Endpoint]:
         """A static endpoint as routed: itself, or one endpoint per resolved address."""

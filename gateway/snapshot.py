@@ -4,11 +4,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from gateway.auth import Authenticator
 from gateway.config import Config
-from gateway.state import RoutingSnapshot, build_topology
+from gateway.state import Discoveries, RoutingSnapshot, build_topology
 from routing.breaker import BreakerParams
 from routing.observations import ObservationParams, Observations
 from routing.planner import Planner
@@ -37,7 +36,7 @@ def observation_params(cfg: Config) -> ObservationParams:
 
 def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
                   simulated: Mapping[str, list[str]] | None = None,
-                  previous: RoutingSnapshot | None = None, discovered: Any = None) -> RoutingSnapshot:
+                  previous: RoutingSnapshot | None = None, discovered: Discoveries | None = None) -> RoutingSnapshot:
     """``discovered`` (gateway.discovery.Discovered): DNS addresses and registered pools to add;
     its hooks see the new topology before anyone routes on it."""
     topology = build_topology(cfg, simulated, discovered)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from aiohttp import web
 
@@ -26,8 +26,18 @@ class RoutingSnapshot:
     auth: object = None  # gateway.auth.Authenticator
 
 
+class Discoveries(Protocol):
+    """What the discovery sources found (gateway.discovery.Discovered)."""
+
+    registered: tuple[bytes, ...]  # raw registry announcements, verified at each build
+    registered_at: float  # wall clock of the read that found them
+    on_new_topology: list[Callable[[Topology], None]]
+
+    def expand(self, ep: Endpoint, refresh: bool) -> list[Endpoint]: ...
+
+
 def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None,
-                   discovered: Any = None, now: float | None = None) -> Topology:
+                   discovered: Discoveries | None = None) -> Topology:
     """Topology from validated config; ``simulated`` maps pool name -> URLs of local simulators;
     ``discovered`` (a gateway.discovery.Discovered) adds DNS addresses and registered pools."""
     regions = {
@@ -48,8 +58,7 @@ def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None
     if discovered is not None and discovered.registered:
         from gateway.fleet import registered_pools
 
-        at = discovered.registered_at if now is None else now
-        pools += registered_pools(cfg, discovered.registered, at)[0]
+        pools += registered_pools(cfg, discovered.registered, discovered.registered_at)[0]
     g = cfg.gateway
     return Topology(regions, tuple(pools), Location(g.location.lat, g.location.lon, city=g.location.name),
                     g.region)
