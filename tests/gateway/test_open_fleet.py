@@ -347,3 +347,26 @@ async def test_revoking_a_provider_by_reload_takes_its_traffic_at_once(sim_facto
             assert r.status == 200
         assert [await chat(s, gw, LONDON) for _ in range(3)] == [200] * 3  # no poll needed in between
     assert near.stats.requests_total == 1 and far.stats.requests_total == 3
+
+
+async def test_an_endpoint_whose_models_list_lacks_the_registered_name_is_quarantined(
+        sim_factory, gateway_factory, register, redis_url: str) -> None:  # noqa: F811
+    reference, liar = await sim_factory(), await sim_factory(model="small-model")
+    gw = await gateway_factory(fleet_config(redis_url, {"acme": ["verified"], "shady": []},
+                                            canary={"interval_s": 0.3, "max_tokens": 4}))
+    await register(reference, "acme", "us-east")
+    r = Registrar.build(Registration(redis_url, "shady", "eu-west", TOKENS["shady"], lease_s=LEASE_S),
+                        liar.url, ("tiny-chat",), 2048)  # claims a model it does not serve
+    assert await r.renew()
+    liar_id = "shady:" + liar.url.removeprefix("http://")
+    try:
+        async def caught() -> bool:
+            v = (await get_json(gw.url + "/admin/canary"))["endpoints"].get(liar_id, {})
+            return v.get("result") == "fail"
+        await until(caught)
+        evidence = (await get_json(gw.url + "/admin/canary"))["endpoints"][liar_id]["evidence"]
+        assert evidence == {"check": "v1_models", "expected": "tiny-chat", "listed": ["small-model"],
+                            "model": "tiny-chat"}
+    finally:
+        await r.withdraw()
+        await r.close()
