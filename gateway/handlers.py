@@ -113,7 +113,7 @@ def _healthy_models(request: web.Request) -> list[str]:
     for pool in snapshot.topology.pools:
         if pool.draining:
             continue
-        if any(_usable(obs.view(ep.id)) for ep in pool.endpoints):
+        if any(_usable(obs.view(ep.id)) and obs.held(ep.id) is None for ep in pool.endpoints):
             models.update(pool.models)
     return sorted(models)
 
