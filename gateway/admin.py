@@ -44,6 +44,8 @@ def endpoint_state(view: EndpointView) -> str:
         return "drained"
     if view.probe_draining:
         return "draining"
+    if view.hold is not None:
+        return view.hold  # the canary: "quarantined" or "canary_pending"
     if not view.healthy:
         return "unhealthy"
     if view.ejected:
@@ -58,7 +60,7 @@ def endpoint_state(view: EndpointView) -> str:
 def _endpoint(ep: Endpoint, view: EndpointView) -> dict[str, Any]:
     return {"id": ep.id, "url": ep.url, "weight": ep.weight, "state": endpoint_state(view),
             "healthy": view.healthy, "ejected": view.ejected, "breaker": view.breaker,
-            "drained": view.drained, "probe_draining": view.probe_draining,
+            "drained": view.drained, "probe_draining": view.probe_draining, "hold": view.hold,
             "throttled": view.throttled_until is not None, "inflight": view.inflight,
             "running": view.running, "waiting": view.waiting, "kv_usage": view.kv_usage,
             "latency_ms": round(view.latency_ms, 1) if view.latency_ms is not None else None,

@@ -10,11 +10,15 @@ from aiohttp import web
 
 from gateway.access import AccessLog, flusher
 from gateway.background import health_probes, load_scraper
+from gateway.canary import canary_loop
 from gateway.config import Config
+from gateway.discovery import DISCOVERED, Discovered, Resolver, dns_watcher
+from gateway.fleet_admin import fleet_routes
 from gateway.handlers import admin_guard, routes
 from gateway.limits import SharedLimits
 from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
+from gateway.registry import registry_watcher
 from gateway.reload import CONFIG_PATH, CONFIG_TRANSFORM, SIMULATED
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
 from gateway.status import STATUS, StatusFeed
@@ -31,10 +35,12 @@ from routing.topology import Location
 def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
               runtime: Runtime | None = None, geoip_reader: object | None = None,
               config_path: str | Path | None = None,
-              config_transform: Callable[[Config], Config] | None = None) -> web.Application:
+              config_transform: Callable[[Config], Config] | None = None,
+              resolver: Resolver | None = None) -> web.Application:
     """The gateway application.  ``simulated`` adds local simulator URLs to pools;
     ``geoip_reader`` overrides the configured database (tests); ``config_path`` enables reloads,
-    each config read from it passed through ``config_transform``."""
+    each config read from it passed through ``config_transform``; ``resolver`` answers the DNS
+    look-ups of ``dns_refresh_s`` endpoints (default: the system's)."""
     rt = runtime or Runtime(clock=time.monotonic, rng=random.Random())
     metrics = build_metrics()
 
@@ -61,7 +67,8 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     app[METRICS] = metrics
     app[OBSERVATIONS] = observations
     app[LOCATOR] = locator
-    app[SNAPSHOT] = SnapshotHolder(make_snapshot(cfg, observations, rt.rng, simulated))
+    discovered = app[DISCOVERED] = Discovered()
+    app[SNAPSHOT] = SnapshotHolder(make_snapshot(cfg, observations, rt.rng, simulated, discovered=discovered))
     access = AccessLog(g.access_log)
     app[ACCESS_LOG] = access
     app.cleanup_ctx.append(lambda a: flusher(a, access))
@@ -69,6 +76,10 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     app.cleanup_ctx.append(_upstream_client)
     app.cleanup_ctx.append(health_probes)
     app.cleanup_ctx.append(load_scraper)
+    app.cleanup_ctx.append(canary_loop(rt.clock))  # before the sources: it holds what they add
+    app.cleanup_ctx.append(dns_watcher(resolver))
+    app.cleanup_ctx.append(registry_watcher())
+    app.add_routes(fleet_routes())
     app.add_routes(routes())
     return app
 

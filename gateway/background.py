@@ -42,7 +42,8 @@ def parse_vllm_load(text: str) -> dict[str, float]:
     return out
 
 
-async def _every(interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
+async def _every(interval_s: float, step: Callable[[], Awaitable[None]], name: str) -> None:
+    me = asyncio.current_task()
     while True:
         started = time.monotonic()
         try:
@@ -50,8 +51,23 @@ async def _every(interval_s: float, step: Callable[[], Awaitable[None]]) -> None
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug in one round must not stop the loop
-            log.exception("background round failed")
+            log.exception("%s round failed", name)
+        if me is not None and me.cancelling():  # a client library swallowed our cancellation (redis-py can)
+            raise asyncio.CancelledError
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+
+@contextlib.asynccontextmanager
+async def every(interval_s: float, step: Callable[[], Awaitable[None]], name: str = "background"
+                ) -> AsyncIterator[None]:
+    """Run ``step`` every ``interval_s`` seconds in a task while the block runs."""
+    task = asyncio.create_task(_every(interval_s, step, name))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeout_s: float,
@@ -140,14 +156,8 @@ async def scrape_round(app: web.Application, session: aiohttp.ClientSession, due
 @contextlib.asynccontextmanager
 async def _loop(interval_s: float, step: Callable[[aiohttp.ClientSession], Awaitable[None]]) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=64, enable_cleanup_closed=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        task = asyncio.create_task(_every(interval_s, lambda: step(session)))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with aiohttp.ClientSession(connector=connector) as session, every(interval_s, lambda: step(session)):
+        yield
 
 
 async def health_probes(app: web.Application) -> AsyncIterator[None]:

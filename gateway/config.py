@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config_fleet import CanaryCfg, RegistryCfg, hex_digests
 from routing.balance import BALANCERS
 from routing.plan import RoutingParams
 
@@ -195,6 +196,9 @@ class EndpointCfg(_Model):
     # while draining, which vLLM's own /health does not
     health_url: str | None = None
 
+    # re-resolve the host of `url` this often; each address becomes an endpoint `<id>@<address>`
+    dns_refresh_s: float | None = Field(default=None, gt=0)
+
     @field_validator("health_url")
     @classmethod
     def _health_url(cls, v: str | None) -> str | None:
@@ -273,14 +277,13 @@ class TenantCfg(_Model):
     requests_per_s: float | None = Field(default=None, gt=0)  # token bucket (per gateway, or auth.shared)
     burst: int = Field(default=20, ge=1)
     max_concurrent: int | None = Field(default=None, ge=1)
+    policy: str | None = None  # this tenant's ranking policy (default: routing.policy)
+    cost_slack_ms: float | None = Field(default=None, ge=0)  # policy cost: pools within this of the best
 
     @field_validator("api_key_sha256")
     @classmethod
     def _hex(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for h in v:
-            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
-                raise ValueError(f"{h!r} is not a hex SHA-256 digest (64 hex digits)")
-        return tuple(h.lower() for h in v)
+        return hex_digests(v)
 
 
 class SharedLimitsCfg(_Model):
@@ -321,7 +324,9 @@ class Config(_Model):
     models: dict[str, ModelCfg] = Field(default_factory=dict)
     auth: AuthCfg = AuthCfg()
     regions: tuple[RegionCfg, ...] = Field(min_length=1)
-    pools: tuple[PoolCfg, ...] = Field(min_length=1)
+    pools: tuple[PoolCfg, ...] = ()  # at least one, unless `registry` brings them
+    registry: RegistryCfg | None = None
+    canary: CanaryCfg | None = None
 
 
 _DEFAULT_MODEL = ModelCfg()
@@ -348,7 +353,11 @@ def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:
             if eid in seen_eps:
                 problems.append((f"pools[{i}].endpoints[{j}].id", eid, "duplicate endpoint id"))
             seen_eps.add(eid)
+    if not cfg.pools and cfg.registry is None:
+        problems.append(("pools", _MISSING, "at least one pool is needed (or a `registry` of self-registered ones)"))
     served = {m for p in cfg.pools for m in p.models}
+    if cfg.registry is not None:  # registered pools may serve any model: no "no pool serves" checks
+        served = _AnyModel(served)
     for name, model in cfg.models.items():
         if name != "*" and name not in served:
             problems.append((f"models.{name}", _MISSING, "no pool serves this model"))
@@ -369,11 +378,20 @@ def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:
         for k, model in enumerate(tenant.models):
             if model not in served:
                 problems.append((f"auth.tenants[{i}].models[{k}]", model, "no pool serves this model"))
+    for i, tenant in enumerate(cfg.auth.tenants):
+        if tenant.policy is not None and tenant.policy not in _policy_names():
+            problems.append((f"auth.tenants[{i}].policy", tenant.policy,
+                             f"unknown policy; known: {sorted(_policy_names())}"))
     if cfg.routing.policy not in _policy_names():
         problems.append(("routing.policy", cfg.routing.policy, f"unknown policy; known: {sorted(_policy_names())}"))
     if cfg.routing.balancer not in BALANCERS:
         problems.append(("routing.balancer", cfg.routing.balancer, f"unknown balancer; known: {sorted(BALANCERS)}"))
     return problems
+
+
+class _AnyModel(set):  # type: ignore[type-arg]
+    def __contains__(self, item: object) -> bool:
+        return True
 
 
 def _policy_names() -> set[str]:

@@ -77,7 +77,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         prefix = prefix_hash(req) if snapshot.config.routing.balancer == "prefix_affinity" else None
         ctx = RequestContext(model=req.model, client=location, required_tags=frozenset(t.required_tags),
                              allowed_jurisdictions=frozenset(t.jurisdictions) if t.jurisdictions is not None else None,
-                             prefix_hash=prefix)
+                             prefix_hash=prefix, policy=t.policy, cost_slack_ms=t.cost_slack_ms)
         return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx)
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)
@@ -115,7 +115,7 @@ def _healthy_models(request: web.Request) -> list[str]:
     for pool in snapshot.topology.pools:
         if pool.draining or pool.name in obs.drained_pools:
             continue
-        if any(_usable(obs.view(ep.id)) for ep in pool.endpoints):
+        if any(_usable(obs.view(ep.id)) and obs.held(ep.id) is None for ep in pool.endpoints):
             models.update(pool.models)
     return sorted(models)
 

@@ -29,6 +29,13 @@ class GatewayMetrics:
     client_disconnects: Counter
     resumes: Counter
     shared_limit_errors: Counter
+    discovery_errors: Counter
+    registry_endpoints: Gauge
+    registry_refused: Gauge
+    canary_checks: Counter
+    canary_requests: Counter
+    canary_tokens: Counter
+    endpoint_quarantined: Gauge
 
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -80,4 +87,18 @@ def build_metrics() -> GatewayMetrics:
         shared_limit_errors=Counter("infercdn_shared_limit_errors",
                                     "Redis calls of auth.shared that failed (the gateway's own limits decided)",
                                     registry=r),
+        discovery_errors=Counter("infercdn_discovery_errors", "Failed reads of an endpoint source (the last "
+                                 "endpoints found are kept)", ["source"], registry=r),
+        registry_endpoints=Gauge("infercdn_registry_endpoints", "Self-registered endpoints that count, by provider",
+                                 ["provider"], registry=r),
+        registry_refused=Gauge("infercdn_registry_refused", "Announcements in the registry that do not count, by reason",
+                               ["reason"], registry=r),
+        canary_checks=Counter("infercdn_canary_checks", "Canary verifications by endpoint and result "
+                              "(pass, fail, error, reference)", ["pool", "endpoint", "result"], registry=r),
+        canary_requests=Counter("infercdn_canary_requests", "Requests the canary sent (apart from client traffic)",
+                                ["endpoint"], registry=r),
+        canary_tokens=Counter("infercdn_canary_tokens", "Tokens generated for the canary", ["endpoint"], registry=r),
+        endpoint_quarantined=Gauge("infercdn_endpoint_quarantined", "1 while the canary holds the endpoint out "
+                                   "(quarantined)", ["pool", "endpoint"],
+                                   registry=r),
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.discovery import DISCOVERED
 from gateway.snapshot import make_snapshot
 from gateway.config import Config, ConfigError, load_config
 from gateway.state import ACCESS_LOG, OBSERVATIONS, RUNTIME, SNAPSHOT
@@ -51,7 +52,8 @@ def reload_config(app: web.Application) -> dict[str, object]:
     transform = app.get(CONFIG_TRANSFORM)
     if transform is not None:
         cfg = transform(cfg)
-    snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old)
+    snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old,
+                             app.get(DISCOVERED))
     holder.swap(snapshot)
     access = app.get(ACCESS_LOG)
     if access is not None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from gateway.auth import Authenticator
 from gateway.config import Config
-from gateway.state import RoutingSnapshot, build_topology
+from gateway.state import Discoveries, RoutingSnapshot, build_topology
 from routing.breaker import BreakerParams
 from routing.observations import ObservationParams, Observations
 from routing.planner import Planner
@@ -36,9 +36,13 @@ def observation_params(cfg: Config) -> ObservationParams:
 
 def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
                   simulated: Mapping[str, list[str]] | None = None,
-                  previous: RoutingSnapshot | None = None) -> RoutingSnapshot:
-    topology = build_topology(cfg, simulated)
+                  previous: RoutingSnapshot | None = None, discovered: Discoveries | None = None) -> RoutingSnapshot:
+    """``discovered`` (gateway.discovery.Discovered): DNS addresses and registered pools to add;
+    its hooks see the new topology before anyone routes on it."""
+    topology = build_topology(cfg, simulated, discovered)
     observations.sync(topology)
+    for hook in discovered.on_new_topology if discovered is not None else ():
+        hook(topology)
     planner = Planner(topology, observations, cfg.routing.params(), rng,
                       policy=cfg.routing.policy, balancer=cfg.routing.balancer)
     auth = Authenticator.build(cfg.auth, time.monotonic, previous.auth if previous else None)

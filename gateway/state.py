@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import web
 
@@ -25,8 +26,20 @@ class RoutingSnapshot:
     auth: object = None  # gateway.auth.Authenticator
 
 
-def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None) -> Topology:
-    """Topology from validated config; ``simulated`` maps pool name -> URLs of local simulators."""
+class Discoveries(Protocol):
+    """What the discovery sources found (gateway.discovery.Discovered)."""
+
+    registered: tuple[bytes, ...]  # raw registry announcements, verified at each build
+    registered_at: float  # wall clock of the read that found them
+    on_new_topology: list[Callable[[Topology], None]]
+
+    def expand(self, ep: Endpoint, refresh: bool) -> list[Endpoint]: ...
+
+
+def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None,
+                   discovered: Discoveries | None = None) -> Topology:
+    """Topology from validated config; ``simulated`` maps pool name -> URLs of local simulators;
+    ``discovered`` (a gateway.discovery.Discovered) adds DNS addresses and registered pools."""
     regions = {
         r.name: Region(r.name, Location(r.location.lat, r.location.lon, city=r.location.name),
                        r.jurisdiction, frozenset(r.tags))
@@ -36,10 +49,16 @@ def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None
     for p in cfg.pools:
         eps = [Endpoint(e.id or f"{p.name}-{j}", e.url, p.name, e.weight, e.health_url)
                for j, e in enumerate(p.endpoints)]
+        if discovered is not None:
+            eps = [x for ep, e in zip(eps, p.endpoints) for x in discovered.expand(ep, e.dns_refresh_s is not None)]
         for j, url in enumerate((simulated or {}).get(p.name, [])):
             eps.append(Endpoint(f"{p.name}-sim{j}", url, p.name))
         pools.append(Pool(p.name, p.region, dict(p.models), tuple(eps), frozenset(p.tags), p.price_per_mtok,
                           p.tier, p.draining, p.max_context, p.can_continue))
+    if discovered is not None and discovered.registered:
+        from gateway.fleet import registered_pools
+
+        pools += registered_pools(cfg, discovered.registered, discovered.registered_at)[0]
     g = cfg.gateway
     return Topology(regions, tuple(pools), Location(g.location.lat, g.location.lon, city=g.location.name),
                     g.region)

@@ -6,7 +6,9 @@ in-flight counts and the load each vLLM endpoint reports; per pool, a window of 
 to first token (its p95 sets the hedging threshold).
 
 Eligibility (``route_inputs``' first field), first reason wins: "unhealthy", "ejected",
-"breaker_open", "breaker_half_open" (every trial slot taken), "throttled".  ``acquire`` and
+"breaker_open", "breaker_half_open" (every trial slot taken), "throttled"; before all of them
+a hold set from outside: "quarantined" (the canary caught it) or "canary_pending" (not checked
+yet).  Holds outlive ``sync``: an endpoint that leaves and comes back stays held.  ``acquire`` and
 ``release`` wrap every attempt: they count in-flight requests and take and free the
 breaker's trial slots when it is half-open.  ``sync(topology)`` after a reload adds new
 endpoints, drops removed ones and keeps the state of those that remain.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from routing.breaker import BreakerParams, CircuitBreaker
@@ -82,6 +84,7 @@ class EndpointView:
     throttled_until: float | None = None  # clock() time until which the upstream asked for no requests
     drained: bool = False  # by the operator (admin API)
     probe_draining: bool = False  # its health check answered "draining"
+    hold: str | None = None  # held out of routing: "quarantined" or "canary_pending" (the canary)
 
 
 _UNHEALTHY = HealthState.UNHEALTHY
@@ -118,6 +121,18 @@ class Observations:
         self._pools: frozenset[str] = frozenset()  # names of the topology's pools
         self.drained_pools: frozenset[str] = frozenset()  # drained by the operator
         self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
+        self._holds: dict[str, str] = {}  # endpoint id -> "quarantined" | "canary_pending"
+
+    def hold(self, endpoint_id: str, reason: str) -> None:
+        """No traffic for ``endpoint_id`` (not even in panic) until ``unhold``."""
+        self._holds[endpoint_id] = reason
+
+    def unhold(self, endpoint_id: str) -> str | None:
+        """Lift a hold; returns the reason it had, or None."""
+        return self._holds.pop(endpoint_id, None)
+
+    def held(self, endpoint_id: str) -> str | None:
+        return self._holds.get(endpoint_id)
 
     def sync(self, topology: Topology) -> None:
         old, p = self._eps, self.params
@@ -240,11 +255,13 @@ class Observations:
         """The planner's hot path: what ``view`` says, as a plain tuple, with one clock read."""
         st = self._eps.get(endpoint_id)
         if st is None:
-            return (None, None, 0, None, None, None, 0.0)
+            return (self._holds.get(endpoint_id), None, 0, None, None, None, 0.0)
         now = self._clock()
         o = st.outlier
-        reason: str | None = None
-        if st.health.state is _UNHEALTHY:
+        reason: str | None = self._holds.get(endpoint_id) if self._holds else None
+        if reason is not None:
+            pass
+        elif st.health.state is _UNHEALTHY:
             reason = "unhealthy"
         elif o is not None and o.ejected_until is not None:
             if now < o.ejected_until:
@@ -267,7 +284,7 @@ class Observations:
         st = self._eps.get(endpoint_id)
         o = self.outliers.state(endpoint_id)
         if st is None or o is None:
-            return _NEUTRAL_VIEW
+            return replace(_NEUTRAL_VIEW, hold=self._holds.get(endpoint_id)) if endpoint_id in self._holds else _NEUTRAL_VIEW
         ejected = self.outliers.is_ejected(endpoint_id)
         fresh = self._fresh(st)
         return EndpointView(
@@ -278,7 +295,7 @@ class Observations:
             consecutive_failures=o.consecutive_failures, error_rate=self.outliers.error_rate(endpoint_id),
             breaker=st.breaker.state.value,
             throttled_until=st.throttled_until if self._throttled(st, self._clock()) else None,
-            drained=st.drained, probe_draining=st.probe_draining)
+            drained=st.drained, probe_draining=st.probe_draining, hold=self._holds.get(endpoint_id))
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready state of every endpoint, for the admin API."""
@@ -291,5 +308,6 @@ class Observations:
             d["times_ejected"] = self.outliers.times_ejected(eid)
             d["latency_samples"] = st.latency.samples
             d["breaker_trials"] = st.breaker.trials
+            d["hold"] = self._holds.get(eid)
             out[eid] = d
         return out

@@ -29,6 +29,8 @@ class RequestContext:
     allowed_jurisdictions: frozenset[str] | None = None  # residency: None = anywhere
     prefix_hash: int | None = None  # for optional prefix affinity
     exclude_pools: frozenset[str] = frozenset()
+    policy: str | None = None  # the tenant's ranking policy; None: the planner's
+    cost_slack_ms: float | None = None  # policy cost: how far from the best a cheaper pool may be
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@
 2. Panic: when fewer than ``panic_threshold`` of the model's endpoints (in pools that pass
    the static filters) are eligible, the ineligible ones (unhealthy, ejected, breaker open)
    are tried too, after the eligible ones: better an unlikely endpoint than a certain
-   failure.  Throttled endpoints are the exception: they asked for no requests, and get none.
+   failure.  Throttled endpoints are the exception: they asked for no requests, and get none;
+   so are held ones (quarantined by the canary, or awaiting its first check).
 3. Score per pool, in ms of expected time to first token: geo (client -> region) + excess
    + queue (fresh reported load) + penalty (recent errors, optional price).
    Excess is the measured gateway -> pool latency above the distance prior, less the
@@ -34,10 +35,11 @@ from routing.balance import get_balancer
 from routing.geo import geo_ms
 from routing.observations import Observations, RouteInputs
 from routing.plan import Candidate, Plan, Rejection, RequestContext, RoutingParams, ScoreComponents
-from routing.policies import ScoredPool, get_policy
+from routing.policies import Policy, ScoredPool, get_policy
 from routing.topology import Endpoint, Location, Pool, Region, Topology
 
 _Group = list[tuple[Endpoint, RouteInputs]]
+_NEVER = frozenset({"throttled", "quarantined", "canary_pending"})  # not even in panic
 _GEO_CACHE_SIZE = 4096
 
 
@@ -59,6 +61,7 @@ class Planner:
         self.params = params
         self.rng = rng
         self.policy = get_policy(policy)
+        self._policies = {self.policy.name: self.policy}
         self.balancer = get_balancer(balancer)
         infos = [self._info(p) for p in topology.pools]
         self._by_model: dict[str, list[_PoolInfo]] = {}
@@ -73,7 +76,7 @@ class Planner:
     def _info(self, pool: Pool) -> _PoolInfo:
         region = self.topology.regions[pool.region]
         price = (pool.price_per_mtok or 0.0) * self.params.cost_ms_per_dollar
-        return _PoolInfo(pool, region, pool.tags | region.tags,
+        return _PoolInfo(pool, region, pool.tags | region.tags if pool.region_tags else pool.tags,
                          geo_ms(self.topology.gateway_location, region.location, self.params), price,
                          pool.draining or not pool.endpoints)
 
@@ -123,7 +126,15 @@ class Planner:
         if not candidates:
             notes.append(f"no eligible endpoint for model {ctx.model!r}")
         return Plan(ctx.model, ctx.client, tuple(candidates), tuple(rejected), panic,
-                    self.policy.name, tuple(notes))
+                    self._policy(ctx).name, tuple(notes))
+
+    def _policy(self, ctx: RequestContext) -> Policy:
+        if ctx.policy is None:
+            return self.policy
+        policy = self._policies.get(ctx.policy)
+        if policy is None:
+            policy = self._policies[ctx.policy] = get_policy(ctx.policy)
+        return policy
 
     @staticmethod
     def _static_reason(info: _PoolInfo, ctx: RequestContext, drained: frozenset[str]) -> str | None:
@@ -157,7 +168,7 @@ class Planner:
             return []
         geo = self._client_geo(ctx.client)
         scored = [self._score(info, group, geo[info.region.name], offset) for info, group in groups]
-        ranked = self.policy.rank(ctx, scored)[: self.params.max_pools]
+        ranked = self._policy(ctx).rank(ctx, scored)[: self.params.max_pools]
         out: list[Candidate] = []
         for sp in ranked:
             upstream = sp.pool.models[ctx.model]
@@ -232,10 +243,11 @@ def _measured(group: _Group) -> float | None:
 
 
 def _unthrottled(groups: list[tuple[_PoolInfo, _Group]]) -> list[tuple[_PoolInfo, _Group]]:
-    """Panic's fallback groups without the throttled endpoints (and without emptied groups)."""
+    """Panic's fallback groups without the throttled and held (quarantined, awaiting their first
+    canary) endpoints, and without emptied groups."""
     out: list[tuple[_PoolInfo, _Group]] = []
     for info, group in groups:
-        kept = [item for item in group if item[1][0] != "throttled"]
+        kept = [item for item in group if item[1][0] not in _NEVER]
         if kept:
             out.append((info, kept))
     return out

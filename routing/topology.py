@@ -45,6 +45,8 @@ class Pool:
     draining: bool = False
     max_context: int | None = None
     can_continue: bool = True  # accepts token-id / continue_final_message resumes
+    region_tags: bool = True  # carries its region's tags (false for self-registered pools: trust is per provider)
+    provider: str | None = None  # self-registered pools: who registered them
 
     def upstream_model(self, model: str) -> str:
         return self.models[model]

@@ -20,7 +20,8 @@ class CostPolicy:
         ranked = sorted(scored_pools, key=by_score)
         if not ranked:
             return ranked
-        limit = ranked[0].score_ms + self.slack_ms
+        slack = self.slack_ms if ctx.cost_slack_ms is None else ctx.cost_slack_ms
+        limit = ranked[0].score_ms + slack
         near = [sp for sp in ranked if sp.score_ms <= limit]
         far = ranked[len(near):]
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Callable
 
+from worker import register
 from worker.sim.config import SimConfig
 from worker.sim.faults import FaultSpec
 from worker.sim.server import Simulator
@@ -34,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the simulated weights: same value, same greedy output")
     parser.add_argument("--fault", default=None, type=_fault_arg,
                         help="fault to inject, KIND[:ARG,...], e.g. 429:retry_after=2, cut_after:tokens=5")
+    register.add_arguments(parser)
 
 
 def _fault_arg(text: str) -> str:
@@ -53,8 +56,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     )
 
 
-async def serve(config: SimConfig, host: str, port: int, *, announce: Callable[[str], None] = print) -> None:
-    """Run until SIGINT or SIGTERM, then stop cleanly."""
+async def serve(config: SimConfig, host: str, port: int, *, announce: Callable[[str], None] = print,
+                registration: register.Registration | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then stop cleanly (withdrawn from the registry first)."""
     sim = Simulator(config)
     url = await sim.start(host=host, port=port)
     announce(url)
@@ -62,8 +66,11 @@ async def serve(config: SimConfig, host: str, port: int, *, announce: Callable[[
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    registrar = None if registration is None else register.Registrar.build(
+        registration, url, (config.model,), config.max_model_len)
     try:
-        await stop.wait()
+        async with register.registered(registrar):
+            await stop.wait()
     finally:
         await sim.stop()
 
@@ -71,12 +78,16 @@ async def serve(config: SimConfig, host: str, port: int, *, announce: Callable[[
 def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
+        registration = register.from_args(args, listen_host=args.host)
     except ValueError as exc:
         print(f"infercdn worker sim: {exc}", file=sys.stderr)
         return 2
+    if registration is not None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = _loop_factory()
     with asyncio.Runner(loop_factory=runner) as run:
-        run.run(serve(config, args.host, args.port, announce=lambda url: print(url, flush=True)))
+        run.run(serve(config, args.host, args.port, announce=lambda url: print(url, flush=True),
+                      registration=registration))
     return 0
 
 

@@ -15,8 +15,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
+from worker import register
 from worker.vllm.config import ConfigError, WorkerConfig, build_config, load_config
 from worker.vllm.interpreter import ENV_VAR, cache_root
 from worker.vllm.launcher import Supervisor
@@ -55,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--control-port", type=int,
         help="serve GET /health (200 only when ready, 503 draining) and GET /status here")
     add("-v", "--verbose", action="store_true")
+    register.add_arguments(parser)
     add("extra_args", nargs="*", metavar="-- VLLM_ARGS", help="passed to vLLM unchanged")
 
 
@@ -78,15 +81,32 @@ def resolve_work_dir(cfg: WorkerConfig) -> Path:
     return cache_root() / "vllm-work" / f"{safe}-{cfg.port}"
 
 
+def registrar_for(cfg: WorkerConfig, registration: register.Registration | None) -> register.Registrar | None:
+    """What ``--register`` announces: the server's URL, its served name and context length, and the
+    control port's /health (which says "draining") when there is one."""
+    if registration is None:
+        return None
+    def reachable(host: str) -> str:
+        return advertised or ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host)
+
+    advertised = urlsplit(registration.advertise_url).hostname if registration.advertise_url else None
+    host = reachable(cfg.host)
+    control = f"http://{reachable(cfg.control_host)}:{cfg.control_port}/health" if cfg.control_port else None
+    return register.Registrar.build(registration, f"http://{host}:{cfg.port}", (cfg.name,), cfg.max_model_len,
+                                    control)
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
-    except ConfigError as exc:
+        registration = register.from_args(args, listen_host=cfg.host)
+    except (ConfigError, ValueError) as exc:
         print(f"infercdn worker vllm: {exc}", file=sys.stderr)
         return 2
-    supervisor = Supervisor(cfg, resolve_python(cfg), resolve_work_dir(cfg))
+    supervisor = Supervisor(cfg, resolve_python(cfg), resolve_work_dir(cfg),
+                            registrar=registrar_for(cfg, registration))
     return asyncio.run(_serve(supervisor))
 
 

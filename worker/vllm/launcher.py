@@ -24,6 +24,7 @@ from aiohttp import web
 
 from worker.vllm.command import (backoff_delay, build_command, build_env, consecutive_failures,
                                  requests_in_flight, work_dirs)
+from worker.register import Registrar
 from worker.vllm.config import WorkerConfig
 
 log = logging.getLogger("infercdn.worker.vllm")
@@ -41,8 +42,10 @@ class State(enum.Enum):
 class Supervisor:
     def __init__(self, cfg: WorkerConfig, python: str, work_dir: Path,
                  clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, registrar: Registrar | None = None) -> None:
         self.cfg, self.python, self.work_dir = cfg, python, work_dir
+        self.registrar = registrar  # --register: announced while ready, withdrawn at once otherwise
+        self._renewing: asyncio.Task[None] | None = None
         self.clock, self.rng = clock, rng or random.Random()
         self.state = State.STOPPED
         self.restarts = 0
@@ -77,7 +80,26 @@ class Supervisor:
                 self.state = State.STOPPED
                 if control is not None:
                     await control.cleanup()
+                await self._withdraw()
+                if self.registrar is not None:
+                    await self.registrar.close()
         return 0
+
+    async def _announce(self) -> None:
+        if self.registrar is None:
+            return
+        self.registrar.rejoin()
+        await self.registrar.renew()
+        self._renewing = asyncio.create_task(self.registrar.run())
+
+    async def _withdraw(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
+        if self.registrar is not None:
+            await self.registrar.withdraw()
 
     async def _supervise(self, http: aiohttp.ClientSession) -> None:
         while not self._stop.is_set():
@@ -86,7 +108,9 @@ class Supervisor:
             if ready_at is not None:
                 self.state = State.READY
                 log.info("vLLM ready at %s (pid %d)", self.base_url, proc.pid)
+                await self._announce()
                 await _first(proc.wait(), self._stop.wait())
+                await self._withdraw()  # draining or dead: out of the registry before anything else
             if self._stop.is_set():
                 if ready_at is not None and proc.returncode is None:
                     await self._drain(http)

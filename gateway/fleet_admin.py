@@ -1,0 +1,58 @@
+"""Admin API of the open fleet: the registry as read, the canary's verdicts, and an operator's
+way to clear a quarantine.
+
+POSTs here change routing, so a browser must not be able to send them from another site: they
+need ``Content-Type: application/json`` or the ``X-Infercdn-Admin`` header (neither can be set
+by a plain HTML form), on top of ``gateway.admin_networks``."""
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from gateway.canary import CANARY, clear
+from gateway.errors import error_body
+from gateway.registry import REGISTRY
+
+ADMIN_HEADER = "X-Infercdn-Admin"
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def _forgeable(request: web.Request) -> bool:
+    return request.content_type != "application/json" and ADMIN_HEADER not in request.headers
+
+
+async def admin_registry(request: web.Request) -> web.Response:
+    """GET /admin/registry: registered pools that count, refused announcements, read errors."""
+    state = request.app.get(REGISTRY)
+    return _json(state.as_json(time.time()) if state is not None else {"pools": [], "refused": []})
+
+
+async def admin_canary(request: web.Request) -> web.Response:
+    """GET /admin/canary: each endpoint's last verdict (with evidence) and the references."""
+    state = request.app.get(CANARY)
+    return _json(state.as_json(time.monotonic()) if state is not None else {"endpoints": {}, "references": {}})
+
+
+async def admin_unquarantine(request: web.Request) -> web.Response:
+    """POST /admin/endpoints/{id}/unquarantine: traffic again until the canary's next verdict."""
+    if _forgeable(request):
+        return _json(error_body(f"send Content-Type: application/json or an {ADMIN_HEADER} header",
+                                "invalid_request_error", None, "admin_header_required"), 415)
+    eid = request.match_info["id"]
+    was = clear(request.app, eid)
+    if was is None:
+        return _json(error_body(f"endpoint {eid!r} is not held", "invalid_request_error", "id", "not_held"), 404)
+    return _json({"endpoint": eid, "cleared": was})
+
+
+def fleet_routes() -> list[web.AbstractRouteDef]:
+    return [
+        web.get("/admin/registry", admin_registry),
+        web.get("/admin/canary", admin_canary),
+        web.post("/admin/endpoints/{id}/unquarantine", admin_unquarantine),
+    ]
