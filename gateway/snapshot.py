@@ -38,6 +38,7 @@ def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
                   simulated: Mapping[str, list[str]] | None = None,
                   previous: RoutingSnapshot | None = None) -> RoutingSnapshot:
     topology = build_topology(cfg, simulated)
+    observations.set_params(observation_params(cfg))  # a reload's outlier/breaker/latency settings
     observations.sync(topology)
     planner = Planner(topology, observations, cfg.routing.params(), rng,
                       policy=cfg.routing.policy, balancer=cfg.routing.balancer)
