@@ -15,7 +15,8 @@ from gateway.access import Note
 from gateway.access import line as access_line
 from gateway.auth import check_model
 from gateway.config import ConfigError
-from gateway.errors import GatewayError, ModelNotFound, error_body
+from gateway.errors import GatewayError, ModelNotFound, RateLimited, error_body
+from gateway.quota import QUOTA_HEADERS, count_usage, estimate_prompt_tokens
 from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import ParsedRequest, parse, read_body
 from gateway.state import ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT
@@ -58,6 +59,8 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
     try:
         tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
         note.tenant = tenant.cfg.name
+        now = asyncio.get_running_loop().time()
+        request[QUOTA_HEADERS] = limits.peek(shared, tenant, now)
         raw = await read_body(request, snapshot.config.gateway.max_body_bytes)
         req = parse(kind, path, raw, rid, request.app[RUNTIME].new_id)
         note.request_id, note.model = req.request_id, req.model
@@ -65,9 +68,12 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
-        ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time())
+        ticket = await limits.admit(shared, tenant, now, estimate_prompt_tokens(req.kind, req.body))
+        request[QUOTA_HEADERS] = ticket.quota.headers()
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)
+        if isinstance(exc, RateLimited):
+            request.app[METRICS].of(request.app[METRICS].tenant_limited, tenant.cfg.name, exc.limit).inc()
         return exc.response({"x-request-id": rid} if rid else None)
     try:
         note.client_ip, location = client_location(request)
@@ -86,7 +92,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         request.app[PROXY].metrics.of(request.app[PROXY].metrics.client_disconnects, req.model).inc()
         raise
     finally:
-        limits.done(shared, tenant, ticket)
+        limits.done(shared, tenant, ticket, count_usage(request, request.app[METRICS], tenant.cfg.name, ticket))
 
 
 PREFIX_BYTES = 1024

@@ -28,6 +28,11 @@ class GatewayMetrics:
     client_disconnects: Counter
     resumes: Counter
     shared_limit_errors: Counter
+    tenant_tokens: Counter
+    tenant_requests: Counter
+    tenant_limited: Counter
+    region_healthy: Gauge
+    geoip_build: Gauge
 
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -76,4 +81,15 @@ def build_metrics() -> GatewayMetrics:
         shared_limit_errors=Counter("infercdn_shared_limit_errors",
                                     "Redis calls of auth.shared that failed (the gateway's own limits decided)",
                                     registry=r),
+        # tenant labels are the operator's tenant names (and "anonymous"): a bounded set
+        tenant_tokens=Counter("infercdn_tenant_tokens", "Tokens used per tenant (the pool's usage; estimates "
+                              "where none was reported)", ["tenant", "kind"], registry=r),
+        tenant_requests=Counter("infercdn_tenant_requests", "Requests admitted per tenant", ["tenant"], registry=r),
+        tenant_limited=Counter("infercdn_tenant_rate_limited", "Requests refused by a tenant limit",
+                               ["tenant", "limit"], registry=r),
+        region_healthy=Gauge("infercdn_region_healthy_endpoints",
+                             "Endpoints per region passing health checks and not ejected", ["region"], registry=r),
+        geoip_build=Gauge("infercdn_geoip_build_timestamp_seconds",
+                          "Build time of the GeoIP database in use (Unix seconds; absent without a database)",
+                          registry=r),
     )
