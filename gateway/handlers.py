@@ -59,8 +59,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
     try:
         tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
         note.tenant = tenant.cfg.name
-        now = asyncio.get_running_loop().time()
-        request[QUOTA_HEADERS] = limits.peek(shared, tenant, now)
+        request[QUOTA_HEADERS] = limits.peek(shared, tenant, asyncio.get_running_loop().time())
         raw = await read_body(request, snapshot.config.gateway.max_body_bytes)
         req = parse(kind, path, raw, rid, request.app[RUNTIME].new_id)
         note.request_id, note.model = req.request_id, req.model
@@ -68,7 +67,8 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
-        ticket = await limits.admit(shared, tenant, now, estimate_prompt_tokens(req.kind, req.body))
+        ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time(),
+                                    estimate_prompt_tokens(req.kind, req.body))
         request[QUOTA_HEADERS] = ticket.quota.headers()
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)

@@ -142,8 +142,8 @@ def refill_budget(tenant: Any, now: float) -> float | None:
         return None
     if tenant.budget is None:  # new tenant (or a limit just configured): a full minute
         tenant.budget = float(tpm)
-    tenant.budget = min(float(tpm), tenant.budget + (now - tenant.budget_at) * tpm / 60.0)
-    tenant.budget_at = now
+    tenant.budget = min(float(tpm), tenant.budget + max(0.0, now - tenant.budget_at) * tpm / 60.0)
+    tenant.budget_at = max(now, tenant.budget_at)
     return tenant.budget
 
 
