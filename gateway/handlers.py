@@ -59,7 +59,6 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
     try:
         tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
         note.tenant = tenant.cfg.name
-        request[QUOTA_HEADERS] = limits.peek(shared, tenant, asyncio.get_running_loop().time())
         raw = await read_body(request, snapshot.config.gateway.max_body_bytes)
         req = parse(kind, path, raw, rid, request.app[RUNTIME].new_id)
         note.request_id, note.model = req.request_id, req.model
@@ -72,6 +71,8 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         request[QUOTA_HEADERS] = ticket.quota.headers()
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)
+        if note.tenant is not None:  # the tenant's x-ratelimit-* headers; a 429 brings its own
+            request[QUOTA_HEADERS] = limits.peek(shared, tenant, asyncio.get_running_loop().time())
         if isinstance(exc, RateLimited):
             request.app[METRICS].of(request.app[METRICS].tenant_limited, tenant.cfg.name, exc.limit).inc()
         return exc.response({"x-request-id": rid} if rid else None)
