@@ -97,8 +97,8 @@ def _values(node: Any, parts: list[str], at: str) -> dict[str, Any]:
     if not parts:
         return {at: node}
     head, rest = parts[0], parts[1:]
-    if node is None:
-        return {at: None}
+    if node is None:  # an optional section left out (auth.shared): its fields read as None
+        return {".".join(filter(None, [at, *(p.removesuffix("[]") for p in parts)])): None}
     if head.endswith("[]"):
         out: dict[str, Any] = {}
         for i, item in enumerate(getattr(node, head[:-2])):

@@ -54,6 +54,14 @@ def _changed(node: Any, parts: list[str]) -> Any:
     return node.model_copy(update={head: _changed(child, rest)})
 
 
+def test_adding_or_removing_an_optional_section_is_reported() -> None:
+    without = _cfg()
+    with_shared = _cfg(auth={"shared": {"redis_url": "redis://127.0.0.1:1"}})
+    assert restart_needed(without, with_shared) == ["auth.shared.key_prefix", "auth.shared.redis_url",
+                                                    "auth.shared.timeout_ms"]  # lease_s: None either way
+    assert restart_needed(with_shared, without) == restart_needed(without, with_shared)
+
+
 def test_a_live_change_needs_no_restart() -> None:
     old = _cfg()
     new = _cfg(outlier={"consecutive_failures": 100}, breaker={"failures": 50}, latency={"half_life_s": 3.0},
