@@ -26,8 +26,19 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(VENV)/bin/infercdn up --port $(PORT)
 
+# The whole suite, the real-engine tests included: the vLLM CPU venv and the tiny model are built
+# once into the cache (minutes the first time, instant afterwards), and INFERCDN_REQUIRE_VLLM=1
+# turns a would-be skip of a `vllm` test into a failure.  `make test-fast`: everything else.
+CACHE_DIR ?= $${INFERCDN_CACHE:-$$HOME/.cache/infercdn}
+
 test: install-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	py="$$(bash scripts/vllm_cpu_env.sh || bash scripts/vllm_cpu_env.sh)" \
+		&& { test -f "$(CACHE_DIR)/tiny-chat/config.json" || $(MAKE) -s tiny-model >&2; } \
+		&& INFERCDN_VLLM_PYTHON="$$py" INFERCDN_TINY_MODEL="$(CACHE_DIR)/tiny-chat" INFERCDN_REQUIRE_VLLM=1 \
+		$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install-test
+	$(PY) -m pytest -q -m "not vllm" $(PYTEST_ARGS)
 
 bench: install-test
 	$(PY) -m bench.run --profile $(BENCH_ARGS)

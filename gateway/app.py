@@ -19,6 +19,7 @@ from gateway.limits import SharedLimits
 from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
 from gateway.registry import registry_watcher
+from gateway.quota import add_quota_headers
 from gateway.reload import CONFIG_PATH, CONFIG_TRANSFORM, SIMULATED
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
 from gateway.status import STATUS, StatusFeed
@@ -27,7 +28,7 @@ from gateway.state import (ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS,
                            Draining, Runtime)
 from gateway.upstream_client import UpstreamClient
 from routing.budget import RetryBudget
-from routing.locate import ClientLocator, open_geoip
+from routing.locate import ClientLocator, geoip_build_time, open_geoip
 from routing.observations import Observations
 from routing.topology import Location
 
@@ -80,6 +81,10 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     app.cleanup_ctx.append(dns_watcher(resolver))
     app.cleanup_ctx.append(registry_watcher())
     app.add_routes(fleet_routes())
+    app.on_response_prepare.append(add_quota_headers)  # x-ratelimit-* on every answer
+    built = geoip_build_time(reader)
+    if built is not None:  # alert on an old database (deploy/prometheus/alerts.yaml)
+        metrics.geoip_build.set(built)
     app.add_routes(routes())
     return app
 

@@ -18,6 +18,8 @@ class TenantState:
     tokens: float = 0.0
     refilled: float = 0.0
     inflight: int = 0
+    budget: float | None = None  # tokens left of tokens_per_minute (may be negative); None: full
+    budget_at: float = 0.0
 
     def admit(self, now: float) -> None:
         """Take one request from the bucket and a concurrency slot, or raise 429."""
@@ -31,8 +33,7 @@ class TenantState:
                                   headers={"Retry-After": str(max(1, round(wait)))})
             self.tokens -= 1.0
         if c.max_concurrent is not None and self.inflight >= c.max_concurrent:
-            raise RateLimited(f"tenant {c.name!r} already has {c.max_concurrent} requests in flight",
-                              headers={"Retry-After": "1"})
+            raise concurrency_limited(f"tenant {c.name!r} already has {c.max_concurrent} requests in flight")
         self.inflight += 1
 
     def done(self) -> None:
@@ -73,6 +74,12 @@ class Authenticator:
             raise Unauthorized("You didn't provide an API key: send it as 'Authorization: Bearer <key>'")
         assert self.anonymous is not None
         return self.anonymous
+
+
+def concurrency_limited(message: str) -> RateLimited:
+    exc = RateLimited(message, headers={"Retry-After": "1"})
+    exc.limit = "concurrency"
+    return exc
 
 
 def check_model(tenant: TenantState, model: str) -> None:

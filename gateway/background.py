@@ -113,6 +113,20 @@ async def probe_round(app: web.Application, session: aiohttp.ClientSession, warm
         metrics.inflight.labels(ep.id).set(view.inflight)
         if view.latency_ms is not None:
             metrics.endpoint_latency_ms.labels(ep.pool, ep.id).set(view.latency_ms)
+    count_healthy_by_region(app)
+
+
+def count_healthy_by_region(app: web.Application) -> None:
+    """infercdn_region_healthy_endpoints: every region with a pool, 0 when none is usable."""
+    topology, obs, gauge = app[SNAPSHOT].current.topology, app[OBSERVATIONS], app[METRICS].region_healthy
+    counts = {pool.region: 0 for pool in topology.pools}
+    for pool in topology.pools:
+        for ep in pool.endpoints:
+            view = obs.view(ep.id)
+            counts[pool.region] += int(view.healthy and not view.ejected and not pool.draining)
+    gauge.clear()
+    for region, n in counts.items():
+        gauge.labels(region).set(n)
 
 
 async def _scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float) -> dict[str, float] | None:

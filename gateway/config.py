@@ -6,6 +6,7 @@ http(s) URL``."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -279,6 +280,10 @@ class TenantCfg(_Model):
     max_concurrent: int | None = Field(default=None, ge=1)
     policy: str | None = None  # this tenant's ranking policy (default: routing.policy)
     cost_slack_ms: float | None = Field(default=None, ge=0)  # policy cost: pools within this of the best
+    # prompt (estimated at admission, corrected by the pool's usage) + completion tokens per
+    # rolling minute (per gateway, or auth.shared); a stream that crosses it finishes, the next
+    # request is refused with 429 and Retry-After
+    tokens_per_minute: int | None = Field(default=None, ge=1)
 
     @field_validator("api_key_sha256")
     @classmethod
@@ -441,6 +446,19 @@ def parse_config(data: Any, file: str = "<config>") -> Config:
     return cfg
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true/false.  YAML 1.1 also reads on/off/yes/no/y/n as booleans,
+    which turned ``access_log: off`` (a string field) into False; pydantic still reads those words
+    as booleans where a field is one (``enabled: off``)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Load and validate ``path`` (the embedded default when None)."""
     p = Path(path) if path is not None else DEFAULT_CONFIG
@@ -449,7 +467,7 @@ def load_config(path: str | Path | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(str(p), [("", _MISSING, f"cannot read file: {exc.strerror or exc}")]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -68,6 +68,7 @@ class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    limit = "requests"  # which tenant limit refused: requests | concurrency | tokens (a metric label)
 
 
 class Unavailable(GatewayError):

@@ -16,7 +16,8 @@ from gateway.access import Note
 from gateway.access import line as access_line
 from gateway.auth import check_model
 from gateway.config import ConfigError
-from gateway.errors import GatewayError, ModelNotFound, error_body
+from gateway.errors import GatewayError, ModelNotFound, RateLimited, error_body
+from gateway.quota import QUOTA_HEADERS, count_usage, estimate_prompt_tokens
 from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import ParsedRequest, parse, read_body
 from gateway.status import status_routes
@@ -67,9 +68,15 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
-        ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time())
+        ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time(),
+                                    estimate_prompt_tokens(req.kind, req.body))
+        request[QUOTA_HEADERS] = ticket.quota.headers()
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)
+        if note.tenant is not None:  # the tenant's x-ratelimit-* headers; a 429 brings its own
+            request[QUOTA_HEADERS] = limits.peek(shared, tenant, asyncio.get_running_loop().time())
+        if isinstance(exc, RateLimited):
+            request.app[METRICS].of(request.app[METRICS].tenant_limited, tenant.cfg.name, exc.limit).inc()
         return exc.response({"x-request-id": rid} if rid else None)
     try:
         note.client_ip, location = client_location(request)
@@ -88,7 +95,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         request.app[PROXY].metrics.of(request.app[PROXY].metrics.client_disconnects, req.model).inc()
         raise
     finally:
-        limits.done(shared, tenant, ticket)
+        limits.done(shared, tenant, ticket, count_usage(request, request.app[METRICS], tenant.cfg.name, ticket))
 
 
 PREFIX_BYTES = 1024

@@ -36,6 +36,11 @@ class GatewayMetrics:
     canary_requests: Counter
     canary_tokens: Counter
     endpoint_quarantined: Gauge
+    tenant_tokens: Counter
+    tenant_requests: Counter
+    tenant_limited: Counter
+    region_healthy: Gauge
+    geoip_build: Gauge
 
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -101,4 +106,15 @@ def build_metrics() -> GatewayMetrics:
         endpoint_quarantined=Gauge("infercdn_endpoint_quarantined", "1 while the canary holds the endpoint out "
                                    "(quarantined)", ["pool", "endpoint"],
                                    registry=r),
+        # tenant labels are the operator's tenant names (and "anonymous"): a bounded set
+        tenant_tokens=Counter("infercdn_tenant_tokens", "Tokens used per tenant (the pool's usage; estimates "
+                              "where none was reported)", ["tenant", "kind"], registry=r),
+        tenant_requests=Counter("infercdn_tenant_requests", "Requests admitted per tenant", ["tenant"], registry=r),
+        tenant_limited=Counter("infercdn_tenant_rate_limited", "Requests refused by a tenant limit",
+                               ["tenant", "limit"], registry=r),
+        region_healthy=Gauge("infercdn_region_healthy_endpoints",
+                             "Endpoints per region passing health checks and not ejected", ["region"], registry=r),
+        geoip_build=Gauge("infercdn_geoip_build_timestamp_seconds",
+                          "Build time of the GeoIP database in use (Unix seconds; absent without a database)",
+                          registry=r),
     )

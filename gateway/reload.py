@@ -2,10 +2,11 @@
 swapped in atomically.
 
 Requests in flight keep the snapshot they started with; observations (health, latency,
-ejections, breakers, load) survive for endpoints that remain.  Settings fixed at start-up
-(listen address, GeoIP database, probe intervals, retry budget) need a restart: a reload that
-changes them says so, as it names the pools whose local stand-ins (``simulate``/``launch``)
-start only with the gateway.  An invalid file changes nothing."""
+ejections, breakers, load) survive for endpoints that remain and take the new outlier, breaker,
+latency and health settings.  Settings fixed at start-up (``gateway.reload_fields.RESTART``:
+listen address, GeoIP database, probe intervals, ...) need a restart: a reload that changes
+them names them, as it names the pools whose local stand-ins (``simulate``/``launch``) start
+only with the gateway.  An invalid file changes nothing."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,8 @@ from aiohttp import web
 from gateway.discovery import DISCOVERED
 from gateway.snapshot import make_snapshot
 from gateway.config import Config, ConfigError, load_config
-from gateway.state import ACCESS_LOG, OBSERVATIONS, RUNTIME, SNAPSHOT
+from gateway.reload_fields import restart_needed
+from gateway.state import ACCESS_LOG, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT
 
 log = logging.getLogger("infercdn.reload")
 
@@ -25,22 +27,6 @@ CONFIG_PATH = web.AppKey("config_path", Path)
 SIMULATED = web.AppKey("simulated", dict)
 # applied to every config read from the file: `infercdn up` adds the endpoints it started
 CONFIG_TRANSFORM = web.AppKey("config_transform", Callable[[Config], Config])
-
-_FIXED = ("gateway.host", "gateway.port", "gateway.access_log", "auth.shared", "geoip", "health", "load", "budget",
-          "timeouts")
-
-
-def restart_needed(old: Config, new: Config) -> list[str]:
-    out = []
-    for name in _FIXED:
-        head, _, attr = name.partition(".")
-        a, b = getattr(old, head), getattr(new, head)
-        if attr:
-            a, b = getattr(a, attr), getattr(b, attr)
-        if a != b:
-            out.append(name)
-    return out
-
 
 def reload_config(app: web.Application) -> dict[str, object]:
     """Load the app's config file again and swap the routing snapshot.  Raises ConfigError
@@ -55,6 +41,9 @@ def reload_config(app: web.Application) -> dict[str, object]:
     snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old,
                              app.get(DISCOVERED))
     holder.swap(snapshot)
+    proxy = app.get(PROXY)
+    if proxy is not None:  # the retry budget's window is fixed at start (reload_fields.RESTART)
+        proxy.budget.ratio, proxy.budget.min_per_s = cfg.budget.ratio, cfg.budget.min_per_s
     access = app.get(ACCESS_LOG)
     if access is not None:
         access.reopen()  # logrotate: move the file, then reload

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.errors import sse_error_event
 from gateway.exchange import Exchange, Tried
+from gateway.quota import STREAM_EVENTS
 from gateway.relay import find_usage
 from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay
 from gateway.splice import Splicer
@@ -56,6 +57,7 @@ class StreamSession:
         notice = await self._open(cand, ready)
         tracker = StreamTracker(self.strip_ids, retain=ex.mcfg.resume != "off")
         outcome, detail = await self._pump(cand, ready, tracker, notice)
+        ex.request[STREAM_EVENTS] = tracker.raw.count(b"data: {")  # for token budgets (gateway.quota)
         if outcome is Outcome.SUCCESS:
             return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
         st = replay(bytes(tracker.raw), ex.req.kind) if tracker.retain else None

@@ -40,6 +40,7 @@ def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
     """``discovered`` (gateway.discovery.Discovered): DNS addresses and registered pools to add;
     its hooks see the new topology before anyone routes on it."""
     topology = build_topology(cfg, simulated, discovered)
+    observations.set_params(observation_params(cfg))  # a reload's outlier/breaker/latency settings
     observations.sync(topology)
     for hook in discovered.on_new_topology if discovered is not None else ():
         hook(topology)

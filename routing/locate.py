@@ -130,6 +130,14 @@ def embedded_db_notice() -> str:
             "point geoip.database at a current GeoLite2/GeoIP2 City file for accurate locations")
 
 
+def geoip_build_time(reader: object) -> float | None:
+    """When the database was built (Unix seconds, from its metadata), or None if unknown."""
+    try:
+        return float(reader.metadata().build_epoch)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a stand-in reader without metadata
+        return None
+
+
 def open_geoip(path: str) -> CityReader:
     """A ``geoip2.database.Reader`` for ``path``, or for the embedded DB when path is "embedded"."""
     import geoip2.database

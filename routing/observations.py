@@ -134,6 +134,16 @@ class Observations:
     def held(self, endpoint_id: str) -> str | None:
         return self._holds.get(endpoint_id)
 
+    def set_params(self, params: ObservationParams) -> None:
+        """New settings (a reload) for every endpoint, its state kept: health rise/fall, the
+        latency half-life, outlier detection, the breaker, load staleness, the throttle cap."""
+        self.params = params
+        self.outliers.params = params.outlier()
+        for st in self._eps.values():
+            st.health.rise, st.health.fall = params.rise, params.fall
+            st.latency.half_life_s = params.half_life_s
+            st.breaker.params = params.breaker
+
     def sync(self, topology: Topology) -> None:
         old, p = self._eps, self.params
         self._eps = {}

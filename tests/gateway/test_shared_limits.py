@@ -135,3 +135,52 @@ async def test_redis_down_each_gateway_applies_its_own_limits(sim_factory, gatew
             assert "infercdn_shared_limit_errors_total 3.0" in await r.text()  # one per request
     warnings = [r.getMessage() for r in caplog.records if r.name == "infercdn.limits"]
     assert len(warnings) == 1 and "each gateway applies its own" in warnings[0]
+
+
+async def test_token_budget_is_counted_across_gateways(sim_factory, gateway_factory, redis_url: str) -> None:
+    sim = await sim_factory()
+    a = await gateway_factory(_config(sim.url, redis_url, tokens_per_minute=60))
+    b = await gateway_factory(_config(sim.url, redis_url, tokens_per_minute=60))
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(a.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 3}, headers=headers) as r:
+            usage = (await r.json())["usage"]
+            estimate = int(r.headers["x-ratelimit-limit-tokens"]) - int(r.headers["x-ratelimit-remaining-tokens"])
+        assert r.status == 200 and estimate >= 1
+        async with asyncio.timeout(5):  # a's correction (usage - estimate) reaches Redis in the background
+            while True:
+                async with s.post(b.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 1},
+                                  headers=headers) as r:
+                    assert r.status == 200
+                    left = int(r.headers["x-ratelimit-remaining-tokens"])
+                if left <= 60 - usage["total_tokens"] - estimate:
+                    break
+        # a stream on b overruns what is left of the fleet's budget; it finishes, then a refuses
+        async with s.post(b.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 80, "stream": True},
+                          headers=headers) as r:
+            assert r.status == 200 and (await r.read()).rstrip().endswith(b"data: [DONE]")
+        async with asyncio.timeout(5):
+            while True:
+                async with s.post(a.url + "/v1/chat/completions", json=CHAT, headers=headers) as r:
+                    body = await r.json()
+                if r.status == 429:
+                    break
+        assert "tokens per minute (all gateways together)" in body["error"]["message"]
+        assert int(r.headers["Retry-After"]) >= 30 and r.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+async def test_shared_token_bucket_script(redis_url: str) -> None:
+    tenant = TenantState(TenantCfg(name="team-b", tokens_per_minute=600))
+    shared = SharedLimits(redis_url, "t:", timeout_s=1.0, lease_s=10.0)
+    shared.connect()
+    try:
+        ticket = await shared.admit(tenant, 0.0, estimate=100)
+        assert not ticket.local and 499 <= ticket.quota.tokens.remaining <= 500
+        await shared._charge("team-b", 600, 900)  # the answer used 1000 in all
+        with pytest.raises(RateLimited) as refused:
+            await shared.admit(tenant, 0.0, estimate=50)
+        assert refused.value.limit == "tokens" and int(refused.value.headers["Retry-After"]) >= 40
+        await shared._charge("team-b", 600, -10_000)  # given back, capped at the limit
+        assert (await shared.admit(tenant, 0.0, estimate=1)).quota.tokens.remaining == pytest.approx(599, abs=1)
+    finally:
+        await shared.close()

@@ -232,3 +232,21 @@ def test_ttft_window_is_bounded(clock, topology) -> None:  # type: ignore[no-unt
         obs.record_ttft("eu-west-0", float(ms))
     assert obs.ttft_quantile("eu-west-a", 0.0) == 950.0  # only the last 50 remain
     assert obs.ttft_quantile("eu-west-a", 1.0) == 999.0
+
+
+def test_set_params_applies_to_every_endpoint_and_keeps_its_state(obs, clock) -> None:  # type: ignore[no-untyped-def]
+    obs.record_probe("eu-west-0", True, 12.0)
+    obs.record_outcome("us-east-1", Outcome.HTTP_5XX)
+    obs.record_outcome("us-east-1", Outcome.HTTP_5XX)  # 2 of the 3 that eject
+    obs.set_params(ObservationParams(half_life_s=2.0, rise=5, fall=4, consecutive_failures=10,
+                                     breaker=BreakerParams(failures=9), load_stale_s=1.0))
+    obs.record_outcome("us-east-1", Outcome.HTTP_5XX)
+    v = obs.view("us-east-1")
+    assert not v.ejected and v.consecutive_failures == 3  # the count survived; 10 now eject
+    assert obs.view("eu-west-0").latency_ms == 12.0
+    obs.record_load("ap-southeast-0", running=1, waiting=0, kv_usage=0.1)
+    clock.advance(1.5)
+    assert not obs.view("ap-southeast-0").load_fresh  # the new staleness limit
+    obs.record_probe("eu-west-0", False)
+    obs.record_probe("eu-west-0", False)
+    assert obs.view("eu-west-0").healthy  # fall is 4 now
