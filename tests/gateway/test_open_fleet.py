@@ -270,6 +270,11 @@ async def test_a_quarantined_endpoint_comes_back_when_it_passes_again(sim_factor
     await until(verdict("fail"))
     impostor.core.config = replace(impostor.core.config, model_seed=0)  # now it serves the real weights
     await until(verdict("pass"))
+
+    async def nearest_first() -> bool:  # its health and latency settle on a loaded machine too
+        plan = await get_json(gw.url + f"/admin/plan?model=tiny-chat&ip={LONDON}")
+        return bool(plan["candidates"]) and plan["candidates"][0]["pool"] == "shady@eu-west"
+    await until(nearest_first)
     async with aiohttp.ClientSession() as s:
         assert await chat(s, gw, LONDON) == 200
     assert impostor.stats.paths["/v1/chat/completions"] == 1  # the nearest pool again
