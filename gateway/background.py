@@ -1,5 +1,6 @@
 """Background loops, each an aiohttp cleanup context (start a task, yield, cancel, await):
-active health + latency probes, and load scraping of vLLM's /metrics."""
+active health + latency probes, and load scraping of vLLM's /metrics.  Under --workers one
+process per host runs them and publishes each round; the others only apply what arrives."""
 from __future__ import annotations
 
 import asyncio
@@ -15,6 +16,11 @@ from gateway.state import METRICS, OBSERVATIONS, SNAPSHOT
 from routing.topology import Endpoint
 
 log = logging.getLogger("infercdn.background")
+
+# --workers: the process's link to the host's prober (gateway.probe_link.ProbeLink); absent: probe here
+PROBE_LINK = web.AppKey("probe_link", object)
+ProbeRow = tuple[str, bool, "float | None"]  # endpoint id, answered 200, latency sample (ms) or None
+LoadRow = tuple[str, "float | None", "float | None", "float | None"]  # endpoint id, running, waiting, kv usage
 
 LOAD_GAUGES = {
     "vllm:num_requests_running": "running",
@@ -76,19 +82,41 @@ async def probe_round(app: web.Application, session: aiohttp.ClientSession, warm
     cfg = app[SNAPSHOT].current.config.health
     eps = _endpoints(app)
     results = await asyncio.gather(*(_probe(session, ep, cfg.path, cfg.timeout_s) for ep in eps))
-    obs, metrics = app[OBSERVATIONS], app[METRICS]
+    rows: list[ProbeRow] = []
     for ep, (ok, rtt) in zip(eps, results):
-        obs.record_probe(ep.id, ok, rtt if ep.id in warm else None)
+        rows.append((ep.id, ok, rtt if ep.id in warm else None))
         if ok:
             warm.add(ep.id)
         else:
             warm.discard(ep.id)
-        view = obs.view(ep.id)
-        metrics.endpoint_healthy.labels(ep.pool, ep.id).set(1 if view.healthy else 0)
-        metrics.endpoint_ejected.labels(ep.pool, ep.id).set(1 if view.ejected else 0)
-        metrics.inflight.labels(ep.id).set(view.inflight)
+    apply_probes(app, rows)
+    link = app.get(PROBE_LINK)
+    if link is not None:
+        link.publish("probes", rows)
+
+
+def apply_probes(app: web.Application, rows: list[ProbeRow]) -> None:
+    """Record one probe round (this process's, or the host prober's under --workers)."""
+    obs, metrics = app[OBSERVATIONS], app[METRICS]
+    known = app[SNAPSHOT].current.topology.endpoints
+    for eid, ok, rtt in rows:
+        ep = known.get(eid)
+        if ep is None:  # not (or no longer) in this process's routing snapshot
+            continue
+        obs.record_probe(eid, ok, rtt)
+        view = obs.view(eid)
+        metrics.endpoint_healthy.labels(ep.pool, eid).set(1 if view.healthy else 0)
+        metrics.endpoint_ejected.labels(ep.pool, eid).set(1 if view.ejected else 0)
+        metrics.inflight.labels(eid).set(view.inflight)
         if view.latency_ms is not None:
-            metrics.endpoint_latency_ms.labels(ep.pool, ep.id).set(view.latency_ms)
+            metrics.endpoint_latency_ms.labels(ep.pool, eid).set(view.latency_ms)
+
+
+def apply_loads(app: web.Application, rows: list[LoadRow]) -> None:
+    """Record scraped pool load (unknown stays unknown: stale load is never read as idle)."""
+    obs = app[OBSERVATIONS]
+    for eid, running, waiting, kv_usage in rows:
+        obs.record_load(eid, running, waiting, kv_usage)  # type: ignore[arg-type]
 
 
 async def _scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float) -> dict[str, float] | None:
@@ -123,10 +151,12 @@ async def scrape_round(app: web.Application, session: aiohttp.ClientSession, due
     eps = [ep for ep in _endpoints(app) if due.get(ep.id, 0.0) <= now]
     results = await asyncio.gather(*(_timed_scrape(session, ep, cfg.load.timeout_s, cfg.load.stale_s / 3, due)
                                      for ep in eps))
-    obs = app[OBSERVATIONS]
-    for ep, load in zip(eps, results):
-        if load:  # unknown stays unknown: stale load is never read as idle
-            obs.record_load(ep.id, load.get("running"), load.get("waiting"), load.get("kv_usage"))
+    rows: list[LoadRow] = [(ep.id, load.get("running"), load.get("waiting"), load.get("kv_usage"))
+                           for ep, load in zip(eps, results) if load]
+    apply_loads(app, rows)
+    link = app.get(PROBE_LINK)
+    if link is not None and rows:
+        link.publish("loads", rows)
 
 
 @contextlib.asynccontextmanager
@@ -142,8 +172,18 @@ async def _loop(interval_s: float, step: Callable[[aiohttp.ClientSession], Await
                 await task
 
 
+def _follower(app: web.Application) -> bool:
+    """Under --workers only one process of the host probes and scrapes; the others apply what
+    it publishes (gateway/probe_link.py), so pools see one prober per host, not one per worker."""
+    link = app.get(PROBE_LINK)
+    return link is not None and not link.prober
+
+
 async def health_probes(app: web.Application) -> AsyncIterator[None]:
     cfg = app[SNAPSHOT].current.config
+    if _follower(app):
+        yield
+        return
     warm: set[str] = set()
     async with _loop(cfg.health.interval_s, lambda s: probe_round(app, s, warm)):
         yield
@@ -151,7 +191,7 @@ async def health_probes(app: web.Application) -> AsyncIterator[None]:
 
 async def load_scraper(app: web.Application) -> AsyncIterator[None]:
     cfg = app[SNAPSHOT].current.config
-    if not cfg.load.enabled:
+    if not cfg.load.enabled or _follower(app):
         yield
         return
     due: dict[str, float] = {}

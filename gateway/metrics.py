@@ -1,12 +1,23 @@
 """The one catalogue of gateway metric names.  Every metric lives in a per-app registry
-(no module globals), so two gateways can run in one process."""
+(no module globals), so two gateways can run in one process.
+
+With ``infercdn gateway --workers N`` each serving process writes its values into the run's
+prometheus-client multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor
+before the worker starts) and /metrics, on any worker, renders the host's totals: counters and
+histograms summed over every worker of the run (including workers that died and were restarted),
+gauges as each gauge's ``multiprocess_mode`` says (in-flight requests summed over live workers,
+health and ejection the worst live worker's view, latency the most recent)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LAT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -30,6 +41,7 @@ class GatewayMetrics:
     shared_limit_errors: Counter
 
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+    multiprocess_dir: str | None = None  # --workers: render the host's totals from this directory
 
     def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
         """``metric.labels(*values)``, cached: prometheus_client's lookup takes a lock and
@@ -41,12 +53,17 @@ class GatewayMetrics:
         return child
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        host = CollectorRegistry()
+        MultiProcessCollector(host, path=self.multiprocess_dir)
+        return generate_latest(host)
 
 
 def build_metrics() -> GatewayMetrics:
     r = CollectorRegistry(auto_describe=True)
     return GatewayMetrics(
+        multiprocess_dir=os.environ.get(MULTIPROC_ENV) or None,  # read by prometheus_client at import too
         registry=r,
         requests=Counter("infercdn_requests", "Client requests by final status",
                          ["model", "region", "status"], registry=r),
@@ -60,13 +77,14 @@ def build_metrics() -> GatewayMetrics:
                                "Upstream time to the first token (or whole body) of the answering attempt",
                                ["region"], buckets=_LAT_BUCKETS, registry=r),
         tokens=Counter("infercdn_tokens", "Tokens reported by upstream usage", ["model", "kind"], registry=r),
-        inflight=Gauge("infercdn_inflight_requests", "Requests in flight per endpoint", ["endpoint"], registry=r),
+        inflight=Gauge("infercdn_inflight_requests", "Requests in flight per endpoint", ["endpoint"], registry=r,
+                       multiprocess_mode="livesum"),
         endpoint_healthy=Gauge("infercdn_endpoint_healthy", "1 if active health checks pass",
-                               ["pool", "endpoint"], registry=r),
+                               ["pool", "endpoint"], registry=r, multiprocess_mode="livemin"),
         endpoint_ejected=Gauge("infercdn_endpoint_ejected", "1 if ejected by outlier detection",
-                               ["pool", "endpoint"], registry=r),
+                               ["pool", "endpoint"], registry=r, multiprocess_mode="livemax"),
         endpoint_latency_ms=Gauge("infercdn_endpoint_latency_ms", "EWMA of measured latency to the endpoint",
-                                  ["pool", "endpoint"], registry=r),
+                                  ["pool", "endpoint"], registry=r, multiprocess_mode="livemostrecent"),
         transitions=Counter("infercdn_endpoint_transitions", "Health/outlier state transitions",
                             ["endpoint", "kind", "to"], registry=r),
         client_disconnects=Counter("infercdn_client_disconnects", "Clients that left before the end",
