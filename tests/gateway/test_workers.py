@@ -1,0 +1,191 @@
+"""``infercdn gateway --workers 2`` as operators run it: a subprocess with two serving processes on
+one port, in front of in-process simulators."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from gateway.workers import default_workers
+from tests.conftest import LONDON, SINGAPORE, base_config
+from tests.gateway.workers_fixture import BODY, by_worker, chat, metric_total, workers_gateway
+
+HEALTH_INTERVAL_S = 0.2
+
+
+def write_config(path: Path, geoip_db: Path, pools: dict[str, list[str]], **gateway: Any) -> dict[str, Any]:
+    data = base_config(pools, geoip={"database": str(geoip_db)},
+                       health={"interval_s": HEALTH_INTERVAL_S, "timeout_s": 0.5, "rise": 1, "fall": 1})
+    data["gateway"].update(access_log="off", **gateway)
+    path.write_text(yaml.safe_dump(data))
+    return data
+
+
+async def test_both_workers_serve_one_prober_and_metrics_sum(tmp_path: Path, geoip_db: Path, sim_factory) -> None:
+    """Connections land on both workers; the pool sees the health probes of one prober, not
+    two; /metrics on either worker counts the requests of both."""
+    sim = await sim_factory()
+    config = tmp_path / "gw.yaml"
+    write_config(config, geoip_db, {"eu-west": [sim.url]})
+    async with workers_gateway(config) as gw:
+        assert len(gw.pids) == 2 and os.getpid() not in gw.pids
+        answers = await by_worker(gw.base, chat(gw.base, LONDON))
+        assert answers == {"0": (200, "eu-west"), "1": (200, "eu-west")}
+        served = sim.stats.paths["/v1/chat/completions"]
+        assert served >= 2
+
+        async def ready(session: aiohttp.ClientSession) -> tuple[str, int]:
+            async with session.get(gw.base + "/readyz") as r:  # ready: health learnt from the prober
+                return r.headers["x-infercdn-worker"], r.status
+        assert await by_worker(gw.base, ready) == {"0": 200, "1": 200}
+
+        before = sim.stats.paths["/health"]
+        window = 2.0
+        await asyncio.sleep(window)  # a rate is measured over time: one prober, one probe per interval
+        probes = sim.stats.paths["/health"] - before
+        assert 1 <= probes <= window / HEALTH_INTERVAL_S + 3, probes  # two probers would send ~20
+
+        async def metrics(session: aiohttp.ClientSession) -> tuple[str, float]:
+            async with session.get(gw.base + "/metrics") as r:
+                return r.headers["x-infercdn-worker"], metric_total(await r.text(), "infercdn_requests_total")
+        assert await by_worker(gw.base, metrics) == {"0": float(served), "1": float(served)}
+        assert await gw.stop() == 0
+
+
+async def test_a_dead_worker_is_restarted(tmp_path: Path, geoip_db: Path, sim_factory) -> None:
+    """SIGKILL of worker 0 (the host's prober): the supervisor starts it again, it serves and
+    probes again, and the requests counted before its death stay counted."""
+    sim = await sim_factory()
+    config = tmp_path / "gw.yaml"
+    write_config(config, geoip_db, {"eu-west": [sim.url]})
+    async with workers_gateway(config) as gw:
+        await by_worker(gw.base, chat(gw.base, LONDON))
+        served = sim.stats.paths["/v1/chat/completions"]
+        os.kill(gw.pids[0], signal.SIGKILL)
+        await gw.log_has(f"worker 0 (pid {gw.pids[0]}) exited with -9")
+        started = (await gw.log_has("worker 0 started, pid", count=2))[-1]
+        new_pid = int(started.rsplit("pid ", 1)[1])
+        await gw.log_has(f"worker 0 (pid {new_pid}) serving")
+        answers = await by_worker(gw.base, chat(gw.base, LONDON))
+        assert answers == {"0": (200, "eu-west"), "1": (200, "eu-west")}
+        probes = sim.stats.paths["/health"]
+        for _ in range(100):  # the new prober probes (the simulator signals no event for /health)
+            if sim.stats.paths["/health"] >= probes + 2:
+                break
+            await asyncio.sleep(HEALTH_INTERVAL_S / 2)
+        assert sim.stats.paths["/health"] >= probes + 2
+        total = sim.stats.paths["/v1/chat/completions"]
+        assert total > served
+        async with aiohttp.ClientSession() as session, session.get(gw.base + "/metrics") as r:
+            assert metric_total(await r.text(), "infercdn_requests_total") == total  # the dead worker's too
+        assert await gw.stop() == 0
+
+
+async def test_sigterm_drains_every_worker_and_streams_finish(tmp_path: Path, geoip_db: Path,
+                                                              sim_factory) -> None:
+    """SIGTERM to the supervisor mid-stream: /readyz says draining, the stream in flight ends
+    with [DONE], and the supervisor exits 0 once every worker has drained."""
+    sim = await sim_factory(itl_ms=20.0)
+    config = tmp_path / "gw.yaml"
+    write_config(config, geoip_db, {"eu-west": [sim.url]}, drain_notice_s=1.0, drain_timeout_s=30)
+    async with workers_gateway(config) as gw:
+        body = {**BODY, "max_tokens": 60, "stream": True}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(gw.base + "/v1/chat/completions", json=body) as stream:
+                assert stream.status == 200
+                got = await stream.content.readuntil(b"\n\n")
+                gw.proc.send_signal(signal.SIGTERM)
+                await gw.log_has("draining: /readyz answers 503", count=2)
+                got += await stream.read()
+        assert got.rstrip().endswith(b"data: [DONE]")
+        assert got.count(b'"content"') >= 60
+        assert await gw.stop() == 0
+        await gw.log_has("stopped, ", count=2)  # from what is left in the pipe
+
+
+async def test_sighup_reloads_every_worker(tmp_path: Path, geoip_db: Path, sim_factory) -> None:
+    """An operator drains a pool in the file and sends SIGHUP: both workers route around it;
+    a broken file is refused once, by the supervisor, and both keep their config."""
+    near, far = await sim_factory(), await sim_factory()
+    config = tmp_path / "gw.yaml"
+    data = write_config(config, geoip_db, {"ap-southeast": [near.url], "eu-west": [far.url]})
+    async with workers_gateway(config) as gw:
+        assert set((await by_worker(gw.base, chat(gw.base, SINGAPORE))).values()) == {(200, "ap-southeast")}
+        data["pools"][0]["draining"] = True
+        config.write_text(yaml.safe_dump(data))
+        gw.proc.send_signal(signal.SIGHUP)
+        await gw.log_has(f"config reloaded from {config}", count=2)
+        assert set((await by_worker(gw.base, chat(gw.base, SINGAPORE))).values()) == {(200, "eu-west")}
+
+        config.write_text(config.read_text().replace("interval_s: 0.2", "interval_s: -1"))
+        gw.proc.send_signal(signal.SIGHUP)
+        await gw.log_has("config reload refused")
+        await gw.log_has("health.interval_s = -1")
+        assert set((await by_worker(gw.base, chat(gw.base, SINGAPORE))).values()) == {(200, "eu-west")}
+        assert len(gw.lines("config reload refused")) == 1
+        assert len(gw.lines("config reloaded from")) == 2
+
+
+async def test_admin_reload_on_one_worker_reloads_all(tmp_path: Path, geoip_db: Path, sim_factory) -> None:
+    near, far = await sim_factory(), await sim_factory()
+    config = tmp_path / "gw.yaml"
+    data = write_config(config, geoip_db, {"ap-southeast": [near.url], "eu-west": [far.url]})
+    async with workers_gateway(config) as gw:
+        await by_worker(gw.base, chat(gw.base, SINGAPORE))
+        data["pools"][0]["draining"] = True
+        config.write_text(yaml.safe_dump(data))
+        async with aiohttp.ClientSession() as session, session.post(gw.base + "/admin/reload") as r:
+            assert r.status == 200
+        await gw.log_has(f"config reloaded from {config}", count=2)
+        assert set((await by_worker(gw.base, chat(gw.base, SINGAPORE))).values()) == {(200, "eu-west")}
+
+
+def configmap_dir(root: Path, text: str) -> Path:
+    """A folder laid out as Kubernetes mounts a ConfigMap: gw.yaml -> ..data/gw.yaml,
+    ..data -> ..<version>."""
+    (root / "..v1").mkdir(parents=True)
+    (root / "..v1" / "gw.yaml").write_text(text)
+    (root / "..data").symlink_to("..v1")
+    (root / "gw.yaml").symlink_to("..data/gw.yaml")
+    return root / "gw.yaml"
+
+
+def configmap_update(root: Path, version: str, text: str) -> None:
+    """The kubelet's update: a new version folder, then an atomic swap of the ..data symlink."""
+    (root / version).mkdir()
+    (root / version / "gw.yaml").write_text(text)
+    (root / "..data_tmp").symlink_to(version)
+    os.replace(root / "..data_tmp", root / "..data")
+
+
+async def test_config_watch_reloads_every_worker_once(tmp_path: Path, geoip_db: Path, sim_factory) -> None:
+    """A ConfigMap update (the ..data symlink swapped) reaches both workers, through one reload."""
+    near, far = await sim_factory(), await sim_factory()
+    data = write_config(tmp_path / "plain.yaml", geoip_db, {"ap-southeast": [near.url], "eu-west": [far.url]},
+                        config_watch_s=0.1)
+    config = configmap_dir(tmp_path / "cm", yaml.safe_dump(data))
+    async with workers_gateway(config) as gw:
+        assert set((await by_worker(gw.base, chat(gw.base, SINGAPORE))).values()) == {(200, "ap-southeast")}
+        data["pools"][0]["draining"] = True
+        configmap_update(tmp_path / "cm", "..v2", yaml.safe_dump(data))
+        await gw.log_has(f"config reloaded from {config}", count=2)
+        assert set((await by_worker(gw.base, chat(gw.base, SINGAPORE))).values()) == {(200, "eu-west")}
+        assert len(gw.lines(f"config file {config} changed")) == 1
+        assert len(gw.lines("reloading 2 workers")) == 1
+
+
+def test_default_workers_follows_affinity_and_cgroup_quota(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    assert default_workers(quota) == cpus  # no cgroup file
+    quota.write_text("max 100000\n")
+    assert default_workers(quota) == cpus
+    quota.write_text("50000 100000\n")
+    assert default_workers(quota) == 1
+    quota.write_text(f"{150000 * cpus} 100000\n")
+    assert default_workers(quota) == cpus
