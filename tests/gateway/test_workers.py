@@ -189,3 +189,17 @@ def test_default_workers_follows_affinity_and_cgroup_quota(tmp_path: Path) -> No
     assert default_workers(quota) == 1
     quota.write_text(f"{150000 * cpus} 100000\n")
     assert default_workers(quota) == cpus
+
+
+async def test_up_with_workers_runs_the_pools_once() -> None:
+    """`infercdn up --workers 2`: one set of simulated pools, two gateway processes in front."""
+    from tests.gateway.test_cli import start_up, stop_up
+
+    proc, lines, base = await start_up("--workers", "2")
+    try:
+        assert sum(1 for line in lines if "-sim: kill " in line) == 3
+        assert await by_worker(base, chat(base, SINGAPORE)) == {"0": (200, "ap-southeast"),
+                                                               "1": (200, "ap-southeast")}
+    finally:
+        await stop_up(proc)
+    assert proc.returncode == 0
