@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from gateway.app import build_app
 from gateway.background import PROBE_LINK
 from gateway.config import Config, ConfigError, EndpointCfg, load_config
+from gateway.hostlimits import HostLimits
 from gateway.probe_link import ProbeLink
 from gateway.reload import RELOAD_PEERS, reload_on_signal
 from gateway.server import _drain, _on_sighup, run, start_site, wait_for_signal, with_endpoints
+from gateway.state import SHARED_LIMITS
 from gateway.tuning import settle_gc
 from gateway.workers import WorkerSpec
 
@@ -44,6 +46,16 @@ def config_transform(spec: WorkerSpec) -> Callable[[Config], Config]:
     return transform
 
 
+async def host_limits(app: web.Application, path: str, index: int, workers: int) -> AsyncIterator[None]:
+    """Without Redis, the tenant limits of the whole host (runs after build_app's own set-up)."""
+    if app[SHARED_LIMITS] is not None:  # auth.shared: fleet-wide through Redis
+        yield
+        return
+    limits = app[SHARED_LIMITS] = HostLimits(path, index, workers)
+    yield
+    await limits.close()
+
+
 def first_config(spec: WorkerSpec) -> Config:
     """The file as it is now; when an edit broke it since the last reload, the last good copy."""
     try:
@@ -61,6 +73,8 @@ async def serve(spec: WorkerSpec, index: int) -> int:
     app[PROBE_LINK] = link
     app[RELOAD_PEERS] = link.reload_peers
     app.cleanup_ctx.append(link.context)
+    if spec.limits is not None:
+        app.cleanup_ctx.append(lambda a: host_limits(a, spec.limits, index, spec.workers))  # type: ignore[arg-type]
     name = str(index)
 
     async def tag(request: web.Request, response: web.StreamResponse) -> None:

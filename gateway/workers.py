@@ -13,6 +13,8 @@
   each round to the others over their unix-socket links (``gateway/probe_link.py``).
 - **Host totals on /metrics.**  Workers write into a prometheus-client multiprocess directory made
   fresh for this run and removed at exit; a dead worker is marked dead there.
+- **Tenant limits per host.**  Without Redis (``auth.shared``) the workers share one table of
+  token buckets and in-flight counts (``gateway/hostlimits.py``): the host enforces each limit once.
 - Simulated pools of the config (``simulate``) and launched vLLM (``infercdn up --engine vllm``)
   run once, started here; the workers get their addresses."""
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import orjson
 
+from gateway import hostlimits
 from gateway.config import Config, ConfigError, load_config
 from gateway.metrics import MULTIPROC_ENV
 from gateway.server import LocalFleet
@@ -85,6 +88,8 @@ class WorkerSpec:
     simulated: dict[str, list[str]] = field(default_factory=dict)
     endpoints: dict[str, list[dict[str, object]]] = field(default_factory=dict)  # launched vLLM, per pool
     prepare: str | None = None  # "vllm_default": `infercdn up --engine vllm` on the embedded config
+    workers: int = 1
+    limits: str | None = None  # the host's tenant-limit table (gateway/hostlimits.py)
 
     def dump(self, path: Path) -> None:
         path.write_bytes(orjson.dumps(asdict(self)))
@@ -260,8 +265,9 @@ async def running_workers(cfg: Config, config_path: str | Path, host: str, port:
         fallback = run_dir / ("last-good" + Path(config_path).suffix)
         shutil.copyfile(config_path, fallback)
         endpoints = {pool: [e.model_dump() for e in eps] for pool, eps in fleet.launched_endpoints().items()}
+        hostlimits.create(run_dir / "limits.bin", workers)
         spec = WorkerSpec(str(config_path), str(fallback), host, bound, str(run_dir / "hub.sock"),
-                          fleet.urls, endpoints, prepare)
+                          fleet.urls, endpoints, prepare, workers, str(run_dir / "limits.bin"))
         spec.dump(run_dir / "spec.json")
         supervisor = Supervisor(workers, spec, run_dir, cfg)
         await supervisor.start()

@@ -104,8 +104,9 @@ async def test_sigterm_drains_every_worker_and_streams_finish(tmp_path: Path, ge
                 got += await stream.read()
         assert got.rstrip().endswith(b"data: [DONE]")
         assert got.count(b'"content"') >= 60
-        assert await gw.stop() == 0
-        await gw.log_has("stopped, ", count=2)  # from what is left in the pipe
+        await gw.log_has("stopped, ", count=2)
+        async with asyncio.timeout(30):  # (a second SIGTERM would cut the drain short)
+            assert await gw.proc.wait() == 0  # from what is left in the pipe
 
 
 async def test_sighup_reloads_every_worker(tmp_path: Path, geoip_db: Path, sim_factory) -> None:
@@ -203,3 +204,24 @@ async def test_up_with_workers_runs_the_pools_once() -> None:
     finally:
         await stop_up(proc)
     assert proc.returncode == 0
+
+
+async def test_tenant_limits_hold_for_the_host_not_per_worker(tmp_path: Path, geoip_db: Path,
+                                                              sim_factory) -> None:
+    """A tenant with a burst of 2 gets 2 requests from the host, not 2 from each worker."""
+    sim = await sim_factory()
+    config = tmp_path / "gw.yaml"
+    data = write_config(config, geoip_db, {"eu-west": [sim.url]})
+    data["auth"] = {"tenants": [{"name": "acme", "api_keys": ["sk-acme"], "requests_per_s": 0.001, "burst": 2}]}
+    config.write_text(yaml.safe_dump(data))
+    async with workers_gateway(config) as gw:
+        async def call(session: aiohttp.ClientSession) -> tuple[str, int]:
+            async with session.post(gw.base + "/v1/chat/completions", json=BODY,
+                                    headers={"Authorization": "Bearer sk-acme"}) as r:
+                await r.read()
+                return r.headers["x-infercdn-worker"], r.status
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            first = [(await call(session))[1] for _ in range(2)]
+        assert first == [200, 200]
+        assert await by_worker(gw.base, call) == {"0": 429, "1": 429}
+        assert sim.stats.paths["/v1/chat/completions"] == 2
