@@ -5,7 +5,9 @@
 
 For each N and each workload: requests/s and the gateway's CPU per request (user + system of its
 whole process tree: supervisor and workers) under ``wrk``, for infercdn with ``--workers N`` and
-nginx with ``worker_processes N``, in front of the same simulated upstreams (own processes).
+nginx with ``worker_processes N``, in front of the same simulated upstreams (own processes).  On
+W1 (non-stream) infercdn relays the pool's JSON as nginx does (``non_stream: passthrough``, the
+``infercdn-passthrough`` of ``bench.run``); ``--assemble`` measures its default instead.
 Rounds are interleaved; the summary gives medians, the scaling of each system against its own
 N = 1 and infercdn's requests/s as a ratio to nginx's at the same N.
 
@@ -52,6 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--upstreams", type=int, default=2, help="simulated upstreams (own processes)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections")
     p.add_argument("--pin", action="store_true", help="the gateway on the first N cores, the rest elsewhere")
+    p.add_argument("--assemble", action="store_true",
+                   help="W1: infercdn serves non-stream requests from upstream streams (its default) instead "
+                        "of relaying the pool's JSON as nginx does")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.workers = [int(n) for n in args.workers.split(",") if n.strip()]
@@ -84,13 +89,13 @@ def affinity(cpus: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def start(system: str, workers: int, upstreams: list[str], work: Path) -> Running:
+def start(system: str, workers: int, upstreams: list[str], work: Path, passthrough: bool) -> Running:
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = work / f"{system}.log"
     if system == "infercdn":
         cfg = work / "infercdn.yaml"
-        cfg.write_text(configs.infercdn_yaml(upstreams, regions=False))
+        cfg.write_text(configs.infercdn_yaml(upstreams, regions=False, passthrough=passthrough))
         cmd = [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(cfg), "--port", str(port),
                "--workers", str(workers)]
         proc = spawn(cmd, log_path, env={"PYTHONPATH": str(peers.ROOT)}, cwd=str(peers.ROOT))
@@ -115,7 +120,8 @@ def one(system: str, n: int, wl: str, ups: list[str], args: argparse.Namespace, 
     run = None
     try:
         with affinity(gateway_cpus):
-            run = start(system, n, ups, work / f"r{rnd}-{wl}-{system}-w{n}")
+            run = start(system, n, ups, work / f"r{rnd}-{wl}-{system}-w{n}",
+                        passthrough=not WORKLOADS[wl].stream and not args.assemble)
         rec.update(measure_wrk(run, replace(WORKLOADS[wl], concurrency=args.connections), timing, work))
     except Exception as exc:  # noqa: BLE001 - reported, the run goes on
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:400])
@@ -153,7 +159,8 @@ def markdown(doc: dict) -> str:
     lines = [f"# --workers scaling, {doc['date']}", "",
              f"`{doc['command']}` on {doc['host']['cpus']} CPUs ({doc['host']['pinning']}), "
              f"{doc['rounds']} round(s), medians; {doc['upstreams']} simulated upstreams, "
-             f"wrk with {doc['connections']} connections, {doc['timing']['wrk_s']:g} s windows.", "",
+             f"wrk with {doc['connections']} connections, {doc['timing']['wrk_s']:g} s windows; "
+             f"infercdn's non-stream answers: {doc['infercdn_non_stream']}.", "",
              "| workload | system | N | requests/s | CPU ms/request | scaling vs N=1 | req/s ÷ nginx same N | errors |",
              "|---|---|---|---|---|---|---|---|"]
     for r in doc["summary"]:
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     ups.stop()
     doc = {"schema": "infercdn.bench.workers/1", "date": stamp,
+           "infercdn_non_stream": "assembled from upstream streams" if args.assemble else "passthrough",
            "command": "python -m bench.workers " + shlex.join(sys.argv[1:] if argv is None else argv),
            "host": {"cpus": len(cpus), "kernel": platform.release(), "python": platform.python_version(),
                     "pinning": "gateway pinned to the first N cores" if args.pin else "no pinning: all share"},
