@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import platform
 import shlex
@@ -35,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from bench import configs, peers
+from bench import configs, peers, report
 from bench.client import raise_nofile
 from bench.peers import Running
 from bench.procs import free_port, spawn, stop, wait_port
@@ -208,10 +207,7 @@ def main(argv: list[str] | None = None) -> int:
            "summary": summarise(runs), "runs": runs, "elapsed_s": round(time.monotonic() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / f"{stamp}-workers"
-    base.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
-    md = markdown(doc)
-    base.with_suffix(".md").write_text(md)
-    print(md)
+    report.save(doc, base, markdown(doc))
     log(f"wrote {base}.json and .md in {doc['elapsed_s']:.0f} s")
     return 0
 

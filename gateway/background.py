@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -160,16 +161,22 @@ async def scrape_round(app: web.Application, session: aiohttp.ClientSession, due
 
 
 @contextlib.asynccontextmanager
+async def running(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """``work`` as a task while the block runs; cancelled and awaited when it ends."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
 async def _loop(interval_s: float, step: Callable[[aiohttp.ClientSession], Awaitable[None]]) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=64, enable_cleanup_closed=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        task = asyncio.create_task(_every(interval_s, lambda: step(session)))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with aiohttp.ClientSession(connector=connector) as session, running(_every(interval_s, lambda: step(session))):
+        yield
 
 
 def _follower(app: web.Application) -> bool:

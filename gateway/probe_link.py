@@ -10,7 +10,6 @@ away (its socket closes) stops the worker: no orphaned gateway keeps serving."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.background import apply_loads, apply_probes
+from gateway.background import apply_loads, apply_probes, running
 
 log = logging.getLogger("infercdn.workers")
 
@@ -76,11 +75,6 @@ class ProbeLink:
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: apply what the supervisor relays while the app runs."""
-        task = asyncio.create_task(self._read(app))
-        try:
+        async with running(self._read(app)):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self.writer.close()
+        self.writer.close()

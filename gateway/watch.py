@@ -9,7 +9,6 @@ seconds costs nothing.  A path that does not resolve for a moment (mid-swap) is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.background import running
 from gateway.reload import CONFIG_PATH, reload_on_signal
 from gateway.state import SNAPSHOT
 
@@ -58,10 +58,5 @@ async def config_watch(app: web.Application) -> AsyncIterator[None]:
     if path is None or interval <= 0:
         yield
         return
-    task = asyncio.create_task(watch_file(path, interval, lambda: reload_on_signal(app)))
-    try:
+    async with running(watch_file(path, interval, lambda: reload_on_signal(app))):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
