@@ -48,17 +48,28 @@ RESTART_MIN_S, RESTART_MAX_S, HEALTHY_AFTER_S = 0.5, 30.0, 30.0
 START_TIMEOUT_S = 60.0
 
 
-def default_workers(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def default_workers(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a
     container limited to 2 CPUs on a 64-core node gets 2 workers, not 64)."""
     cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup)
+    return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs allowed by cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``; None when unlimited."""
     try:
-        quota, period = cgroup.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+        if (root / "cpu.max").exists():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        return None if quota in ("max", "-1") else int(quota) / int(period)
     except (OSError, ValueError):
-        pass
-    return max(1, cpus)
+        return None
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -250,12 +261,30 @@ class Supervisor:
                     c.writer.close()
 
 
+RUN_PREFIX = "infercdn-workers-"
+
+
+def clean_stale_runs(tmp: Path) -> None:
+    """Remove the run directories (metrics, links, limits) of supervisors that were killed
+    before they could remove their own."""
+    for old in tmp.glob(RUN_PREFIX + "*"):
+        try:
+            pid = int((old / "supervisor.pid").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # not ours to judge (another user's, or still being set up)
+
+
 @contextlib.asynccontextmanager
 async def running_workers(cfg: Config, config_path: str | Path, host: str, port: int, workers: int, *,
                           sim_processes: bool = False, engine: str = "sim", model_dir: str | None = None,
                           prepare: str | None = None) -> AsyncIterator[tuple[LocalFleet, int, Supervisor]]:
     """The local fleet of ``cfg`` (run once, here) and ``workers`` serving processes on one port."""
-    run_dir = Path(tempfile.mkdtemp(prefix="infercdn-workers-"))
+    clean_stale_runs(Path(tempfile.gettempdir()))
+    run_dir = Path(tempfile.mkdtemp(prefix=RUN_PREFIX))
+    (run_dir / "supervisor.pid").write_text(str(os.getpid()))
     fleet = LocalFleet(processes=sim_processes, engine=engine, model_dir=model_dir)
     holder = reserve_port(host, port)
     supervisor: Supervisor | None = None

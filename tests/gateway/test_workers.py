@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-from gateway.workers import default_workers
+from gateway.workers import RUN_PREFIX, clean_stale_runs, default_workers
 from tests.conftest import LONDON, SINGAPORE, base_config
-from tests.gateway.workers_fixture import BODY, by_worker, chat, metric_total, workers_gateway
+from tests.gateway.workers_fixture import BODY, ROOT, by_worker, chat, metric_total, workers_gateway
 
 HEALTH_INTERVAL_S = 0.2
 
 
 def write_config(path: Path, geoip_db: Path, pools: dict[str, list[str]], **gateway: Any) -> dict[str, Any]:
     data = base_config(pools, geoip={"database": str(geoip_db)},
-                       health={"interval_s": HEALTH_INTERVAL_S, "timeout_s": 0.5, "rise": 1, "fall": 1})
+                       health={"interval_s": HEALTH_INTERVAL_S, "timeout_s": 0.5, "rise": 1, "fall": 1},
+                       load={"enabled": True, "scrape_interval_s": HEALTH_INTERVAL_S, "stale_s": 2.0})
     data["gateway"].update(access_log="off", **gateway)
     path.write_text(yaml.safe_dump(data))
     return data
@@ -44,17 +47,46 @@ async def test_both_workers_serve_one_prober_and_metrics_sum(tmp_path: Path, geo
                 return r.headers["x-infercdn-worker"], r.status
         assert await by_worker(gw.base, ready) == {"0": 200, "1": 200}
 
-        before = sim.stats.paths["/health"]
+        before = dict(sim.stats.paths)
         window = 2.0
         await asyncio.sleep(window)  # a rate is measured over time: one prober, one probe per interval
-        probes = sim.stats.paths["/health"] - before
+        probes = sim.stats.paths["/health"] - before["/health"]
+        scrapes = sim.stats.paths["/metrics"] - before.get("/metrics", 0)
         assert 1 <= probes <= window / HEALTH_INTERVAL_S + 3, probes  # two probers would send ~20
+        assert 1 <= scrapes <= window / HEALTH_INTERVAL_S + 3, scrapes  # load scrapes: as many at most
 
         async def metrics(session: aiohttp.ClientSession) -> tuple[str, float]:
             async with session.get(gw.base + "/metrics") as r:
                 return r.headers["x-infercdn-worker"], metric_total(await r.text(), "infercdn_requests_total")
         assert await by_worker(gw.base, metrics) == {"0": float(served), "1": float(served)}
         assert await gw.stop() == 0
+
+
+async def test_one_worker_is_the_single_process_of_before(tmp_path: Path, geoip_db: Path, sim_factory) -> None:
+    """--workers 1: no supervisor, no child process, no worker header."""
+    sim = await sim_factory()
+    config = tmp_path / "gw.yaml"
+    write_config(config, geoip_db, {"eu-west": [sim.url]})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config), "--port", "0", "--workers", "1",
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        assert "listening on" in line and "workers" not in line, line
+        base = line.split("listening on ")[1].split()[0]
+        async with aiohttp.ClientSession() as session:
+            async with session.post(base + "/v1/chat/completions", json=BODY) as r:
+                assert r.status == 200 and "x-infercdn-worker" not in r.headers
+        assert not Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_a_dead_worker_is_restarted(tmp_path: Path, geoip_db: Path, sim_factory) -> None:
@@ -182,14 +214,32 @@ async def test_config_watch_reloads_every_worker_once(tmp_path: Path, geoip_db: 
 
 def test_default_workers_follows_affinity_and_cgroup_quota(tmp_path: Path) -> None:
     cpus = len(os.sched_getaffinity(0))
-    quota = tmp_path / "cpu.max"
-    assert default_workers(quota) == cpus  # no cgroup file
+    assert default_workers(tmp_path) == cpus  # no cgroup files
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # cgroup v1, unlimited
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert default_workers(tmp_path) == cpus
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")  # v1, half a CPU
+    assert default_workers(tmp_path) == 1
+    quota = tmp_path / "cpu.max"  # cgroup v2 wins where present
     quota.write_text("max 100000\n")
-    assert default_workers(quota) == cpus
+    assert default_workers(tmp_path) == cpus
     quota.write_text("50000 100000\n")
-    assert default_workers(quota) == 1
+    assert default_workers(tmp_path) == 1
     quota.write_text(f"{150000 * cpus} 100000\n")
-    assert default_workers(quota) == cpus
+    assert default_workers(tmp_path) == cpus
+
+
+def test_run_directories_of_killed_supervisors_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for name, pid in (("dead", str(dead.pid)), ("alive", str(os.getpid())), ("unreadable", "x")):
+        run = tmp_path / (RUN_PREFIX + name)
+        run.mkdir()
+        (run / "supervisor.pid").write_text(pid)
+    (tmp_path / "other").mkdir()
+    clean_stale_runs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RUN_PREFIX + "alive", RUN_PREFIX + "unreadable", "other"]
 
 
 async def test_up_with_workers_runs_the_pools_once() -> None:
