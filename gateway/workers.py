@@ -53,7 +53,10 @@ CGROUP = Path("/sys/fs/cgroup")
 
 def default_workers(cgroup: Path = CGROUP) -> int:
     """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a
-    container limited to 2 CPUs on a 64-core node gets 2 workers, not 64)."""
+    container limited to 2 CPUs on a 64-core node gets 2 workers, not 64).  1 outside Linux,
+    whose SO_REUSEPORT is what spreads connections over the workers (macOS's gives all to one)."""
+    if not sys.platform.startswith("linux"):
+        return 1
     cpus = len(os.sched_getaffinity(0))
     quota = _cgroup_quota(cgroup)
     return max(1, min(cpus, math.ceil(quota)) if quota else cpus)

@@ -275,3 +275,22 @@ async def test_tenant_limits_hold_for_the_host_not_per_worker(tmp_path: Path, ge
         assert first == [200, 200]
         assert await by_worker(gw.base, call) == {"0": 429, "1": 429}
         assert sim.stats.paths["/v1/chat/completions"] == 2
+
+
+def test_workers_add_the_launched_vllm_endpoints_to_every_config_they_read(tmp_path: Path) -> None:
+    """`infercdn up --engine vllm --workers N`: the supervisor launched vLLM once; each worker
+    adds its address to the pool at start and at every reload, after the command's preparation."""
+    from gateway.commands.up import vllm_default
+    from gateway.config import EndpointCfg, load_config
+    from gateway.worker_proc import config_transform
+    from gateway.workers import WorkerSpec
+
+    cfg = vllm_default(load_config(None))
+    pool = next(p for p in cfg.pools if p.launch is not None)
+    launched = EndpointCfg(id=f"{pool.name}-vllm0", url="http://127.0.0.1:9", health_url="http://127.0.0.1:10/health")
+    spec = WorkerSpec("cfg.yaml", "last.yaml", "127.0.0.1", 1, "hub.sock",
+                      endpoints={pool.name: [launched.model_dump()]}, prepare="vllm_default")
+    spec.dump(tmp_path / "spec.json")
+    out = config_transform(WorkerSpec.load(tmp_path / "spec.json"))(load_config(None))
+    mine = next(p for p in out.pools if p.name == pool.name)
+    assert mine.launch is not None and mine.endpoints[-1] == launched
