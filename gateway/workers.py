@@ -120,6 +120,7 @@ class Child:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.StreamWriter | None = None
     restarts: int = 0
+    reload_pending: bool = False  # a reload came while it was starting (SIGHUP would have killed it)
 
 
 class Supervisor:
@@ -133,23 +134,26 @@ class Supervisor:
         self.hub: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_all)
         self.metrics_dir.mkdir()
         self.hub = await asyncio.start_unix_server(self._link, self.spec.hub, limit=16 * 1024 * 1024)
         self.tasks = [asyncio.create_task(self._keep(c)) for c in self.children]
         interval = self.cfg.gateway.config_watch_s
         if interval > 0:
             self.tasks.append(asyncio.create_task(watch_file(self.spec.config_path, interval, self.reload_all)))
-        waits = [asyncio.create_task(c.ready.wait()) for c in self.children]
+        pending = {asyncio.create_task(c.ready.wait()) for c in self.children}
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
-                while not all(c.ready.is_set() for c in self.children):
+                while pending:
+                    _, pending = await asyncio.wait(pending, timeout=0.2)
                     dead = [c for c in self.children if c.restarts]
                     if dead:
                         raise RuntimeError(f"worker {dead[0].index} exited while starting (see its log above)")
-                    await asyncio.wait(waits + self.tasks, return_when=asyncio.FIRST_COMPLETED, timeout=0.5)
+        except TimeoutError:
+            raise RuntimeError(f"the workers did not start within {START_TIMEOUT_S:g} s") from None
         finally:
-            for w in waits:
-                w.cancel()
+            for wait in pending:
+                wait.cancel()
 
     @property
     def pids(self) -> list[int]:
@@ -204,11 +208,14 @@ class Supervisor:
                 elif kind == "ready" and child is not None:
                     child.ready.set()
                     log.info("worker %d (pid %d) serving", child.index, child.proc.pid if child.proc else -1)
+                    if child.reload_pending:
+                        child.reload_pending = False
+                        self._reload(only=child)
                 elif kind in ("probes", "loads"):
                     self.last[kind] = line
                     self._relay(line, child)
                 elif kind == "reload" and child is not None:
-                    self._signal(signal.SIGHUP, skip=child)
+                    self._reload(skip=child)
         except (OSError, ValueError, KeyError, IndexError) as exc:
             log.error("bad message on a worker link: %s", exc)
         finally:
@@ -221,11 +228,23 @@ class Supervisor:
             if c is not source and c.writer is not None and not c.writer.is_closing():
                 c.writer.write(line)
 
-    def _signal(self, sig: int, skip: Child | None = None) -> None:
+    def _signal(self, sig: int) -> None:
         for c in self.children:
-            if c is not skip and c.proc is not None and c.proc.returncode is None:
+            if c.proc is not None and c.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.send_signal(sig)
+
+    def _reload(self, skip: Child | None = None, only: Child | None = None) -> None:
+        """SIGHUP to the workers that serve; one still starting gets it once it does (before its
+        handler is installed, SIGHUP would end it)."""
+        for c in self.children if only is None else [only]:
+            if c is skip or c.proc is None or c.proc.returncode is not None:
+                continue
+            if not c.ready.is_set():
+                c.reload_pending = True
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.send_signal(signal.SIGHUP)
 
     def reload_all(self) -> None:
         """SIGHUP or a changed file: validate it once; valid, every worker reloads it."""
@@ -236,7 +255,7 @@ class Supervisor:
             return
         shutil.copyfile(self.spec.config_path, self.spec.fallback_config)
         log.info("reloading %d workers from %s", len(self.pids), self.spec.config_path)
-        self._signal(signal.SIGHUP)
+        self._reload()
 
     def interrupt(self) -> None:
         """A second stop signal: the workers stop at once (their drain is cut short)."""
@@ -245,6 +264,7 @@ class Supervisor:
     async def stop(self) -> None:
         """Drain every worker (they get the signal once), then close the links."""
         self.stopping.set()
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self._signal(signal.SIGTERM)
         g = self.cfg.gateway
         with contextlib.suppress(asyncio.TimeoutError):
@@ -313,7 +333,7 @@ async def running_workers(cfg: Config, config_path: str | Path, host: str, port:
 
 
 async def wait_for_stop(supervisor: Supervisor) -> None:
-    """Until SIGINT or SIGTERM (a second one cuts the workers' drain short); SIGHUP reloads all."""
+    """Until SIGINT or SIGTERM (a second one cuts the workers' drain short)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -324,5 +344,4 @@ async def wait_for_stop(supervisor: Supervisor) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_stop)
-    loop.add_signal_handler(signal.SIGHUP, supervisor.reload_all)
     await stop.wait()

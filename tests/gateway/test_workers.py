@@ -294,3 +294,38 @@ def test_workers_add_the_launched_vllm_endpoints_to_every_config_they_read(tmp_p
     out = config_transform(WorkerSpec.load(tmp_path / "spec.json"))(load_config(None))
     mine = next(p for p in out.pools if p.name == pool.name)
     assert mine.launch is not None and mine.endpoints[-1] == launched
+
+
+class FakeProc:
+    def __init__(self, pid: int) -> None:
+        self.pid, self.returncode, self.signals = pid, None, []
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+
+async def test_a_reload_waits_for_a_worker_still_starting(tmp_path: Path) -> None:
+    """SIGHUP before a worker installed its handler would end it: the supervisor holds the
+    reload until the worker says it serves."""
+    from gateway.config import load_config
+    from gateway.workers import Supervisor, WorkerSpec
+
+    sup = Supervisor(2, WorkerSpec("c.yaml", "l.yaml", "127.0.0.1", 1, str(tmp_path / "hub")), tmp_path,
+                     load_config(None))
+    serving, starting = sup.children
+    serving.proc, starting.proc = FakeProc(1), FakeProc(2)  # type: ignore[assignment]
+    serving.ready.set()
+    sup._reload()
+    assert serving.proc.signals == [signal.SIGHUP] and starting.proc.signals == []  # type: ignore[union-attr]
+    assert starting.reload_pending
+    hub = await asyncio.start_unix_server(sup._link, str(tmp_path / "hub"))
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "hub"))
+        writer.write(b'{"kind": "hello", "index": 1}\n{"kind": "ready", "index": 1}\n')
+        await writer.drain()
+        async with asyncio.timeout(5):
+            await starting.ready.wait()
+        assert starting.proc.signals == [signal.SIGHUP] and not starting.reload_pending  # type: ignore[union-attr]
+        writer.close()
+    finally:
+        hub.close()
