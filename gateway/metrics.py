@@ -39,6 +39,7 @@ class GatewayMetrics:
     client_disconnects: Counter
     resumes: Counter
     shared_limit_errors: Counter
+    worker_restarts: Counter
 
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
     multiprocess_dir: str | None = None  # --workers: render the host's totals from this directory
@@ -94,4 +95,6 @@ def build_metrics() -> GatewayMetrics:
         shared_limit_errors=Counter("infercdn_shared_limit_errors",
                                     "Redis calls of auth.shared that failed (the gateway's own limits decided)",
                                     registry=r),
+        worker_restarts=Counter("infercdn_worker_restarts", "Serving processes of --workers started again after "
+                                "they died", ["worker"], registry=r),
     )

@@ -1,5 +1,5 @@
 """One serving process of ``infercdn gateway --workers N`` (started by ``gateway/workers.py``):
-``python -m gateway.worker_proc SPEC_JSON INDEX``.
+``python -m gateway.worker_proc SPEC_JSON INDEX RESTARTS``.
 
 It serves as a single gateway does — the same app, drain and SIGHUP reload — except that it
 listens with SO_REUSEPORT beside its siblings, takes its health and load observations from the
@@ -21,7 +21,7 @@ from gateway.hostlimits import HostLimits
 from gateway.probe_link import ProbeLink
 from gateway.reload import RELOAD_PEERS, reload_on_signal
 from gateway.server import _drain, _on_sighup, run, start_site, wait_for_signal, with_endpoints
-from gateway.state import SHARED_LIMITS
+from gateway.state import METRICS, SHARED_LIMITS
 from gateway.tuning import settle_gc
 from gateway.workers import WorkerSpec
 
@@ -65,11 +65,13 @@ def first_config(spec: WorkerSpec) -> Config:
         return load_config(spec.fallback_config)
 
 
-async def serve(spec: WorkerSpec, index: int) -> int:
+async def serve(spec: WorkerSpec, index: int, restart: bool) -> int:
     transform = config_transform(spec)
     cfg = transform(first_config(spec))
     link = await ProbeLink.connect(spec.hub, index)
     app = build_app(cfg, simulated=spec.simulated, config_path=spec.config_path, config_transform=transform)
+    if restart:  # summed over the run's processes: the restarts of each worker
+        app[METRICS].worker_restarts.labels(str(index)).inc()
     app[PROBE_LINK] = link
     app[RELOAD_PEERS] = link.reload_peers
     app.cleanup_ctx.append(link.context)
@@ -98,10 +100,10 @@ async def serve(spec: WorkerSpec, index: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    spec, index = WorkerSpec.load(argv[0]), int(argv[1])
+    spec, index, restarts = WorkerSpec.load(argv[0]), int(argv[1]), int(argv[2])
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
-    return run(lambda: serve(spec, index))
+    return run(lambda: serve(spec, index, restarts > 0))
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ class Supervisor:
         env = {**os.environ, MULTIPROC_ENV: str(self.metrics_dir)}
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.worker_proc", str(self.run_dir / "spec.json"), str(child.index),
-            env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)  # Ctrl-C reaches us alone
+            str(child.restarts), env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)  # Ctrl-C reaches us alone
 
     async def _keep(self, child: Child) -> None:
         """Run worker ``child.index`` until the stop, restarting it when it dies."""

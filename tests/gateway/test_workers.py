@@ -114,7 +114,9 @@ async def test_a_dead_worker_is_restarted(tmp_path: Path, geoip_db: Path, sim_fa
         total = sim.stats.paths["/v1/chat/completions"]
         assert total > served
         async with aiohttp.ClientSession() as session, session.get(gw.base + "/metrics") as r:
-            assert metric_total(await r.text(), "infercdn_requests_total") == total  # the dead worker's too
+            page = await r.text()
+        assert metric_total(page, "infercdn_requests_total") == total  # the dead worker's too
+        assert 'infercdn_worker_restarts_total{worker="0"} 1.0' in page
         assert await gw.stop() == 0
 
 
