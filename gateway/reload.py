@@ -27,8 +27,9 @@ CONFIG_TRANSFORM = web.AppKey("config_transform", Callable[[Config], Config])
 # --workers: after POST /admin/reload reloaded this process, ask the supervisor to reload the others
 RELOAD_PEERS = web.AppKey("reload_peers", Callable[[], None])
 
-_FIXED = ("gateway.host", "gateway.port", "gateway.access_log", "gateway.config_watch_s", "auth.shared", "geoip", "health", "load", "budget",
+_FIXED = ("gateway.host", "gateway.port", "gateway.access_log", "auth.shared", "geoip", "health", "load", "budget",
           "timeouts")
+_FIXED += ("gateway.config_watch_s",)  # the watch (in the supervisor under --workers) reads it at start
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
