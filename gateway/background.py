@@ -13,13 +13,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.host_link import HOST_LINK
 from gateway.state import METRICS, OBSERVATIONS, SNAPSHOT
 from routing.topology import Endpoint
 
 log = logging.getLogger("infercdn.background")
 
-# --workers: the process's link to the host's prober (gateway.probe_link.ProbeLink); absent: probe here
-PROBE_LINK = web.AppKey("probe_link", object)
 ProbeRow = tuple[str, bool, "float | None"]  # endpoint id, answered 200, latency sample (ms) or None
 LoadRow = tuple[str, "float | None", "float | None", "float | None"]  # endpoint id, running, waiting, kv usage
 
@@ -91,9 +90,9 @@ async def probe_round(app: web.Application, session: aiohttp.ClientSession, warm
         else:
             warm.discard(ep.id)
     apply_probes(app, rows)
-    link = app.get(PROBE_LINK)
+    link = app.get(HOST_LINK)
     if link is not None:
-        link.publish("probes", rows)
+        link.publish("probes", rows=rows)
 
 
 def apply_probes(app: web.Application, rows: list[ProbeRow]) -> None:
@@ -155,9 +154,9 @@ async def scrape_round(app: web.Application, session: aiohttp.ClientSession, due
     rows: list[LoadRow] = [(ep.id, load.get("running"), load.get("waiting"), load.get("kv_usage"))
                            for ep, load in zip(eps, results) if load]
     apply_loads(app, rows)
-    link = app.get(PROBE_LINK)
+    link = app.get(HOST_LINK)
     if link is not None and rows:
-        link.publish("loads", rows)
+        link.publish("loads", rows=rows)
 
 
 @contextlib.asynccontextmanager
@@ -179,16 +178,24 @@ async def _loop(interval_s: float, step: Callable[[aiohttp.ClientSession], Await
         yield
 
 
-def _follower(app: web.Application) -> bool:
-    """Under --workers only one process of the host probes and scrapes; the others apply what
-    it publishes (gateway/probe_link.py), so pools see one prober per host, not one per worker."""
-    link = app.get(PROBE_LINK)
-    return link is not None and not link.prober
+def _rows(msg: dict[str, Any]) -> list[Any]:
+    return [tuple(r) for r in msg["rows"]]
+
+
+def _shared(app: web.Application, kind: str, apply: Callable[[web.Application, list[Any]], None]) -> bool:
+    """Under --workers only worker 0 probes and scrapes for the host; every worker applies the
+    rounds the link brings (the prober's, or the last one replayed to a restarted prober), so
+    pools see one prober per host, not one per worker.  True: this process only follows."""
+    link = app.get(HOST_LINK)
+    if link is None:
+        return False
+    link.on(kind, lambda msg: apply(app, _rows(msg)))
+    return not link.prober
 
 
 async def health_probes(app: web.Application) -> AsyncIterator[None]:
     cfg = app[SNAPSHOT].current.config
-    if _follower(app):
+    if _shared(app, "probes", apply_probes):
         yield
         return
     warm: set[str] = set()
@@ -198,7 +205,7 @@ async def health_probes(app: web.Application) -> AsyncIterator[None]:
 
 async def load_scraper(app: web.Application) -> AsyncIterator[None]:
     cfg = app[SNAPSHOT].current.config
-    if not cfg.load.enabled or _follower(app):
+    if _shared(app, "loads", apply_loads) or not cfg.load.enabled:
         yield
         return
     due: dict[str, float] = {}

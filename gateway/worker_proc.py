@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway.app import build_app
-from gateway.background import PROBE_LINK
 from gateway.config import Config, ConfigError, EndpointCfg, load_config
 from gateway.hostlimits import HostLimits
-from gateway.probe_link import ProbeLink
+from gateway.host_link import HOST_LINK, HostLink
 from gateway.reload import RELOAD_PEERS, reload_on_signal
 from gateway.server import _drain, _on_sighup, run, start_site, wait_for_signal, with_endpoints
 from gateway.state import METRICS, SHARED_LIMITS
@@ -68,11 +67,11 @@ def first_config(spec: WorkerSpec) -> Config:
 async def serve(spec: WorkerSpec, index: int, restart: bool) -> int:
     transform = config_transform(spec)
     cfg = transform(first_config(spec))
-    link = await ProbeLink.connect(spec.hub, index)
+    link = await HostLink.connect(spec.hub, index)
     app = build_app(cfg, simulated=spec.simulated, config_path=spec.config_path, config_transform=transform)
     if restart:  # summed over the run's processes: the restarts of each worker
         app[METRICS].worker_restarts.labels(str(index)).inc()
-    app[PROBE_LINK] = link
+    app[HOST_LINK] = link
     app[RELOAD_PEERS] = link.reload_peers
     app.cleanup_ctx.append(link.context)
     if spec.limits is not None:

@@ -10,7 +10,8 @@
   (``gateway.config_watch_s``): the file is validated once here, then every worker reloads it
   (an invalid file is logged once and every worker keeps its config).
 - **One prober per host.**  Worker 0 probes health and scrapes pool load; the supervisor relays
-  each round to the others over their unix-socket links (``gateway/probe_link.py``).
+  each round to the others over their unix-socket links (``gateway/host_link.py``), as it
+  relays any state a feature shares between workers.
 - **Host totals on /metrics.**  Workers write into a prometheus-client multiprocess directory made
   fresh for this run and removed at exit; a dead worker is marked dead there.
 - **Tenant limits per host.**  Without Redis (``auth.shared``) the workers share one table of
@@ -38,6 +39,7 @@ import orjson
 
 from gateway import hostlimits
 from gateway.config import Config, ConfigError, load_config
+from gateway.host_link import CONTROL
 from gateway.metrics import MULTIPROC_ENV
 from gateway.server import LocalFleet
 from gateway.watch import watch_file
@@ -129,7 +131,7 @@ class Supervisor:
         self.children = [Child(i) for i in range(workers)]
         self.metrics_dir = run_dir / "metrics"
         self.stopping = asyncio.Event()
-        self.last: dict[str, bytes] = {}  # the last round of probes / loads, for workers that (re)connect
+        self.last: dict[str, bytes] = {}  # the latest message of each shared kind, for workers that (re)connect
         self.tasks: list[asyncio.Task[None]] = []
         self.hub: asyncio.AbstractServer | None = None
 
@@ -211,11 +213,11 @@ class Supervisor:
                     if child.reload_pending:
                         child.reload_pending = False
                         self._reload(only=child)
-                elif kind in ("probes", "loads"):
-                    self.last[kind] = line
-                    self._relay(line, child)
                 elif kind == "reload" and child is not None:
                     self._reload(skip=child)
+                elif kind not in CONTROL:  # state shared by the workers: relayed, the latest replayed
+                    self.last[kind] = line
+                    self._relay(line, child)
         except (OSError, ValueError, KeyError, IndexError) as exc:
             log.error("bad message on a worker link: %s", exc)
         finally:
