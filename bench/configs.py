@@ -47,9 +47,9 @@ def infercdn_yaml(upstreams: list[str], regions: bool, passthrough: bool = False
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def nginx_conf(upstreams: list[str], port: int, work: Path) -> str:
+def nginx_conf(upstreams: list[str], port: int, work: Path, workers: int = 1) -> str:
     servers = "".join(f"    server {u.removeprefix('http://')};\n" for u in upstreams)
-    return f"""worker_processes 1;
+    return f"""worker_processes {workers};
 daemon off;
 master_process on;
 pid {work}/nginx.pid;

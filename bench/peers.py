@@ -135,6 +135,8 @@ def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False,
         cfg.write_text(configs.infercdn_yaml(upstreams, regions, passthrough=name == "infercdn-passthrough",
                                              access_log=has_log))
         cmd = [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(cfg), "--port", str(port)]
+        if (tree / "gateway" / "workers.py").exists():
+            cmd += ["--workers", "1"]  # one process, as nginx runs one worker here (bench.workers scales N)
     elif name == "nginx":
         (work / "logs").mkdir(exist_ok=True)
         conf = work / "nginx.conf"

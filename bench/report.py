@@ -1,8 +1,10 @@
 """Aggregate per-round measurements into medians with min–max, and render the Markdown tables."""
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 METRICS = ("cpu_per_request_ms", "cpu_per_token_us", "user_per_token_us", "sys_per_token_us",
            "requests_ratio", "tokens_ratio", "ttft_p50_added_ms", "ttft_p99_added_ms", "ttft_p50_ms",
@@ -128,3 +130,10 @@ def markdown(doc: dict) -> str:
             lines.append("Most samples on top of the stack (self %): "
                          + ", ".join(f"{f} {p}" for f, p in top[:8]) + ".")
     return "\n".join(lines) + "\n"
+
+
+def save(doc: dict, base: Path, md: str) -> None:
+    """``base``.json (everything) and ``base``.md (the tables), and the tables on stdout."""
+    base.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
+    base.with_suffix(".md").write_text(md)
+    print(md)

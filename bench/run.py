@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import shlex
@@ -174,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
            "profile": _relative(prof.get("svg")) if prof and prof.get("status") == "ok" else None,
            "profile_detail": prof, "elapsed_s": round(time.monotonic() - started, 1)}
     base = args.out / stamp
-    base.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
-    md = report.markdown(doc)
-    base.with_suffix(".md").write_text(md)
-    print(md)
+    report.save(doc, base, report.markdown(doc))
     log(f"wrote {base}.json and .md in {doc['elapsed_s']:.0f} s")
     return 0
 

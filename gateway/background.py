@@ -1,20 +1,26 @@
 """Background loops, each an aiohttp cleanup context (start a task, yield, cancel, await):
-active health + latency probes, and load scraping of vLLM's /metrics."""
+active health + latency probes, and load scraping of vLLM's /metrics.  Under --workers one
+process per host runs them and publishes each round; the others only apply what arrives."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from gateway.host_link import HOST_LINK
 from gateway.state import METRICS, OBSERVATIONS, SNAPSHOT
 from routing.topology import Endpoint
 
 log = logging.getLogger("infercdn.background")
+
+ProbeRow = tuple[str, bool, "float | None", bool]  # endpoint id, answered 200, latency sample (ms) or None, "draining"
+LoadRow = tuple[str, "float | None", "float | None", "float | None"]  # endpoint id, running, waiting, kv usage
 
 LOAD_GAUGES = {
     "vllm:num_requests_running": "running",
@@ -98,21 +104,36 @@ async def probe_round(app: web.Application, session: aiohttp.ClientSession, warm
     eps = _endpoints(app)
     drains: set[str] = set()
     results = await asyncio.gather(*(_probe(session, ep, cfg.path, cfg.timeout_s, drains) for ep in eps))
-    obs, metrics = app[OBSERVATIONS], app[METRICS]
+    rows: list[ProbeRow] = []
     for ep, (ok, rtt) in zip(eps, results):
-        obs.record_probe(ep.id, ok, rtt if ep.id in warm else None, ep.id in drains)
+        rows.append((ep.id, ok, rtt if ep.id in warm else None, ep.id in drains))
         if ok:
             warm.add(ep.id)
         else:
             warm.discard(ep.id)
-        view = obs.view(ep.id)
-        metrics.endpoint_healthy.labels(ep.pool, ep.id).set(1 if view.healthy else 0)
-        metrics.endpoint_ejected.labels(ep.pool, ep.id).set(1 if view.ejected else 0)
+    apply_probes(app, rows)
+    link = app.get(HOST_LINK)
+    if link is not None:
+        link.publish("probes", rows=rows)
+
+
+def apply_probes(app: web.Application, rows: list[ProbeRow]) -> None:
+    """Record one probe round (this process's, or the host prober's under --workers)."""
+    obs, metrics = app[OBSERVATIONS], app[METRICS]
+    known = app[SNAPSHOT].current.topology.endpoints
+    for eid, ok, rtt, draining in rows:
+        ep = known.get(eid)
+        if ep is None:  # not (or no longer) in this process's routing snapshot
+            continue
+        obs.record_probe(eid, ok, rtt, draining)
+        view = obs.view(eid)
+        metrics.endpoint_healthy.labels(ep.pool, eid).set(1 if view.healthy else 0)
+        metrics.endpoint_ejected.labels(ep.pool, eid).set(1 if view.ejected else 0)
         drained = view.drained or view.probe_draining or ep.pool in obs.drained_pools
-        metrics.endpoint_drained.labels(ep.pool, ep.id).set(1 if drained else 0)
-        metrics.inflight.labels(ep.id).set(view.inflight)
+        metrics.endpoint_drained.labels(ep.pool, eid).set(1 if drained else 0)
+        metrics.inflight.labels(eid).set(view.inflight)
         if view.latency_ms is not None:
-            metrics.endpoint_latency_ms.labels(ep.pool, ep.id).set(view.latency_ms)
+            metrics.endpoint_latency_ms.labels(ep.pool, eid).set(view.latency_ms)
     count_healthy_by_region(app)
 
 
@@ -127,6 +148,13 @@ def count_healthy_by_region(app: web.Application) -> None:
     gauge.clear()
     for region, n in counts.items():
         gauge.labels(region).set(n)
+
+
+def apply_loads(app: web.Application, rows: list[LoadRow]) -> None:
+    """Record scraped pool load (unknown stays unknown: stale load is never read as idle)."""
+    obs = app[OBSERVATIONS]
+    for eid, running, waiting, kv_usage in rows:
+        obs.record_load(eid, running, waiting, kv_usage)  # type: ignore[arg-type]
 
 
 async def _scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float) -> dict[str, float] | None:
@@ -161,10 +189,24 @@ async def scrape_round(app: web.Application, session: aiohttp.ClientSession, due
     eps = [ep for ep in _endpoints(app) if due.get(ep.id, 0.0) <= now]
     results = await asyncio.gather(*(_timed_scrape(session, ep, cfg.load.timeout_s, cfg.load.stale_s / 3, due)
                                      for ep in eps))
-    obs = app[OBSERVATIONS]
-    for ep, load in zip(eps, results):
-        if load:  # unknown stays unknown: stale load is never read as idle
-            obs.record_load(ep.id, load.get("running"), load.get("waiting"), load.get("kv_usage"))
+    rows: list[LoadRow] = [(ep.id, load.get("running"), load.get("waiting"), load.get("kv_usage"))
+                           for ep, load in zip(eps, results) if load]
+    apply_loads(app, rows)
+    link = app.get(HOST_LINK)
+    if link is not None and rows:
+        link.publish("loads", rows=rows)
+
+
+@contextlib.asynccontextmanager
+async def running(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """``work`` as a task while the block runs; cancelled and awaited when it ends."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @contextlib.asynccontextmanager
@@ -174,8 +216,26 @@ async def _loop(interval_s: float, step: Callable[[aiohttp.ClientSession], Await
         yield
 
 
+def _rows(msg: dict[str, Any]) -> list[Any]:
+    return [tuple(r) for r in msg["rows"]]
+
+
+def _shared(app: web.Application, kind: str, apply: Callable[[web.Application, list[Any]], None]) -> bool:
+    """Under --workers only worker 0 probes and scrapes for the host; every worker applies the
+    rounds the link brings (the prober's, or the last one replayed to a restarted prober), so
+    pools see one prober per host, not one per worker.  True: this process only follows."""
+    link = app.get(HOST_LINK)
+    if link is None:
+        return False
+    link.on(kind, lambda msg: apply(app, _rows(msg)))
+    return not link.prober
+
+
 async def health_probes(app: web.Application) -> AsyncIterator[None]:
     cfg = app[SNAPSHOT].current.config
+    if _shared(app, "probes", apply_probes):
+        yield
+        return
     warm: set[str] = set()
     async with _loop(cfg.health.interval_s, lambda s: probe_round(app, s, warm)):
         yield
@@ -183,7 +243,7 @@ async def health_probes(app: web.Application) -> AsyncIterator[None]:
 
 async def load_scraper(app: web.Application) -> AsyncIterator[None]:
     cfg = app[SNAPSHOT].current.config
-    if not cfg.load.enabled:
+    if _shared(app, "loads", apply_loads) or not cfg.load.enabled:
         yield
         return
     due: dict[str, float] = {}

