@@ -6,12 +6,14 @@ http(s) URL``."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config_env import expand_env
 from routing.balance import BALANCERS
 from routing.plan import RoutingParams
 
@@ -430,6 +432,10 @@ def load_config(path: str | Path | None = None) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(p), [("", _MISSING, f"cannot read file: {exc.strerror or exc}")]) from None
+    text, unset = expand_env(text, os.environ)
+    if unset:
+        raise ConfigError(str(p), [(f"line {n}", _MISSING, f"${{{name}}}: not set in the environment "
+                                    f"(or give a default: ${{{name}:-value}})") for n, name in unset])
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

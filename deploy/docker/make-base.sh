@@ -14,12 +14,15 @@ SUITE="${SUITE:-bookworm}"
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 # python3-venv brings ensurepip (pip inside the venv); ca-certificates for HTTPS clients (Redis over
 # TLS, the OpenAI SDK in a shell); tini is not needed (the gateway handles its signals itself).
-PACKAGES="python3,python3-venv,ca-certificates"
+PACKAGES="python3,python3-venv,ca-certificates${EXTRA:+,$EXTRA}"
+# EXTRA=redis-server,prometheus NAME=infercdn-demo-tools: stand-ins for the compose demo's Redis and
+# Prometheus images (tests/deploy), for machines that cannot pull redis:7 and prom/prometheus
+NAME="${NAME:-infercdn-base}"
 CACHE="${INFERCDN_CACHE:-$HOME/.cache/infercdn}/docker-base"
 
 key=$(printf '%s\n' "$SUITE" "$MIRROR" "$PACKAGES" "v1" | sha256sum | cut -c1-12)
-tag="infercdn-base:${SUITE}-${key}"
-tarball="$CACHE/${SUITE}-${key}.tar"
+tag="${NAME}:${SUITE}-${key}"
+tarball="$CACHE/${NAME}-${SUITE}-${key}.tar"
 
 if docker image inspect "$tag" >/dev/null 2>&1; then
   echo "$tag"; exit 0
