@@ -4,8 +4,8 @@
 #     bash deploy/docker/build.sh [--base IMAGE] [--tag TAG]     # TAG default: latest
 #
 # -> infercdn-gateway:TAG and infercdn-sim:TAG.  The project and its dependencies are built into
-# wheels on this host (`pip wheel`, the Python of $PYTHON, default python3.11, which must match the
-# base image's 3.11) and installed in the image with `--no-index`.  Dependency wheels are cached
+# wheels on this host (`pip wheel` of $PYTHON, default .venv/bin/python or python3.11: it must be
+# 3.11 like the images) and installed in the image with `--no-index`.  Dependency wheels are cached
 # under $INFERCDN_CACHE/docker-wheels keyed by a hash of pyproject.toml; the project's own wheel
 # is rebuilt each time.  BASE defaults to python:3.11-slim (the Dockerfile's default);
 # deploy/docker/make-base.sh makes a local one where no registry is reachable.
@@ -20,7 +20,8 @@ while [ $# -gt 0 ]; do
     *) echo "build.sh: unknown argument $1 (use --base IMAGE, --tag TAG)" >&2; exit 2 ;;
   esac
 done
-PYTHON="${PYTHON:-python3.11}"
+# the project's venv has pip (Debian's python3.11 may not); else python3.11 from PATH
+[ -n "${PYTHON:-}" ] || { [ -x "$root/.venv/bin/python" ] && PYTHON="$root/.venv/bin/python" || PYTHON=python3.11; }
 command -v "$PYTHON" >/dev/null || { echo "build.sh: need $PYTHON on PATH (set PYTHON=...)" >&2; exit 1; }
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || { echo "build.sh: $PYTHON is not Python 3.11 (the images run 3.11; the wheels must match)" >&2; exit 1; }
