@@ -42,14 +42,15 @@ if [ ! -f "$deps/.complete" ]; then
   rm -f "$deps"/infercdn-*.whl
   touch "$deps/.complete"
 fi
-mkdir -p "$ctx/wheels"
-cp "$deps"/*.whl "$ctx/wheels/"
+mkdir -p "$ctx/wheels/deps" "$ctx/wheels/project"
+cp "$deps"/*.whl "$ctx/wheels/deps/"
 # the project's own wheel, from a copy of the sources (no build/ or egg-info left in the clone)
 src="$ctx/src" && mkdir -p "$src"
 (cd "$root" && cp -r pyproject.toml README.md gateway routing worker loadtest "$src/")
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
-"$PYTHON" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$ctx/wheels" "$src" >&2 \
-  || "$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$ctx/wheels" "$src" >&2
+# fixed timestamps: the same sources give the same wheel, and the image build reuses its layer
+export SOURCE_DATE_EPOCH=315532800
+"$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$ctx/wheels/project" "$src" >&2
 rm -rf "$src"
 cp "$here/Dockerfile" "$here/healthcheck.py" "$here/gateway.yaml" "$ctx/"
 

@@ -56,7 +56,9 @@ def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Cont
             "-v", f"{config}:/etc/infercdn/config.yaml:ro",
             "-v", f"{geoip}:/usr/share/GeoIP/GeoLite2-City.mmdb:ro",
             "-e", f"INFERCDN_HEALTH_URL=http://127.0.0.1:{gw}/healthz",
-            "--health-interval", "1s", "--health-start-period", "1s", "--stop-timeout", "40"])
+            "--health-interval", "1s", "--health-start-period", "1s", "--stop-timeout", "40",
+            # as on Kubernetes: nothing writable but /tmp, no capabilities
+            "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"])
         base = f"http://127.0.0.1:{gw}"
         assert engine.wait_for(engine.endpoints_healthy(base, 2), 60), box.logs(name)
         yield box, name, gw
