@@ -62,4 +62,6 @@ for target in gateway sim; do
   echo "build.sh: infercdn-$target:$tag${base:+ (base $base)}" >&2
   docker build -q "${args[@]}" --target "$target" -t "infercdn-$target:$tag" "$ctx" >&2
 done
+# the images a rebuild replaced (untagged now): only ours, only dangling ones
+docker image prune -f --filter label=io.infercdn.image=1 >/dev/null
 echo "infercdn-gateway:$tag infercdn-sim:$tag"

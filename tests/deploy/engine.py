@@ -85,7 +85,7 @@ def make_base(**env: str) -> str:
     if shutil.which("debootstrap") is None or os.geteuid() != 0:
         raise Unavailable("no base image: set INFERCDN_DOCKER_BASE, or run as root with debootstrap installed")
     out = subprocess.run(["bash", str(DOCKER_DIR / "make-base.sh")], capture_output=True, text=True,
-                         timeout=900, env={**os.environ, **env})
+                         timeout=540, env={**os.environ, **env})
     if out.returncode != 0:
         raise Unavailable(f"make-base.sh failed: {out.stderr[-2000:]}")
     return out.stdout.strip().splitlines()[-1]
@@ -93,7 +93,7 @@ def make_base(**env: str) -> str:
 
 def build_images(base: str, tag: str) -> tuple[str, str]:
     out = subprocess.run(["bash", str(DOCKER_DIR / "build.sh"), "--base", base, "--tag", tag],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=540)
     assert out.returncode == 0, f"build.sh failed:\n{out.stderr[-4000:]}"
     gateway, sim = out.stdout.split()
     return gateway, sim
