@@ -12,9 +12,10 @@ ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 FROM ${VLLM_IMAGE}
 
 # infercdn into the interpreter that has vLLM (its dependencies come from the index; vLLM's own
-# pins are kept because they already satisfy them)
+# pins are kept because they already satisfy them).  Recent vLLM images install with uv.
 COPY wheels/ /tmp/wheels/
-RUN python3 -m pip install --no-cache-dir /tmp/wheels/infercdn-*.whl \
+RUN if command -v uv >/dev/null; then uv pip install --system --no-cache /tmp/wheels/infercdn-*.whl; \
+    else python3 -m pip install --no-cache-dir /tmp/wheels/infercdn-*.whl; fi \
  && rm -rf /tmp/wheels \
  && groupadd --system --gid 10001 infercdn \
  && useradd --system --uid 10001 --gid infercdn --create-home --home-dir /home/infercdn infercdn \

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +35,14 @@ def geoip_placing_8_8_8_8_in_singapore(path: Path) -> Path:
     return path
 
 
+def workers_args() -> list[str]:
+    """`--workers 2` as in deploy/k8s where this checkout's gateway has the flag (every process
+    then has to drain on the container's SIGTERM), nothing where it does not."""
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "gateway", "--help"], capture_output=True,
+                         text=True, timeout=60, cwd=engine.ROOT)
+    return ["--workers", "2"] if "--workers" in out.stdout else []
+
+
 @pytest.fixture
 def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Containers, str, int]]:
     """Simulator containers in us-east and ap-southeast and a gateway container in front of them."""
@@ -52,7 +60,7 @@ def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Cont
         config.write_text(yaml.safe_dump(data))
         config.chmod(0o644)
         geoip = geoip_placing_8_8_8_8_in_singapore(tmp_path / "GeoLite2-City.mmdb")
-        name = box.run(gateway_image, "gateway", ["--port", str(gw)], [
+        name = box.run(gateway_image, "gateway", ["--port", str(gw), *workers_args()], [
             "-v", f"{config}:/etc/infercdn/config.yaml:ro",
             "-v", f"{geoip}:/usr/share/GeoIP/GeoLite2-City.mmdb:ro",
             "-e", f"INFERCDN_HEALTH_URL=http://127.0.0.1:{gw}/healthz",
