@@ -44,7 +44,7 @@ def workers_args() -> list[str]:
 
 
 @pytest.fixture
-def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Containers, str, int]]:
+def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Containers, str, int, Path]]:
     """Simulator containers in us-east and ap-southeast and a gateway container in front of them."""
     gateway_image, sim_image = images
     us, sg, gw = engine.free_ports(3)
@@ -56,12 +56,13 @@ def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Cont
         data = base_config({"us-east": [f"http://127.0.0.1:{us}"], "ap-southeast": [f"http://127.0.0.1:{sg}"]},
                            gateway={"drain_notice_s": 1.0, "drain_timeout_s": 30.0, "access_log": "stdout"},
                            geoip={"database": "/usr/share/GeoIP/GeoLite2-City.mmdb"})
-        config = tmp_path / "gateway.yaml"
-        config.write_text(yaml.safe_dump(data))
-        config.chmod(0o644)
+        folder = tmp_path / "config"  # a folder, as Kubernetes mounts a ConfigMap: edits reach the container
+        folder.mkdir(mode=0o755)
+        (folder / "config.yaml").write_text(yaml.safe_dump(data))
+        (folder / "config.yaml").chmod(0o644)
         geoip = geoip_placing_8_8_8_8_in_singapore(tmp_path / "GeoLite2-City.mmdb")
         name = box.run(gateway_image, "gateway", ["--port", str(gw), *workers_args()], [
-            "-v", f"{config}:/etc/infercdn/config.yaml:ro",
+            "-v", f"{folder}:/etc/infercdn:ro",
             "-v", f"{geoip}:/usr/share/GeoIP/GeoLite2-City.mmdb:ro",
             "-e", f"INFERCDN_HEALTH_URL=http://127.0.0.1:{gw}/healthz",
             "--health-interval", "1s", "--health-start-period", "1s", "--stop-timeout", "40",
@@ -69,7 +70,7 @@ def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Cont
             "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"])
         base = f"http://127.0.0.1:{gw}"
         assert engine.wait_for(engine.endpoints_healthy(base, 2), 60), box.logs(name)
-        yield box, name, gw
+        yield box, name, gw, folder / "config.yaml"
     finally:
         box.remove_all()
 
@@ -96,7 +97,7 @@ def events(resp: http.client.HTTPResponse) -> Iterator[str]:
 
 
 def test_stream_through_containers_with_a_mounted_geoip_database(fleet) -> None:
-    box, name, port = fleet
+    box, name, port, config = fleet
     resp, conn = stream(port, "8.8.8.8", 8)
     try:
         assert resp.getheader("x-infercdn-region") == "ap-southeast"  # the mounted database decided
@@ -111,10 +112,26 @@ def test_stream_through_containers_with_a_mounted_geoip_database(fleet) -> None:
     healthy = engine.wait_for(
         lambda: engine.docker("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip() == "healthy", 30)
     assert healthy, engine.docker("inspect", "--format", "{{json .State.Health}}", name).stdout
+    # SIGHUP reaches the gateway too: drain ap-southeast in the mounted config, reload, and the
+    # same client is served from us-east
+    data = yaml.safe_load(config.read_text())
+    data["pools"][[p["region"] for p in data["pools"]].index("ap-southeast")]["draining"] = True
+    config.write_text(yaml.safe_dump(data))
+    engine.docker("kill", "--signal", "HUP", name)
+    assert engine.wait_for(lambda: region_of(port, "8.8.8.8") == "us-east", 20), box.logs(name)
+
+
+def region_of(port: int, client_ip: str) -> str | None:
+    resp, conn = stream(port, client_ip, 1)
+    try:
+        list(events(resp))
+        return resp.getheader("x-infercdn-region")
+    finally:
+        conn.close()
 
 
 def test_sigterm_mid_stream_drains_and_the_stream_ends_complete(fleet) -> None:
-    box, name, port = fleet
+    box, name, port, _ = fleet
     base = f"http://127.0.0.1:{port}"
     resp, conn = stream(port, "8.8.8.8", 60)  # 60 tokens × 40 ms: ~2.4 s
     try:

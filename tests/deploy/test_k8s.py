@@ -142,6 +142,9 @@ def test_the_gateway_service_pdb_and_hpa_target_the_gateways(rendered) -> None:
     assert find(docs, "PodDisruptionBudget", "infercdn-gateway")["spec"]["selector"]["matchLabels"].items() <= labels.items()
     hpa = find(docs, "HorizontalPodAutoscaler", "infercdn-gateway")["spec"]
     assert hpa["scaleTargetRef"]["name"] == "infercdn-gateway" and hpa["minReplicas"] >= 2
+    # Redis answers the gateways only
+    policy = find(docs, "NetworkPolicy", "infercdn-redis")["spec"]
+    assert policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items() <= labels.items()
 
 
 def test_the_vllm_pool_runs_on_gpus_behind_a_headless_service(rendered) -> None:
