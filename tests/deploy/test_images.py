@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -16,6 +18,7 @@ import yaml
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
+from gateway.config import GatewayCfg
 from tests.conftest import base_config
 from tests.deploy import engine
 
@@ -33,6 +36,36 @@ def geoip_placing_8_8_8_8_in_singapore(path: Path) -> Path:
     writer.to_db_file(str(path))
     path.chmod(0o644)  # the container's user (10001) reads it
     return path
+
+
+# the gateway's config-file watch (gateway.config_watch_s), where this checkout has it
+WATCH = "config_watch_s" in GatewayCfg.model_fields
+
+
+def write_like_kubelet(folder: Path, data: dict) -> None:
+    """Write config.yaml into ``folder`` as the kubelet updates a ConfigMap volume: the file is a
+    symlink through ``..data``, itself a symlink to a timestamped folder, swapped by a rename."""
+    version = folder / f"..{uuid.uuid4().hex}"
+    version.mkdir(mode=0o755)
+    (version / "config.yaml").write_text(yaml.safe_dump(data))
+    (version / "config.yaml").chmod(0o644)
+    old = os.readlink(folder / "..data") if (folder / "..data").is_symlink() else None
+    (folder / "..data_tmp").symlink_to(version.name)
+    os.rename(folder / "..data_tmp", folder / "..data")
+    if not (folder / "config.yaml").is_symlink():
+        (folder / "config.yaml").symlink_to("..data/config.yaml")
+    if old is not None:
+        shutil.rmtree(folder / old)
+
+
+def read_config(folder: Path) -> dict:
+    return yaml.safe_load((folder / "config.yaml").read_text())
+
+
+def drain_region(folder: Path, region: str) -> None:
+    data = read_config(folder)
+    data["pools"][[p["region"] for p in data["pools"]].index(region)]["draining"] = True
+    write_like_kubelet(folder, data)
 
 
 def workers_args() -> list[str]:
@@ -56,10 +89,11 @@ def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Cont
         data = base_config({"us-east": [f"http://127.0.0.1:{us}"], "ap-southeast": [f"http://127.0.0.1:{sg}"]},
                            gateway={"drain_notice_s": 1.0, "drain_timeout_s": 30.0, "access_log": "stdout"},
                            geoip={"database": "/usr/share/GeoIP/GeoLite2-City.mmdb"})
+        if WATCH:
+            data["gateway"]["config_watch_s"] = 0.5
         folder = tmp_path / "config"  # a folder, as Kubernetes mounts a ConfigMap: edits reach the container
         folder.mkdir(mode=0o755)
-        (folder / "config.yaml").write_text(yaml.safe_dump(data))
-        (folder / "config.yaml").chmod(0o644)
+        write_like_kubelet(folder, data)
         geoip = geoip_placing_8_8_8_8_in_singapore(tmp_path / "GeoLite2-City.mmdb")
         name = box.run(gateway_image, "gateway", ["--port", str(gw), *workers_args()], [
             "-v", f"{folder}:/etc/infercdn:ro",
@@ -70,7 +104,7 @@ def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Cont
             "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"])
         base = f"http://127.0.0.1:{gw}"
         assert engine.wait_for(engine.endpoints_healthy(base, 2), 60), box.logs(name)
-        yield box, name, gw, folder / "config.yaml"
+        yield box, name, gw, folder
     finally:
         box.remove_all()
 
@@ -97,7 +131,7 @@ def events(resp: http.client.HTTPResponse) -> Iterator[str]:
 
 
 def test_stream_through_containers_with_a_mounted_geoip_database(fleet) -> None:
-    box, name, port, config = fleet
+    box, name, port, folder = fleet
     resp, conn = stream(port, "8.8.8.8", 8)
     try:
         assert resp.getheader("x-infercdn-region") == "ap-southeast"  # the mounted database decided
@@ -114,10 +148,18 @@ def test_stream_through_containers_with_a_mounted_geoip_database(fleet) -> None:
     assert healthy, engine.docker("inspect", "--format", "{{json .State.Health}}", name).stdout
     # SIGHUP reaches the gateway too: drain ap-southeast in the mounted config, reload, and the
     # same client is served from us-east
-    data = yaml.safe_load(config.read_text())
-    data["pools"][[p["region"] for p in data["pools"]].index("ap-southeast")]["draining"] = True
-    config.write_text(yaml.safe_dump(data))
+    drain_region(folder, "ap-southeast")
     engine.docker("kill", "--signal", "HUP", name)
+    assert engine.wait_for(lambda: region_of(port, "8.8.8.8") == "us-east", 20), box.logs(name)
+
+
+@pytest.mark.skipif(not WATCH, reason="gateway.config_watch_s (the config-file watch) is not in this checkout")
+def test_a_configmap_style_update_reloads_without_a_signal(fleet) -> None:
+    """What Kubernetes does to a mounted ConfigMap (a `..data` symlink swap) reaches the gateway
+    in the container by itself, within gateway.config_watch_s."""
+    box, name, port, folder = fleet
+    assert region_of(port, "8.8.8.8") == "ap-southeast"
+    drain_region(folder, "ap-southeast")
     assert engine.wait_for(lambda: region_of(port, "8.8.8.8") == "us-east", 20), box.logs(name)
 
 
