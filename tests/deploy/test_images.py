@@ -87,7 +87,7 @@ def fleet(images: tuple[str, str], tmp_path: Path) -> Iterator[tuple[engine.Cont
             box.run(sim_image, f"sim-{port}", ["--port", str(port), "--ttft-ms", "5", "--itl-ms", "40"],
                     ["-e", f"INFERCDN_HEALTH_URL=http://127.0.0.1:{port}/health"])
         data = base_config({"us-east": [f"http://127.0.0.1:{us}"], "ap-southeast": [f"http://127.0.0.1:{sg}"]},
-                           gateway={"drain_notice_s": 1.0, "drain_timeout_s": 30.0, "access_log": "stdout"},
+                           gateway={"drain_notice_s": 3.0, "drain_timeout_s": 30.0, "access_log": "stdout"},
                            geoip={"database": "/usr/share/GeoIP/GeoLite2-City.mmdb"})
         if WATCH:
             data["gateway"]["config_watch_s"] = 0.5
