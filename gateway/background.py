@@ -139,13 +139,15 @@ def apply_probes(app: web.Application, rows: list[ProbeRow]) -> None:
 
 def count_healthy_by_region(app: web.Application) -> None:
     """infercdn_region_healthy_endpoints: every region with a pool, 0 when none is usable."""
-    topology, obs, gauge = app[SNAPSHOT].current.topology, app[OBSERVATIONS], app[METRICS].region_healthy
+    topology, obs, metrics = app[SNAPSHOT].current.topology, app[OBSERVATIONS], app[METRICS]
+    gauge = metrics.region_healthy
     counts = {pool.region: 0 for pool in topology.pools}
     for pool in topology.pools:
         for ep in pool.endpoints:
             view = obs.view(ep.id)
             counts[pool.region] += int(view.healthy and not view.ejected and not pool.draining)
-    gauge.clear()
+    if metrics.multiprocess_dir is None:  # prometheus-client cannot clear under --workers: a region
+        gauge.clear()                     # that left the config keeps its last value until a restart
     for region, n in counts.items():
         gauge.labels(region).set(n)
 
