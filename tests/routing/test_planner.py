@@ -307,8 +307,39 @@ def test_breaker_open_pool_and_panic(topology, clock) -> None:  # type: ignore[n
                 obs.record_outcome(eid, Outcome.CONNECT_ERROR)
     plan = planner(topology, obs).plan(ctx(SG_CLIENT))
     assert Rejection("ap-southeast-a", None, "breaker_open") in plan.rejected
-    assert plan.panic and len(plan.candidates) == 6  # breaker-open endpoints follow in panic
-    assert regions(plan) == ["us-east", "ap-southeast", "eu-west"]
+    # panic, but an open breaker means no traffic: only the two eligible endpoints are planned
+    assert plan.panic and [c.endpoint.id for c in plan.candidates] in (["us-east-0", "us-east-1"],
+                                                                      ["us-east-1", "us-east-0"])
+    assert any("breaker is open" in n for n in plan.notes)
+
+
+def test_panic_readds_unhealthy_but_not_breaker_open_endpoints(topology, clock) -> None:  # type: ignore[no-untyped-def]
+    obs = breaker_obs(topology, clock)
+    kill(obs, "eu-west-0", "eu-west-1", "us-east-0")  # unhealthy: panic may still try them
+    for _ in range(2):
+        obs.record_outcome("ap-southeast-0", Outcome.HTTP_5XX)  # breaker open: never
+    plan = planner(topology, obs).plan(ctx(SG_CLIENT))
+    planned = {c.endpoint.id for c in plan.candidates}
+    assert plan.panic and planned == {"ap-southeast-1", "us-east-1", "eu-west-0", "eu-west-1", "us-east-0"}
+
+
+def test_panic_lets_only_the_half_open_trials_through(topology, clock) -> None:  # type: ignore[no-untyped-def]
+    obs = breaker_obs(topology, clock)
+    for eid in topology.endpoints:
+        for _ in range(2):
+            obs.record_outcome(eid, Outcome.CONNECT_ERROR)
+    p = planner(topology, obs)
+    plan = p.plan(ctx(SG_CLIENT))
+    assert plan.panic and plan.candidates == ()  # every breaker open: nothing, panic or not
+    clock.advance(5.0)  # half-open: one trial slot each
+    plan = p.plan(ctx(SG_CLIENT))
+    assert len(plan.candidates) == 6 and not plan.panic
+    for eid in topology.endpoints:
+        if eid != "us-east-0":
+            obs.acquire(eid)  # their trial is in flight
+    plan = p.plan(ctx(SG_CLIENT))
+    assert plan.panic and [c.endpoint.id for c in plan.candidates] == ["us-east-0"]
+    assert Rejection("eu-west-a", None, "breaker_half_open") in plan.rejected
 
 
 def test_throttled_endpoint_rejected_until_it_expires(topology, obs, clock) -> None:  # type: ignore[no-untyped-def]
