@@ -49,10 +49,16 @@ class AutoDeadlineCfg(_Model):
         return AutoParams(self.factor, self.floor_s, self.ceiling_s, self.min_samples, self.fallback_s)
 
 
-# first token: the p99 of the pool's times to first token × 4, 2-30 s; 30 s before 50 samples
-TTFT_AUTO = AutoDeadlineCfg(factor=4.0, floor_s=2.0, ceiling_s=30.0, min_samples=50, fallback_s=30.0)
-# stall: the p99 of recent streams' longest gap between chunks × 4, 2-30 s; 10 s before 20 streams
-STALL_AUTO = AutoDeadlineCfg(factor=4.0, floor_s=2.0, ceiling_s=30.0, min_samples=20, fallback_s=10.0)
+class TtftAutoCfg(AutoDeadlineCfg):
+    """First token: the p99 of the pool's times to first token × 4, 2-30 s; 30 s before 50 samples."""
+
+    min_samples: int = Field(default=50, ge=1)
+
+
+class StallAutoCfg(AutoDeadlineCfg):
+    """Stall: the p99 of recent streams' longest gap between chunks × 4, 2-30 s; 10 s before 20 streams."""
+
+    fallback_s: float = Field(default=10.0, gt=0)
 
 
 def _seconds_or_auto(v: Any) -> Any:
@@ -75,9 +81,9 @@ class ModelCfg(_Model):
     (``content_policy``: refusals may go to the fallback models)."""
 
     ttft_deadline: float | Literal["auto"] = Field(default="auto", alias="ttft_deadline_s")
-    ttft_auto: AutoDeadlineCfg = TTFT_AUTO
+    ttft_auto: TtftAutoCfg = TtftAutoCfg()
     stall_timeout: float | Literal["auto"] = Field(default="auto", alias="stall_timeout_s")
-    stall_auto: AutoDeadlineCfg = STALL_AUTO
+    stall_auto: StallAutoCfg = StallAutoCfg()
     total_deadline_s: float = Field(default=600.0, gt=0)
     resume: Literal["token_ids", "text", "off"] = "token_ids"
     resume_deadline_s: float = Field(default=60.0, gt=0)  # from a stream's first cut, for all its resumes

@@ -176,6 +176,11 @@ def test_deadlines_accept_auto_or_seconds() -> None:
                                                     "stall_auto": {"fallback_s": 6}}}))
     s = cfg.model_cfg("tiny-chat").deadline_settings()
     assert s.stall == 4.5 and s.ttft.fallback_s == 30.0 and s.ttft.min_samples == 50
+    # a section written in part keeps its own defaults for the rest (not another section's)
+    m = parse_config(_two_models(**{"tiny-chat": {"stall_auto": {"factor": 3}, "ttft_auto": {"factor": 2}}}))
+    stall, ttft = m.model_cfg("tiny-chat").stall_auto, m.model_cfg("tiny-chat").ttft_auto
+    assert (stall.factor, stall.fallback_s, stall.min_samples) == (3, 10.0, 20)
+    assert (ttft.factor, ttft.fallback_s, ttft.min_samples) == (2, 30.0, 50)
     lines = _problems(_two_models(**{"tiny-chat": {"ttft_deadline_s": "soon", "stall_timeout_s": 0}}))
     assert "f.yaml: models.tiny-chat.ttft_deadline_s = 'soon': must be auto or a number of seconds > 0" in lines
     assert "f.yaml: models.tiny-chat.stall_timeout_s = 0: must be auto or a number of seconds > 0" in lines
