@@ -128,6 +128,9 @@ def test_star_fallbacks_apply_to_every_model_but_their_targets() -> None:
     assert cfg.model_cfg("big-chat").fallbacks == ("small-chat",)
     small = cfg.model_cfg("small-chat")
     assert small.fallbacks == () and small.total_deadline_s == 20 and small.resume == "text"
+    data["models"]["big-chat"] = {"fallbacks": []}  # opting out
+    assert parse_config(data).model_cfg("big-chat").fallbacks == ()
+    del data["models"]["big-chat"]
     del data["models"]["small-chat"]  # a target without an entry of its own: the same
     cfg = parse_config(data)
     assert cfg.model_cfg("small-chat").fallbacks == () and cfg.model_cfg("small-chat").total_deadline_s == 20
