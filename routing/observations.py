@@ -1,7 +1,8 @@
 """Everything the gateway has learned about each endpoint, in one store keyed by endpoint id.
 
 Health (active probes), latency (EWMA of probe RTTs and time to first byte), passive outlier
-state, the circuit breaker, throttling (an upstream's Retry-After, honoured across requests),
+state, the circuit breaker, throttling (an upstream's Retry-After, honoured across requests; of
+the whole endpoint, or of one model it serves: ``throttle_model``),
 in-flight counts and the load each vLLM endpoint reports; per pool, a window of recent times
 to first token (its p95 sets the hedging threshold) and of each recent stream's longest gap
 between chunks; ``pool_timings`` hands both to ``routing.deadlines`` (adaptive deadlines).
@@ -126,6 +127,7 @@ class Observations:
         self.drained_pools: frozenset[str] = frozenset()  # drained by the operator
         self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
         self._holds: dict[str, str] = {}  # endpoint id -> "quarantined" | "canary_pending"
+        self._model_throttles: dict[tuple[str, str], float] = {}  # (endpoint id, upstream model) -> until
 
     def hold(self, endpoint_id: str, reason: str) -> None:
         """No traffic for ``endpoint_id`` (not even in panic) until ``unhold``."""
@@ -166,6 +168,7 @@ class Observations:
         for eid, st in self._eps.items():
             st.outlier = self.outliers.state(eid)
         self._pools = frozenset(pool.name for pool in topology.pools)
+        self._model_throttles = {k: v for k, v in self._model_throttles.items() if k[0] in self._eps}
         self.drained_pools = self.drained_pools & self._pools
 
     def endpoint_ids(self) -> list[str]:
@@ -225,6 +228,31 @@ class Observations:
         until = self._clock() + min(seconds, self.params.max_throttle_s)
         if st.throttled_until is None or until > st.throttled_until:
             st.throttled_until = until
+
+    def throttle_model(self, endpoint_id: str, model: str, seconds: float) -> None:
+        """Like ``throttle``, for one model the endpoint serves (``model``: the upstream name, as
+        the endpoint knows it): its other models keep their traffic."""
+        if endpoint_id not in self._eps or not seconds > 0:
+            return
+        until = self._clock() + min(seconds, self.params.max_throttle_s)
+        key = (endpoint_id, model)
+        if until > self._model_throttles.get(key, 0.0):
+            self._model_throttles[key] = until
+
+    @property
+    def has_model_throttles(self) -> bool:
+        """Whether any model of any endpoint is throttled (the planner checks per model only then)."""
+        return bool(self._model_throttles)
+
+    def model_throttled(self, endpoint_id: str, model: str) -> bool:
+        """Whether ``model`` on ``endpoint_id`` is throttled now (an expired throttle is forgotten)."""
+        until = self._model_throttles.get((endpoint_id, model))
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._model_throttles[(endpoint_id, model)]
+        return False
 
     def drain(self, endpoint_id: str, drained: bool = True) -> bool:
         """The operator drains (or, with ``drained=False``, undrains) an endpoint; False if unknown."""
@@ -341,5 +369,7 @@ class Observations:
             d["latency_samples"] = st.latency.samples
             d["breaker_trials"] = st.breaker.trials
             d["hold"] = self._holds.get(eid)
+            d["throttled_models"] = {m: until for (e, m), until in self._model_throttles.items()
+                                     if e == eid and self.model_throttled(e, m)}
             out[eid] = d
         return out

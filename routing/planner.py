@@ -3,8 +3,8 @@
 1. Eligibility, once, before any policy: the pool serves the model, carries the required
    tags (its own or its region's), sits in an allowed jurisdiction, is not excluded or
    draining (in the config, or drained by the operator); the endpoint is not draining,
-   healthy, not ejected, its breaker lets a request through and it is not throttled (see
-   ``Observations`` for the reasons).  A draining endpoint is never tried, not even in panic.  Every removal becomes a
+   healthy, not ejected, its breaker lets a request through and it is not throttled, as a
+   whole or for the request's model (see ``Observations`` for the reasons).  A draining endpoint is never tried, not even in panic.  Every removal becomes a
    Rejection (pool-level when the whole pool is out, endpoint-level otherwise).
 2. Panic: when fewer than ``panic_threshold`` of the model's endpoints (in pools that pass
    the static filters) are eligible, the unhealthy and ejected ones are tried too, after the
@@ -93,6 +93,7 @@ class Planner:
         total = eligible = 0
         constrained = bool(ctx.exclude_pools or ctx.required_tags or ctx.allowed_jurisdictions is not None)
         drained = self.observations.drained_pools
+        per_model = self.observations.has_model_throttles
         for info in infos:
             reason = self._static_reason(info, ctx, drained) if constrained or info.unusable or drained else None
             if reason is not None:
@@ -100,8 +101,11 @@ class Planner:
                 continue
             good: _Group = []
             bad: _Group = []
+            upstream = info.pool.models[ctx.model] if per_model else ""
             for ep in info.pool.endpoints:
                 inputs = route_inputs(ep.id)
+                if per_model and inputs[0] is None and self.observations.model_throttled(ep.id, upstream):
+                    inputs = ("throttled", *inputs[1:])  # type: ignore[assignment]
                 (bad if inputs[0] is not None else good).append((ep, inputs))
             total += len(info.pool.endpoints)
             eligible += len(good)
