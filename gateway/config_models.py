@@ -95,7 +95,7 @@ class ModelCfg(_Model):
     fallback_on: tuple[Literal["content_policy"], ...] = ()  # refusals that may go to the fallbacks
     larger_context: tuple[str, ...] = ()  # pools to try when a pool answers context_length_exceeded
 
-    _check_ttft = field_validator("ttft_deadline", "stall_timeout", mode="before")(_seconds_or_auto)
+    _check_deadlines = field_validator("ttft_deadline", "stall_timeout", mode="before")(_seconds_or_auto)
 
     @property
     def ttft_deadline_s(self) -> float:
@@ -122,11 +122,6 @@ def _deep_merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
 
 def _written(cfg: ModelCfg) -> dict[str, Any]:
     return cfg.model_dump(exclude_unset=True, by_alias=True)
-
-
-def star_targets(models: Mapping[str, ModelCfg]) -> frozenset[str]:
-    star = models.get(STAR)
-    return frozenset(star.fallbacks) if star is not None else frozenset()
 
 
 def inherit(models: Mapping[str, ModelCfg], name: str) -> ModelCfg:
@@ -197,6 +192,8 @@ def _loop(resolved: Mapping[str, ModelCfg], models: Mapping[str, ModelCfg], star
         if node in seen:
             continue
         seen.add(node)
+        if node in models and node not in resolved:
+            continue  # its own settings are invalid (reported): no chain to follow
         cfg = resolved.get(node) or inherit(models, node)
         stack.extend((nxt, [*path, nxt]) for nxt in cfg.fallbacks)
     return None

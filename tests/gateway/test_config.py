@@ -194,6 +194,10 @@ def test_auto_floor_over_ceiling_is_an_error_also_when_inherited() -> None:
     assert line.startswith("f.yaml: models.tiny-chat.ttft_auto: ") and "floor_s (40) must not exceed ceiling_s (30)" in line
     (line,) = _problems(_two_models(**{"*": {"stall_auto": {"ceiling_s": 5}}, "tiny-chat": {"stall_auto": {"floor_s": 8}}}))
     assert line.startswith("f.yaml: models.tiny-chat.stall_auto: with what it inherits from models.*: ")
+    # a chain through a model whose inherited settings are invalid: that problem, and no crash
+    lines = _problems(_two_models(**{"*": {"stall_auto": {"ceiling_s": 5}}, "small-chat": {"fallbacks": ["tiny-chat"]},
+                                     "tiny-chat": {"stall_auto": {"floor_s": 8}}}))
+    assert len(lines) == 1 and "models.tiny-chat.stall_auto" in lines[0]
 
 
 def test_new_retry_resume_refusal_and_prefill_fields() -> None:
