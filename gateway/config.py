@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from gateway.config_fleet import CanaryCfg, RegistryCfg, hex_digests
 from gateway.config_env import expand_env
+from gateway.config_models import NO_VALUE, HedgeCfg, ModelCfg, chain_problems, inherit, resolve_all  # noqa: F401
 from routing.balance import BALANCERS
 from routing.plan import RoutingParams
 
@@ -38,7 +39,7 @@ class ConfigError(Exception):
         return out
 
 
-_MISSING = object()
+_MISSING = NO_VALUE
 
 
 class _Model(BaseModel):
@@ -142,6 +143,11 @@ class RetryCfg(_Model):
     backoff_base_ms: float = Field(default=5.0, ge=0)
     backoff_max_ms: float = Field(default=100.0, ge=0)
     max_retry_after_s: float = Field(default=5.0, ge=0)
+    # not read by the forward path yet (issue 9 wires them): resumes of one request at most;
+    # a 429 whose Retry-After is at most this is waited out on the same endpoint when no other
+    # candidate is eligible
+    max_resumes: int = Field(default=3, ge=0)
+    max_wait_s: float = Field(default=2.5, ge=0)
 
 
 class BudgetCfg(_Model):
@@ -163,28 +169,6 @@ class BreakerCfg(_Model):
 
 class TimeoutsCfg(_Model):
     connect_s: float = Field(default=2.0, gt=0)  # TCP connect to an endpoint
-
-
-class HedgeCfg(_Model):
-    enabled: bool = False
-    after_ms: float | Literal["p95"] = "p95"  # fixed threshold, or the pool's observed p95 time to first token
-    min_after_ms: float = Field(default=50.0, ge=0)  # floor for the p95 threshold (and before enough samples)
-    max_hedges: int = Field(default=1, ge=1, le=4)
-
-
-class ModelCfg(_Model):
-    """Per public model: deadlines, resume, hedging and fallbacks (all optional)."""
-
-    ttft_deadline_s: float = Field(default=30.0, gt=0)  # time to first token; exceeded → next candidate
-    stall_timeout_s: float = Field(default=30.0, gt=0)  # silence inside a stream; exceeded → resume
-    total_deadline_s: float = Field(default=600.0, gt=0)
-    resume: Literal["token_ids", "text", "off"] = "token_ids"
-    # stream: a non-stream request is sent upstream as a stream (first-token deadline, stall
-    # watchdog, resume) and its answer assembled; passthrough: the pool's JSON relayed as is
-    non_stream: Literal["stream", "passthrough"] = "stream"
-    hedge: HedgeCfg = HedgeCfg()
-    fallbacks: tuple[str, ...] = ()
-    larger_context: tuple[str, ...] = ()  # pools to try when a pool answers context_length_exceeded
 
 
 class RegionCfg(_Model):
@@ -254,6 +238,9 @@ class PoolCfg(_Model):
     max_context: int | None = Field(default=None, gt=0)
     can_continue: bool = True
     ttft_deadline_s: float | None = Field(default=None, gt=0)  # overrides the model's
+    # accepts an assistant-prefill continuation (continue_final_message); false: a resume onto
+    # this pool from another model asks the original request (not read by the forward path yet)
+    prefill: bool = True
 
     @field_validator("models", mode="before")
     @classmethod
@@ -317,8 +304,16 @@ class Config(_Model):
         return next((p for p in self.pools if p.name == name), None)
 
     def model_cfg(self, model: str) -> ModelCfg:
-        """Settings of ``model``: its own entry, else the ``"*"`` entry, else the defaults."""
-        return self.models.get(model) or self.models.get("*") or _DEFAULT_MODEL
+        """Settings of ``model``: its own entry over the ``"*"`` entry over the defaults, field by
+        field (see ``gateway.config_models``); cached per models section."""
+        models, cache = self._model_cache if self._model_cache else (None, {})
+        if models is not self.models:
+            cache = {}
+            self._model_cache = (self.models, cache)
+        got = cache.get(model)
+        if got is None:
+            got = cache[model] = inherit(self.models, model)
+        return got
 
     gateway: GatewayCfg
     geoip: GeoipCfg = GeoipCfg()
@@ -337,9 +332,7 @@ class Config(_Model):
     pools: tuple[PoolCfg, ...] = ()  # at least one, unless `registry` brings them
     registry: RegistryCfg | None = None
     canary: CanaryCfg | None = None
-
-
-_DEFAULT_MODEL = ModelCfg()
+    _model_cache: tuple[Any, dict[str, ModelCfg]] | None = PrivateAttr(default=None)
 
 
 def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:
@@ -368,14 +361,12 @@ def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:
     served = {m for p in cfg.pools for m in p.models}
     if cfg.registry is not None:  # registered pools may serve any model: no "no pool serves" checks
         served = _AnyModel(served)
+    resolved, inherited = resolve_all(cfg.models)
+    problems += inherited
+    problems += chain_problems(cfg.models, resolved, served)
     for name, model in cfg.models.items():
         if name != "*" and name not in served:
             problems.append((f"models.{name}", _MISSING, "no pool serves this model"))
-        for k, fb in enumerate(model.fallbacks):
-            if fb not in served:
-                problems.append((f"models.{name}.fallbacks[{k}]", fb, "no pool serves this model"))
-            if fb == name:
-                problems.append((f"models.{name}.fallbacks[{k}]", fb, "a model cannot fall back to itself"))
         for k, pool in enumerate(model.larger_context):
             if pool not in seen_pools:
                 problems.append((f"models.{name}.larger_context[{k}]", pool, "unknown pool"))

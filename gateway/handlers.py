@@ -16,6 +16,7 @@ from gateway.access import Note
 from gateway.access import line as access_line
 from gateway.auth import check_model
 from gateway.config import ConfigError
+from gateway.deadlines import candidate_deadlines
 from gateway.errors import GatewayError, ModelNotFound, RateLimited, error_body
 from gateway.quota import QUOTA_HEADERS, count_usage, estimate_prompt_tokens
 from gateway.reload import CONFIG_PATH, reload_config
@@ -189,7 +190,7 @@ async def admin_plan(request: web.Request) -> web.Response:
     locator = request.app[LOCATOR]
     ip = request.query.get("ip") or client_location(request)[0]
     plan = snapshot.planner.plan(RequestContext(model=model, client=locator.locate(ip)))
-    return _json({"ip": ip, **plan.explain()})
+    return _json({"ip": ip, **plan.explain(candidate_deadlines(snapshot.config, model, request.app[OBSERVATIONS]))})
 
 
 async def admin_observations(request: web.Request) -> web.Response:

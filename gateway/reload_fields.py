@@ -53,6 +53,11 @@ LIVE = frozenset({
     "models.*.ttft_deadline_s", "models.*.stall_timeout_s", "models.*.total_deadline_s", "models.*.resume",
     "models.*.non_stream", "models.*.hedge.enabled", "models.*.hedge.after_ms", "models.*.hedge.min_after_ms",
     "models.*.hedge.max_hedges", "models.*.fallbacks", "models.*.larger_context",
+    "models.*.ttft_auto.factor", "models.*.ttft_auto.floor_s", "models.*.ttft_auto.ceiling_s",
+    "models.*.ttft_auto.min_samples", "models.*.ttft_auto.fallback_s", "models.*.stall_auto.factor",
+    "models.*.stall_auto.floor_s", "models.*.stall_auto.ceiling_s", "models.*.stall_auto.min_samples",
+    "models.*.stall_auto.fallback_s", "models.*.resume_deadline_s", "models.*.fallback_on",
+    "retry.max_resumes", "retry.max_wait_s", "pools[].prefill",
     "auth.required",
     "auth.tenants[].name", "auth.tenants[].api_keys", "auth.tenants[].api_key_sha256", "auth.tenants[].models",
     "auth.tenants[].required_tags", "auth.tenants[].jurisdictions", "auth.tenants[].requests_per_s",
@@ -88,7 +93,7 @@ def leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
     """Every leaf field path of ``model`` (see the module's notation)."""
     out: list[str] = []
     for name, info in model.model_fields.items():
-        ann, path = info.annotation, prefix + name
+        ann, path = info.annotation, prefix + (info.alias or name)  # as written in the file
         origin, args = typing.get_origin(ann), typing.get_args(ann)
         inner = _model_in(ann)
         if origin is tuple and args and _model_in(args[0]) is not None:

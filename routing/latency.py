@@ -77,11 +77,11 @@ class QuantileWindow:
             self._ring.append(sample)
             self._sorted = None
 
-    def quantile(self, q: float) -> float | None:
+    def quantile(self, q: float, min_samples: int | None = None) -> float | None:
         """The nearest-rank ``q`` quantile (0 < q <= 1; q <= 0 gives the minimum), or None
-        with fewer than ``min_samples`` samples."""
+        with fewer than ``min_samples`` samples (the window's own unless given; at least 1)."""
         n = len(self._ring)
-        if n < self.min_samples:
+        if n < max(self.min_samples if min_samples is None else min_samples, 1):
             return None
         if self._sorted is None:
             self._sorted = sorted(self._ring)

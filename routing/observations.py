@@ -1,9 +1,11 @@
 """Everything the gateway has learned about each endpoint, in one store keyed by endpoint id.
 
 Health (active probes), latency (EWMA of probe RTTs and time to first byte), passive outlier
-state, the circuit breaker, throttling (an upstream's Retry-After, honoured across requests),
+state, the circuit breaker, throttling (an upstream's Retry-After, honoured across requests; of
+the whole endpoint, or of one model it serves: ``throttle_model``),
 in-flight counts and the load each vLLM endpoint reports; per pool, a window of recent times
-to first token (its p95 sets the hedging threshold).
+to first token (its p95 sets the hedging threshold) and of each recent stream's longest gap
+between chunks; ``pool_timings`` hands both to ``routing.deadlines`` (adaptive deadlines).
 
 Eligibility (``route_inputs``' first field), first reason wins: "unhealthy", "ejected",
 "breaker_open", "breaker_half_open" (every trial slot taken), "throttled"; before all of them
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from routing.breaker import BreakerParams, CircuitBreaker
+from routing.deadlines import QUANTILE, PoolTimings
 from routing.health import HealthCheck, HealthState, TransitionCallback
 from routing.latency import LatencyEwma, QuantileWindow
 from routing.outcome import Outcome
@@ -60,6 +63,7 @@ class ObservationParams:
     max_throttle_s: float = 300.0  # cap on one Retry-After, so a bad header cannot bench an endpoint for a day
     ttft_window: int = 256  # recent time-to-first-token samples kept per pool
     ttft_min_samples: int = 20  # fewer: no quantile
+    gap_window: int = 256  # recent streams' longest inter-chunk gaps kept per pool
 
     def outlier(self) -> OutlierParams:
         return OutlierParams(self.consecutive_failures, self.base_ejection_s, self.max_ejection_s,
@@ -118,10 +122,12 @@ class Observations:
         self._on_transition = on_transition
         self._eps: dict[str, _EndpointState] = {}
         self._ttft: dict[str, QuantileWindow] = {}  # pool name -> recent times to first token
+        self._gaps: dict[str, QuantileWindow] = {}  # pool name -> recent streams' longest gaps
         self._pools: frozenset[str] = frozenset()  # names of the topology's pools
         self.drained_pools: frozenset[str] = frozenset()  # drained by the operator
         self.outliers = OutlierDetector(params.outlier(), clock, on_transition)
         self._holds: dict[str, str] = {}  # endpoint id -> "quarantined" | "canary_pending"
+        self._model_throttles: dict[tuple[str, str], float] = {}  # (endpoint id, upstream model) -> until
 
     def hold(self, endpoint_id: str, reason: str) -> None:
         """No traffic for ``endpoint_id`` (not even in panic) until ``unhold``."""
@@ -154,12 +160,15 @@ class Observations:
                     LatencyEwma(p.half_life_s, self._clock),
                     CircuitBreaker(ep.id, p.breaker, self._clock, self._on_transition))
         old_ttft, self._ttft = self._ttft, {}
+        old_gaps, self._gaps = self._gaps, {}
         for pool in topology.pools:
             self._ttft[pool.name] = old_ttft.get(pool.name) or QuantileWindow(p.ttft_window, p.ttft_min_samples)
+            self._gaps[pool.name] = old_gaps.get(pool.name) or QuantileWindow(p.gap_window, 1)
         self.outliers.sync({pool.name: [e.id for e in pool.endpoints] for pool in topology.pools})
         for eid, st in self._eps.items():
             st.outlier = self.outliers.state(eid)
         self._pools = frozenset(pool.name for pool in topology.pools)
+        self._model_throttles = {k: v for k, v in self._model_throttles.items() if k[0] in self._eps}
         self.drained_pools = self.drained_pools & self._pools
 
     def endpoint_ids(self) -> list[str]:
@@ -220,6 +229,31 @@ class Observations:
         if st.throttled_until is None or until > st.throttled_until:
             st.throttled_until = until
 
+    def throttle_model(self, endpoint_id: str, model: str, seconds: float) -> None:
+        """Like ``throttle``, for one model the endpoint serves (``model``: the upstream name, as
+        the endpoint knows it): its other models keep their traffic."""
+        if endpoint_id not in self._eps or not seconds > 0:
+            return
+        until = self._clock() + min(seconds, self.params.max_throttle_s)
+        key = (endpoint_id, model)
+        if until > self._model_throttles.get(key, 0.0):
+            self._model_throttles[key] = until
+
+    @property
+    def has_model_throttles(self) -> bool:
+        """Whether any model of any endpoint is throttled (the planner checks per model only then)."""
+        return bool(self._model_throttles)
+
+    def model_throttled(self, endpoint_id: str, model: str) -> bool:
+        """Whether ``model`` on ``endpoint_id`` is throttled now (an expired throttle is forgotten)."""
+        until = self._model_throttles.get((endpoint_id, model))
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._model_throttles[(endpoint_id, model)]
+        return False
+
     def drain(self, endpoint_id: str, drained: bool = True) -> bool:
         """The operator drains (or, with ``drained=False``, undrains) an endpoint; False if unknown."""
         st = self._eps.get(endpoint_id)
@@ -248,6 +282,22 @@ class Observations:
         with fewer than ``ttft_min_samples`` samples or for an unknown pool."""
         window = self._ttft.get(pool_name)
         return window.quantile(q) if window is not None else None
+
+    def record_stream_gaps(self, endpoint_id: str, max_gap_ms: float, gaps: int) -> None:
+        """Once per stream that ended well: its longest gap between chunks (``GapMeter``), into
+        its pool's window; streams with no gap (one chunk) tell nothing and are skipped."""
+        o = self.outliers.state(endpoint_id)
+        window = self._gaps.get(o.pool) if o is not None and gaps > 0 else None
+        if window is not None and math.isfinite(max_gap_ms):
+            window.add(max_gap_ms)
+
+    def pool_timings(self, pool_name: str) -> PoolTimings:
+        """The pool's sample counts and p99s of time to first token and of streams' longest
+        gaps (for ``routing.deadlines.effective_deadlines``); empty for an unknown pool."""
+        ttft, gaps = self._ttft.get(pool_name), self._gaps.get(pool_name)
+        if ttft is None or gaps is None:
+            return PoolTimings()
+        return PoolTimings(len(ttft), ttft.quantile(QUANTILE, 1), len(gaps), gaps.quantile(QUANTILE, 1))
 
     def _throttled(self, st: _EndpointState, now: float) -> bool:
         until = st.throttled_until
@@ -319,5 +369,7 @@ class Observations:
             d["latency_samples"] = st.latency.samples
             d["breaker_trials"] = st.breaker.trials
             d["hold"] = self._holds.get(eid)
+            d["throttled_models"] = {m: until for (e, m), until in self._model_throttles.items()
+                                     if e == eid and self.model_throttled(e, m)}
             out[eid] = d
         return out

@@ -2,9 +2,11 @@
 explanation of every decision.  (Contract between ``routing`` and ``gateway``.)"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from routing.deadlines import Deadlines
 from routing.topology import Endpoint, Location, Pool
 
 
@@ -76,9 +78,10 @@ class Plan:
     policy: str = "geo_latency"
     notes: tuple[str, ...] = field(default=())
 
-    def explain(self) -> dict[str, Any]:
-        """JSON-ready explanation: candidates with every score component, and every filter."""
-        return {
+    def explain(self, deadlines: Callable[[Candidate], Deadlines] | None = None) -> dict[str, Any]:
+        """JSON-ready explanation: candidates with every score component (and, given
+        ``deadlines``, the first-token deadline and stall timeout each would get), and every filter."""
+        out = {
             "model": self.model,
             "client": {"lat": self.client.lat, "lon": self.client.lon, "country": self.client.country,
                        "continent": self.client.continent, "source": self.client.source},
@@ -94,3 +97,7 @@ class Plan:
             "rejected": [{"pool": r.pool, "endpoint": r.endpoint, "reason": r.reason} for r in self.rejected],
             "notes": list(self.notes),
         }
+        if deadlines is not None:
+            for cand, shown in zip(self.candidates, out["candidates"]):
+                shown["deadlines"] = deadlines(cand).explain()
+        return out

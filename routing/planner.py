@@ -3,14 +3,15 @@
 1. Eligibility, once, before any policy: the pool serves the model, carries the required
    tags (its own or its region's), sits in an allowed jurisdiction, is not excluded or
    draining (in the config, or drained by the operator); the endpoint is not draining,
-   healthy, not ejected, its breaker lets a request through and it is not throttled (see
-   ``Observations`` for the reasons).  A draining endpoint is never tried, not even in panic.  Every removal becomes a
+   healthy, not ejected, its breaker lets a request through and it is not throttled, as a
+   whole or for the request's model (see ``Observations`` for the reasons).  A draining endpoint is never tried, not even in panic.  Every removal becomes a
    Rejection (pool-level when the whole pool is out, endpoint-level otherwise).
 2. Panic: when fewer than ``panic_threshold`` of the model's endpoints (in pools that pass
-   the static filters) are eligible, the ineligible ones (unhealthy, ejected, breaker open)
-   are tried too, after the eligible ones: better an unlikely endpoint than a certain
-   failure.  Throttled endpoints are the exception: they asked for no requests, and get none;
-   so are held ones (quarantined by the canary, or awaiting its first check).
+   the static filters) are eligible, the unhealthy and ejected ones are tried too, after the
+   eligible ones: better an unlikely endpoint than a certain failure.  Never re-added: throttled
+   endpoints (they asked for no requests), held ones (quarantined by the canary, or awaiting
+   its first check), and those whose breaker is open or half-open with every trial slot taken:
+   a breaker brings traffic to a dead endpoint down to its half-open trials, panic or not.
 3. Score per pool, in ms of expected time to first token: geo (client -> region) + excess
    + queue (fresh reported load) + penalty (recent errors, optional price).
    Excess is the measured gateway -> pool latency above the distance prior, less the
@@ -39,7 +40,7 @@ from routing.policies import Policy, ScoredPool, get_policy
 from routing.topology import Endpoint, Location, Pool, Region, Topology
 
 _Group = list[tuple[Endpoint, RouteInputs]]
-_NEVER = frozenset({"throttled", "quarantined", "canary_pending"})  # not even in panic
+_NEVER = frozenset({"throttled", "quarantined", "canary_pending", "breaker_open", "breaker_half_open"})  # not in panic
 _GEO_CACHE_SIZE = 4096
 
 
@@ -92,6 +93,7 @@ class Planner:
         total = eligible = 0
         constrained = bool(ctx.exclude_pools or ctx.required_tags or ctx.allowed_jurisdictions is not None)
         drained = self.observations.drained_pools
+        per_model = self.observations.has_model_throttles
         for info in infos:
             reason = self._static_reason(info, ctx, drained) if constrained or info.unusable or drained else None
             if reason is not None:
@@ -99,8 +101,11 @@ class Planner:
                 continue
             good: _Group = []
             bad: _Group = []
+            upstream = info.pool.models[ctx.model] if per_model else ""
             for ep in info.pool.endpoints:
                 inputs = route_inputs(ep.id)
+                if per_model and inputs[0] is None and self.observations.model_throttled(ep.id, upstream):
+                    inputs = ("throttled", *inputs[1:])  # type: ignore[assignment]
                 (bad if inputs[0] is not None else good).append((ep, inputs))
             total += len(info.pool.endpoints)
             eligible += len(good)
@@ -121,8 +126,8 @@ class Planner:
         if panic:
             candidates += self._candidates(ctx, _unthrottled(out), offset)
             notes.append(f"panic: {eligible} of {total} endpoints eligible (threshold "
-                         f"{self.params.panic_threshold:.0%}); ineligible endpoints follow, except throttled "
-                         "and draining ones")
+                         f"{self.params.panic_threshold:.0%}); ineligible endpoints follow, except throttled, "
+                         "held, draining ones and those whose breaker is open")
         if not candidates:
             notes.append(f"no eligible endpoint for model {ctx.model!r}")
         return Plan(ctx.model, ctx.client, tuple(candidates), tuple(rejected), panic,
@@ -243,8 +248,8 @@ def _measured(group: _Group) -> float | None:
 
 
 def _unthrottled(groups: list[tuple[_PoolInfo, _Group]]) -> list[tuple[_PoolInfo, _Group]]:
-    """Panic's fallback groups without the throttled and held (quarantined, awaiting their first
-    canary) endpoints, and without emptied groups."""
+    """Panic's fallback groups without the throttled, held (quarantined, awaiting their first
+    canary) and breaker-stopped endpoints, and without emptied groups."""
     out: list[tuple[_PoolInfo, _Group]] = []
     for info, group in groups:
         kept = [item for item in group if item[1][0] not in _NEVER]

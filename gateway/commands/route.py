@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.config import Config, ConfigError, load_config
+from gateway.deadlines import candidate_deadlines
 from routing.locate import ClientLocator, open_geoip
 from routing.observations import Observations
 from routing.plan import RequestContext
@@ -49,7 +50,7 @@ def plan_from_config(cfg: Config, ip: str | None, model: str, probe: bool = Fals
     locator = ClientLocator(g.trusted_proxies, open_geoip(cfg.geoip.database), Location(g.location.lat, g.location.lon))
     location = locator.locate(ip)
     plan = snapshot.planner.plan(RequestContext(model=model, client=location))
-    return {"source": "config", "ip": ip, **plan.explain()}
+    return {"source": "config", "ip": ip, **plan.explain(candidate_deadlines(cfg, model, obs))}
 
 
 async def _probe_once(topology: Any, obs: Observations, cfg: Config) -> None:
@@ -81,11 +82,23 @@ def render(plan: dict[str, Any]) -> str:
         lines.append(f"{cand['rank']:>2}  {cand['region']:<14}{cand['pool']:<20}{cand['endpoint']:<24}"
                      f"{cand['score_ms']:>9.1f}{cand['geo_ms']:>9.1f}{cand['excess_ms']:>9.1f}"
                      f"{cand['queue_ms']:>9.1f}{cand['penalty_ms']:>9.1f}")
+        if "deadlines" in cand:
+            lines.append(f"    first token within {_deadline(cand['deadlines']['ttft'])}, "
+                         f"stall after {_deadline(cand['deadlines']['stall'])}")
     for r in plan["rejected"]:
         lines.append(f"    rejected {r['pool']}{'/' + r['endpoint'] if r['endpoint'] else ''}: {r['reason']}")
     lines.extend(f"    note: {n}" for n in plan.get("notes", []))
     lines.append("(scores are ms of expected time to first token: geo + excess latency + queueing + penalties)")
     return "\n".join(lines)
+
+
+def _deadline(d: dict[str, Any]) -> str:
+    """``2.4 s (auto: p99 0.6 s from 120 samples)``, ``10 s (fallback: 3 samples)``, ``30 s (fixed)``."""
+    if d["source"] == "auto":
+        return f"{d['s']:g} s (auto: p99 {d['p99_s']:g} s from {d['samples']} samples)"
+    if d["source"] == "fallback":
+        return f"{d['s']:g} s (fallback: {d['samples']} samples, too few)"
+    return f"{d['s']:g} s ({'fixed' if d['source'] == 'fixed' else 'the pool' + chr(39) + 's'})"
 
 
 def main(args: argparse.Namespace) -> int:

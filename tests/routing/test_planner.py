@@ -307,8 +307,39 @@ def test_breaker_open_pool_and_panic(topology, clock) -> None:  # type: ignore[n
                 obs.record_outcome(eid, Outcome.CONNECT_ERROR)
     plan = planner(topology, obs).plan(ctx(SG_CLIENT))
     assert Rejection("ap-southeast-a", None, "breaker_open") in plan.rejected
-    assert plan.panic and len(plan.candidates) == 6  # breaker-open endpoints follow in panic
-    assert regions(plan) == ["us-east", "ap-southeast", "eu-west"]
+    # panic, but an open breaker means no traffic: only the two eligible endpoints are planned
+    assert plan.panic and [c.endpoint.id for c in plan.candidates] in (["us-east-0", "us-east-1"],
+                                                                      ["us-east-1", "us-east-0"])
+    assert any("breaker is open" in n for n in plan.notes)
+
+
+def test_panic_readds_unhealthy_but_not_breaker_open_endpoints(topology, clock) -> None:  # type: ignore[no-untyped-def]
+    obs = breaker_obs(topology, clock)
+    kill(obs, "eu-west-0", "eu-west-1", "us-east-0")  # unhealthy: panic may still try them
+    for _ in range(2):
+        obs.record_outcome("ap-southeast-0", Outcome.HTTP_5XX)  # breaker open: never
+    plan = planner(topology, obs).plan(ctx(SG_CLIENT))
+    planned = {c.endpoint.id for c in plan.candidates}
+    assert plan.panic and planned == {"ap-southeast-1", "us-east-1", "eu-west-0", "eu-west-1", "us-east-0"}
+
+
+def test_panic_lets_only_the_half_open_trials_through(topology, clock) -> None:  # type: ignore[no-untyped-def]
+    obs = breaker_obs(topology, clock)
+    for eid in topology.endpoints:
+        for _ in range(2):
+            obs.record_outcome(eid, Outcome.CONNECT_ERROR)
+    p = planner(topology, obs)
+    plan = p.plan(ctx(SG_CLIENT))
+    assert plan.panic and plan.candidates == ()  # every breaker open: nothing, panic or not
+    clock.advance(5.0)  # half-open: one trial slot each
+    plan = p.plan(ctx(SG_CLIENT))
+    assert len(plan.candidates) == 6 and not plan.panic
+    for eid in topology.endpoints:
+        if eid != "us-east-0":
+            obs.acquire(eid)  # their trial is in flight
+    plan = p.plan(ctx(SG_CLIENT))
+    assert plan.panic and [c.endpoint.id for c in plan.candidates] == ["us-east-0"]
+    assert Rejection("eu-west-a", None, "breaker_half_open") in plan.rejected
 
 
 def test_throttled_endpoint_rejected_until_it_expires(topology, obs, clock) -> None:  # type: ignore[no-untyped-def]
@@ -380,3 +411,44 @@ def test_no_offset_note_when_a_pool_is_at_its_prior(topology, obs) -> None:  # t
     assert not any("offset" in n for n in plan.notes)
     eu = next(c for c in plan.candidates if c.region == "eu-west")
     assert eu.components.excess_ms == pytest.approx(40.0)
+
+
+def _two_model_topology() -> Topology:
+    """make_topology with eu-west-a also serving small-chat (upstream name "small")."""
+    from dataclasses import replace
+
+    base = make_topology()
+    pools = tuple(replace(p, models={**p.models, "small-chat": "small"}) if p.name == "eu-west-a" else p
+                  for p in base.pools)
+    return Topology(base.regions, pools, base.gateway_location, gateway_region="eu-west")
+
+
+def test_a_model_throttle_holds_back_that_model_only(clock) -> None:  # type: ignore[no-untyped-def]
+    topology = _two_model_topology()
+    obs = Observations(ObservationParams(), clock)
+    obs.sync(topology)
+    p = planner(topology, obs)
+    obs.throttle_model("eu-west-0", "small", 2.0)
+    obs.throttle_model("nowhere-0", "small", 2.0)  # unknown endpoint: ignored
+    small = p.plan(RequestContext(model="small-chat", client=LONDON_CLIENT))
+    assert [c.endpoint.id for c in small.candidates] == ["eu-west-1"]
+    assert Rejection("eu-west-a", "eu-west-0", "throttled") in small.rejected
+    tiny = p.plan(ctx())  # the same endpoint's other model keeps its traffic
+    assert "eu-west-0" in {c.endpoint.id for c in tiny.candidates} and not tiny.rejected
+    assert obs.snapshot()["eu-west-0"]["throttled_models"] == {"small": clock.now + 2.0}  # clock time, as throttled_until
+    obs.throttle_model("eu-west-1", "small", 2.0)
+    assert p.plan(RequestContext(model="small-chat", client=LONDON_CLIENT)).candidates == ()  # panic does not re-add throttled ones
+    clock.advance(2.0)
+    assert len(p.plan(RequestContext(model="small-chat", client=LONDON_CLIENT)).candidates) == 2 and not obs.has_model_throttles
+
+
+def test_model_throttles_leave_with_their_endpoint(clock) -> None:  # type: ignore[no-untyped-def]
+    topology = _two_model_topology()
+    obs = Observations(ObservationParams(max_throttle_s=5.0), clock)
+    obs.sync(topology)
+    obs.throttle_model("eu-west-0", "small", 3600.0)  # capped at max_throttle_s
+    assert obs.snapshot()["eu-west-0"]["throttled_models"] == {"small": clock.now + 5.0}
+    base = make_topology()
+    obs.sync(Topology(base.regions, tuple(p for p in base.pools if p.name != "eu-west-a"), base.gateway_location))
+    obs.sync(topology)  # gone and back: the throttle went with it
+    assert not obs.has_model_throttles and not obs.model_throttled("eu-west-0", "small")
