@@ -1,7 +1,7 @@
 """API keys → tenant policy: allowed models, residency and tags, and per-gateway limits.
 
 Keys are compared by SHA-256 (config may hold only digests).  Limits are in-process (one
-gateway); sharing them across replicas goes through Redis (see DESIGN.md)."""
+gateway); sharing them across replicas goes through Redis (`auth.shared`, gateway/limits.py)."""
 from __future__ import annotations
 
 import hashlib
