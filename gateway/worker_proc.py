@@ -3,7 +3,9 @@
 
 It serves as a single gateway does — the same app, drain and SIGHUP reload — except that it
 listens with SO_REUSEPORT beside its siblings, takes its health and load observations from the
-host's prober over its link (worker 0 is that prober), tells the supervisor when POST
+host's prober over its link (worker 0 is that prober; it alone also reads the registry,
+re-resolves DNS and runs the canary, and shares what they find), shares operator drains and its
+live traffic with its siblings (``gateway/host_share.py``), tells the supervisor when POST
 /admin/reload reloaded it (the others follow), and stops when the supervisor goes away."""
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from gateway.app import build_app
 from gateway.config import Config, ConfigError, EndpointCfg, load_config
 from gateway.hostlimits import HostLimits
 from gateway.host_link import HOST_LINK, HostLink
+from gateway.host_share import shared_drains, shared_traffic
 from gateway.reload import RELOAD_PEERS, reload_on_signal
 from gateway.server import _drain, _on_sighup, run, start_site, wait_for_signal, with_endpoints
 from gateway.state import METRICS, SHARED_LIMITS
@@ -73,6 +76,8 @@ async def serve(spec: WorkerSpec, index: int, restart: bool) -> int:
         app[METRICS].worker_restarts.labels(str(index)).inc()
     app[HOST_LINK] = link
     app[RELOAD_PEERS] = link.reload_peers
+    app.cleanup_ctx.append(shared_drains)  # before the link reads: the handlers of what it replays
+    app.cleanup_ctx.append(shared_traffic(spec.workers))
     app.cleanup_ctx.append(link.context)
     if spec.limits is not None:
         app.cleanup_ctx.append(lambda a: host_limits(a, spec.limits, index, spec.workers))  # type: ignore[arg-type]
