@@ -70,8 +70,9 @@ class CanaryShare:
         self.told = _signature(self.canary)
 
     def tell(self) -> None:
-        """The prober, after a round or a new topology: publish when anything changed."""
-        if not self.link.prober:
+        """The prober, after a round or a new topology: publish when anything changed (not
+        before the replay: a restarted prober would wipe the host's verdicts with its empty state)."""
+        if not self.link.prober or not self.link.replayed.is_set():
             return
         signature = _signature(self.canary)
         if signature != self.told:

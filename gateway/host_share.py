@@ -154,7 +154,8 @@ def shared_traffic(workers: int, interval_s: float = TRAFFIC_SHARE_S
         for i in range(workers):
             if i != link.index:
                 link.on(f"traffic.{i}", peers.receive)
-        told = [False]  # the last message said something: one more, empty, says it is over
+        told = [True]  # the last message said something: one more, empty, says it is over (a
+        # restarted worker's first message replaces the in-flight its dead predecessor left)
 
         async def tell() -> None:
             regions = traffic.window()

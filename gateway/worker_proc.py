@@ -30,6 +30,7 @@ from gateway.workers import WorkerSpec
 log = logging.getLogger("infercdn.workers")
 
 WORKER_HEADER = "x-infercdn-worker"
+REPLAY_TIMEOUT_S = 10.0
 
 
 def config_transform(spec: WorkerSpec) -> Callable[[Config], Config]:
@@ -58,6 +59,17 @@ async def host_limits(app: web.Application, path: str, index: int, workers: int)
     await limits.close()
 
 
+async def caught_up(link: HostLink, timeout_s: float = REPLAY_TIMEOUT_S) -> AsyncIterator[None]:
+    """Listen only once the host's shared state (drains, discoveries, canary verdicts) is
+    applied: a restarted worker never routes to an endpoint its siblings keep out."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await link.replayed.wait()
+    except TimeoutError:
+        log.error("the supervisor's replay did not come within %.0f s; serving without it", timeout_s)
+    yield
+
+
 def first_config(spec: WorkerSpec) -> Config:
     """The file as it is now; when an edit broke it since the last reload, the last good copy."""
     try:
@@ -79,6 +91,7 @@ async def serve(spec: WorkerSpec, index: int, restart: bool) -> int:
     app.cleanup_ctx.append(shared_drains)  # before the link reads: the handlers of what it replays
     app.cleanup_ctx.append(shared_traffic(spec.workers))
     app.cleanup_ctx.append(link.context)
+    app.cleanup_ctx.append(lambda a: caught_up(link))
     if spec.limits is not None:
         app.cleanup_ctx.append(lambda a: host_limits(a, spec.limits, index, spec.workers))  # type: ignore[arg-type]
     name = str(index)

@@ -13,6 +13,8 @@ from aiohttp import web
 
 from gateway.admin import topology
 from gateway.app import build_app
+from gateway.canary import CANARY, clear
+from gateway.canary_share import CANARY_SHARE
 from gateway.config import load_config, parse_config
 from gateway.host_link import HOST_LINK, HostLink
 from gateway.host_share import DrainBook, peer_inflight, share_drain, shared_drains, shared_traffic
@@ -176,3 +178,28 @@ def test_traffic_adds_the_peers_buckets_second_by_second() -> None:
     assert snap["eu-west"]["series"][-2:] == [2, 0] and snap["us-east"]["errors_1m"] == 1
     now[0] = 100.4 + 60
     assert theirs.window() == {}  # a minute later: nothing left to tell
+
+
+async def test_canary_verdicts_follow_the_prober_and_a_clear_is_never_replayed_stale(tmp_path: Path) -> None:
+    """The prober's quarantine holds on every worker; an unquarantine on another worker reaches
+    the prober; a worker started after a new quarantine is not handed the old clear."""
+    data = base_config({"eu-west": ["http://127.0.0.1:9"]}, canary={"interval_s": 600})
+    async with host(tmp_path) as join:
+        prober, follower = await join(0, data), await join(1, data)
+        canary = prober[CANARY_SHARE].canary
+        topo = prober[SNAPSHOT].current.topology
+        pool, ep = topo.pools[0], topo.endpoints["eu-west-0"]
+        canary._decide(pool, ep, {"check": "tokens"})  # as a failed check does
+        prober[CANARY_SHARE].tell()
+        await until(lambda: follower[OBSERVATIONS].held("eu-west-0") == "quarantined")
+        assert follower[CANARY].verdicts["eu-west-0"].evidence == {"check": "tokens"}
+        assert clear(follower, "eu-west-0") == "quarantined"  # POST /admin/.../unquarantine there
+        await until(lambda: prober[OBSERVATIONS].held("eu-west-0") is None)
+        assert prober[CANARY].verdicts["eu-west-0"].reason == "cleared by an operator"
+        canary._decide(pool, ep, {"check": "model_field"})  # caught again later
+        prober[CANARY_SHARE].tell()
+        await until(lambda: follower[OBSERVATIONS].held("eu-west-0") == "quarantined")
+        late = await join(2, data)
+        await until(lambda: late[HOST_LINK].replayed.is_set())
+        assert late[OBSERVATIONS].held("eu-west-0") == "quarantined"  # not the replay of the first clear
+        assert late[CANARY].verdicts["eu-west-0"].evidence == {"check": "model_field"}
