@@ -140,10 +140,25 @@ async def test_one_registry_reader_and_one_canary_per_host(tmp_path: Path, geoip
         assert reference.stats.paths["/v1/completions"] == prompts  # the reference, asked once per prompt
         assert impostor.stats.paths["/metrics"] >= 1  # the prober's load scrapes reach it (it serves none)
 
+        # the prober dies: its successor starts from the host's verdicts, checks once, holds on
+        os.kill(gw.pids[0], signal.SIGKILL)
+        await gw.log_has(f"worker 0 (pid {gw.pids[0]}) exited with -9")
+        started = (await gw.log_has("worker 0 started, pid", count=2))[-1]
+        await gw.log_has(f"worker 0 (pid {int(started.rsplit('pid ', 1)[1])}) serving")
+        await until_every_worker(gw, "/admin/topology", endpoint_state(imp_id), "quarantined")
+        await spread(gw)
+        for _ in range(200):  # the new prober's own first check (its schedule starts afresh)
+            if impostor.stats.paths["/v1/completions"] >= 2 * prompts:
+                break
+            await asyncio.sleep(0.05)
+        assert impostor.stats.paths["/v1/completions"] == 2 * prompts
+        assert impostor.stats.paths.get("/v1/chat/completions", 0) == 0
+        await until_every_worker(gw, "/admin/canary", verdict, "fail")
+
         worker, body = await post(gw, f"/admin/endpoints/{imp_id}/unquarantine")
         assert body["cleared"] == "quarantined"
         await until_every_worker(gw, "/admin/topology", endpoint_state(imp_id), "healthy")
         reason = lambda c: c["endpoints"][imp_id]["reason"]  # noqa: E731
         await until_every_worker(gw, "/admin/canary", reason, "cleared by an operator")
-        assert impostor.stats.paths["/v1/completions"] == prompts  # no extra check from either worker
+        assert impostor.stats.paths["/v1/completions"] == 2 * prompts  # no extra check from either worker
         assert await gw.stop() == 0
