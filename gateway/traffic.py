@@ -5,7 +5,9 @@ A middleware records each completion request when it ends, from what its ``Excha
 (the region that served it, the attempts that failed, the usage); requests refused before a
 plan (auth, bad input) have no region and are not counted here (``/metrics`` has them).
 Memory is bounded: per region at most ``WINDOW_S`` buckets, and regions come from the
-config (a request names the region of a candidate it was planned on)."""
+config (a request names the region of a candidate it was planned on).  Under ``--workers N``
+each worker shares its window (``window``) and adds the others' (``peers``) to what it shows:
+``gateway/host_share.py``."""
 from __future__ import annotations
 
 from collections import deque

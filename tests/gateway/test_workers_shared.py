@@ -91,6 +91,11 @@ async def test_a_drain_posted_to_one_worker_holds_on_every_worker_and_after_a_re
         await spread(gw)
         assert drained.stats.paths["/v1/chat/completions"] == before
 
+        # a reload of every worker (SIGHUP to the supervisor) keeps it, as a single gateway does
+        gw.proc.send_signal(signal.SIGHUP)
+        await gw.log_has("config reloaded from", count=2)
+        await until_every_worker(gw, "/admin/topology", endpoint_state("eu-west-0"), "drained")
+
         # a pool drain from one worker, an undrain of the endpoint from whichever answers next
         await post(gw, "/admin/pools/eu-west-pool/drain")
         await until_every_worker(gw, "/admin/topology", lambda t: t["pools"][0]["drained"], True)
