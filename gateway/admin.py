@@ -6,7 +6,9 @@
 
 A drain stops new requests at once (the planner never picks a drained endpoint, not even in
 panic); requests in flight finish.  Drains live with the observations, so they survive reloads
-for the endpoints and pools that remain and end when those leave the config.
+for the endpoints and pools that remain and end when those leave the config.  Under
+``--workers N`` the worker that answered shares the drain with the others (``gateway/host_share.py``),
+and ``inflight`` counts the requests of every worker.
 
 Like the rest of ``/admin/*`` these answer only to ``gateway.admin_networks``.  A POST must
 also carry a JSON body (``Content-Type: application/json``) or the ``X-Infercdn-Admin`` header:
@@ -14,12 +16,14 @@ a cross-site form can send neither, so a page the operator visits cannot drain t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway.errors import error_body
+from gateway.host_share import peer_inflight, share_drain
 from gateway.state import OBSERVATIONS, SNAPSHOT, RoutingSnapshot
 from routing.observations import EndpointView, Observations
 from routing.topology import Endpoint
@@ -57,11 +61,11 @@ def endpoint_state(view: EndpointView) -> str:
     return "healthy"
 
 
-def _endpoint(ep: Endpoint, view: EndpointView) -> dict[str, Any]:
+def _endpoint(ep: Endpoint, view: EndpointView, elsewhere: int = 0) -> dict[str, Any]:
     return {"id": ep.id, "url": ep.url, "weight": ep.weight, "state": endpoint_state(view),
             "healthy": view.healthy, "ejected": view.ejected, "breaker": view.breaker,
             "drained": view.drained, "probe_draining": view.probe_draining, "hold": view.hold,
-            "throttled": view.throttled_until is not None, "inflight": view.inflight,
+            "throttled": view.throttled_until is not None, "inflight": view.inflight + elsewhere,
             "running": view.running, "waiting": view.waiting, "kv_usage": view.kv_usage,
             "latency_ms": round(view.latency_ms, 1) if view.latency_ms is not None else None,
             "error_rate": round(view.error_rate, 3), "consecutive_failures": view.consecutive_failures}
@@ -77,12 +81,15 @@ def _health(states: list[str], drained: bool) -> str:
     return "degraded" if usable else "down"
 
 
-def topology(snapshot: RoutingSnapshot, obs: Observations) -> dict[str, Any]:
-    """The fleet as the gateway sees it now: JSON-ready, for GET /admin/topology and /status."""
+def topology(snapshot: RoutingSnapshot, obs: Observations, peers: Mapping[str, int] | None = None
+             ) -> dict[str, Any]:
+    """The fleet as the gateway sees it now: JSON-ready, for GET /admin/topology and /status;
+    ``peers``: requests in flight on the host's other workers by endpoint (``--workers``)."""
     topo = snapshot.topology
+    peers = peers or {}
     pools = []
     for pool in topo.pools:
-        eps = [_endpoint(ep, obs.view(ep.id)) for ep in pool.endpoints]
+        eps = [_endpoint(ep, obs.view(ep.id), peers.get(ep.id, 0)) for ep in pool.endpoints]
         drained = pool.name in obs.drained_pools
         pools.append({"name": pool.name, "region": pool.region, "models": sorted(pool.models), "tier": pool.tier,
                       "tags": sorted(pool.tags), "draining": pool.draining, "drained": drained,
@@ -103,7 +110,7 @@ def topology(snapshot: RoutingSnapshot, obs: Observations) -> dict[str, Any]:
 
 
 async def admin_topology(request: web.Request) -> web.Response:
-    return _json(topology(request.app[SNAPSHOT].current, request.app[OBSERVATIONS]))
+    return _json(topology(request.app[SNAPSHOT].current, request.app[OBSERVATIONS], peer_inflight(request.app)))
 
 
 async def _refusal(request: web.Request) -> web.Response | None:
@@ -139,10 +146,11 @@ async def admin_endpoint_action(request: web.Request) -> web.Response:
     obs = request.app[OBSERVATIONS]
     if not obs.drain(eid, action == "drain"):
         return _error(404, f"no endpoint {eid!r} in the running config (see GET /admin/topology)", "not_found", "id")
+    share_drain(request.app, "endpoint", eid, action == "drain")
     log.warning("endpoint %s %sed by %s", eid, action, _peer(request))
     view = obs.view(eid)
     return _json({"endpoint": eid, "action": action, "drained": view.drained, "state": endpoint_state(view),
-                  "inflight": view.inflight})
+                  "inflight": view.inflight + (peer_inflight(request.app) or {}).get(eid, 0)})
 
 
 async def admin_pool_action(request: web.Request) -> web.Response:
@@ -154,11 +162,13 @@ async def admin_pool_action(request: web.Request) -> web.Response:
     obs, snapshot = request.app[OBSERVATIONS], request.app[SNAPSHOT].current
     if not obs.drain_pool(name, action == "drain"):
         return _error(404, f"no pool {name!r} in the running config (see GET /admin/topology)", "not_found", "name")
+    share_drain(request.app, "pool", name, action == "drain")
     log.warning("pool %s %sed by %s", name, action, _peer(request))
     pool = snapshot.topology.pool(name)
+    elsewhere = peer_inflight(request.app) or {}
     return _json({"pool": name, "action": action, "drained": name in obs.drained_pools,
                   "draining_in_config": pool.draining,
-                  "inflight": sum(obs.view(ep.id).inflight for ep in pool.endpoints)})
+                  "inflight": sum(obs.view(ep.id).inflight + elsewhere.get(ep.id, 0) for ep in pool.endpoints)})
 
 
 def admin_routes() -> list[web.AbstractRouteDef]:

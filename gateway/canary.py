@@ -14,7 +14,9 @@ A registered endpoint that is not a reference is held ("canary_pending") from th
 appears until its first check passes (``hold_new``).  With no reference for a model only the
 model name checks run.  A check that fails to get an answer (error, timeout) changes nothing:
 health and outlier detection deal with unreachable endpoints.  Canary requests go straight to
-the endpoint, not through the proxy, and are counted apart (``infercdn_canary_*``)."""
+the endpoint, not through the proxy, and are counted apart (``infercdn_canary_*``).  Under
+``--workers N`` only the host's prober runs the checks; the others follow its verdicts
+(``gateway/canary_share.py``)."""
 from __future__ import annotations
 
 import asyncio
@@ -30,6 +32,7 @@ from aiohttp import web
 from gateway.background import every
 from gateway.config import CanaryCfg
 from gateway.discovery import DISCOVERED
+from gateway.host_link import HOST_LINK
 from gateway.state import METRICS, OBSERVATIONS, SNAPSHOT
 from routing.topology import Endpoint, Pool, Topology
 
@@ -270,13 +273,18 @@ class Canary:
         self.state.verdicts[ep.id] = Verdict("fail", now, str(evidence.get("check")), evidence)
 
 
-def clear(app: web.Application, endpoint_id: str) -> str | None:
-    """An operator clears a quarantine (or a pending hold); the reason it had, or None."""
+def clear(app: web.Application, endpoint_id: str, share: bool = True) -> str | None:
+    """An operator clears a quarantine (or a pending hold); the reason it had, or None.
+    ``share``: under --workers, the host's other workers clear it too."""
     was = app[OBSERVATIONS].unhold(endpoint_id)
     if was is not None:
         state = app[CANARY]
         state.verdicts[endpoint_id] = Verdict("pass", time.monotonic(), "cleared by an operator")
         log.warning("canary: %s cleared by an operator (was %s)", endpoint_id, was)
+        if share:
+            from gateway.canary_share import share_clear  # it imports this module
+
+            share_clear(app, endpoint_id)
     return was
 
 
@@ -286,10 +294,27 @@ def canary_loop(clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0
         app[CANARY] = CanaryState()
         cfg = app[SNAPSHOT].current.config.canary
         tick = min(tick_s, cfg.interval_s / 4) if cfg is not None else tick_s
+        link = app.get(HOST_LINK)
         async with aiohttp.ClientSession() as http:
             canary = Canary(app, http, clock)
             app[DISCOVERED].on_new_topology.append(canary.hold_new)
             canary.hold_new(app[SNAPSHOT].current.topology)
-            async with every(tick, canary.round, "canary"):
+            if link is None:
+                async with every(tick, canary.round, "canary"):
+                    yield
+                return
+            from gateway.canary_share import CANARY_SHARE, CanaryShare  # it imports this module
+
+            share = app[CANARY_SHARE] = CanaryShare(canary, link)  # --workers: one canary per host
+            if not link.prober:  # the others follow its verdicts (and hold new endpoints at once)
+                yield
+                return
+            app[DISCOVERED].on_new_topology.append(lambda _: share.tell())
+            share.tell()
+
+            async def round_and_tell() -> None:
+                await canary.round()
+                share.tell()
+            async with every(tick, round_and_tell, "canary"):
                 yield
     return ctx

@@ -6,7 +6,11 @@ endpoint) and the registry of self-registered workers (``gateway/registry.py``).
 writes what it found into :class:`Discovered` and calls :func:`refresh`, which rebuilds the
 routing snapshot from the running config plus everything discovered and swaps it in, exactly as
 a reload does: requests in flight keep their snapshot, observations stay for endpoints that
-remain.  A reload rebuilds from the new config plus the same discoveries."""
+remain.  A reload rebuilds from the new config plus the same discoveries.
+
+Under ``--workers N`` only the host's prober (worker 0) resolves; it sends every change of the
+addresses to the other workers over the host link (``dns``), so all of them expand an endpoint
+into the same addresses, under the same ids."""
 from __future__ import annotations
 
 import asyncio
@@ -17,12 +21,14 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
 from gateway.background import every
 from gateway.config import Config
+from gateway.host_link import HOST_LINK
 from gateway.snapshot import make_snapshot
 from gateway.state import METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
 from routing.topology import Endpoint, Topology
@@ -128,12 +134,31 @@ async def resolve_round(app: web.Application, resolver: Resolver, due: dict[str,
             changed.append(eid)
     if changed:
         refresh(app, f"DNS of {', '.join(changed)}")
+        link = app.get(HOST_LINK)
+        if link is not None:  # --workers: the other workers route on the same addresses, same ids
+            link.publish("dns", found={eid: list(addrs) for eid, addrs in found.dns.items()})
+
+
+def follow_dns(app: web.Application, msg: dict[str, Any]) -> None:
+    """The host prober's resolutions (or the last, replayed to a worker that starts): taken
+    whole; the topology rebuilt when they changed."""
+    found = app[DISCOVERED]
+    dns = {str(eid): tuple(str(a) for a in addrs) for eid, addrs in msg["found"].items()}
+    if dns != found.dns:
+        found.dns = dns
+        refresh(app, "DNS, from the host's prober")
 
 
 def dns_watcher(resolver: Resolver | None = None, tick_s: float = 0.5
                 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The DNS source as a cleanup context; ``resolver`` defaults to the system's."""
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        link = app.get(HOST_LINK)
+        if link is not None:  # --workers: the prober resolves for the host, every worker follows
+            link.on("dns", lambda msg: follow_dns(app, msg))
+            if not link.prober:
+                yield
+                return
         targets = dns_targets(app[SNAPSHOT].current.config)  # a reload may add some: always watch
         res = resolver or system_resolver
         due: dict[str, float] = {}

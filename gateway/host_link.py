@@ -9,7 +9,9 @@ whole state of its kind.  Worker 0, the host's prober, sends ``probes`` (each ro
 probes) and ``loads`` (of load scrapes); the others apply them to their own observation store.
 A feature that needs the same across workers (e.g. operator drains) registers a handler with
 ``on(kind, ...)`` and sends with ``publish(kind, ...)``.  The supervisor going away (its socket
-closes) stops the worker: no orphaned gateway keeps serving."""
+closes) stops the worker: no orphaned gateway keeps serving.  After the replay the supervisor
+sends ``replayed`` (control, to the worker): ``HostLink.replayed`` is set once the worker applied
+everything it missed, and a worker listens only then."""
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +26,7 @@ from aiohttp import web
 log = logging.getLogger("infercdn.workers")
 
 MAX_LINE = 16 * 1024 * 1024  # a probe round of many thousands of endpoints still fits
-CONTROL = frozenset({"hello", "ready", "reload"})
+CONTROL = frozenset({"hello", "ready", "reload", "replayed"})
 Handler = Callable[[dict[str, Any]], None]
 
 
@@ -38,6 +40,7 @@ class HostLink:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    replayed: asyncio.Event = field(default_factory=asyncio.Event)  # the replay after hello was applied
     handlers: dict[str, Handler] = field(default_factory=dict)
 
     @property
@@ -78,6 +81,9 @@ class HostLink:
         try:
             while line := await self.reader.readline():
                 msg = orjson.loads(line)
+                if msg["kind"] == "replayed":
+                    self.replayed.set()
+                    continue
                 handler = self.handlers.get(msg["kind"])
                 if handler is not None:
                     handler(msg)
@@ -85,6 +91,7 @@ class HostLink:
             log.error("link to the supervisor failed: %s", exc)
         finally:
             self.lost.set()
+            self.replayed.set()  # nothing more will come: nobody waits for it
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: apply what the supervisor relays while the app runs."""

@@ -2,12 +2,17 @@
 ``registry.poll_s`` and hands them to discovery (``gateway/discovery.py``), which rebuilds the
 topology when the fleet that counts (``gateway/fleet.py``) changed.
 
+Under ``--workers N`` only the host's prober (worker 0) reads Redis; it hands each read to the
+other workers over the host link, and they absorb it as their own, so every worker builds the
+same registered pools with the same endpoint ids.
+
 Redis down or slow: the last fleet read stays (its leases are judged against the time of that
 read, not the time now), the failure is counted (``infercdn_discovery_errors_total{source=
 "registry"}``) and logged once a minute."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -21,6 +26,7 @@ from gateway.config import RegistryCfg
 from gateway.background import every
 from gateway.discovery import DISCOVERED, refresh
 from gateway.fleet import Refusal, registered_pools
+from gateway.host_link import HOST_LINK
 from gateway.state import METRICS, SNAPSHOT
 from routing.announce import KEY_PART
 from routing.topology import Pool
@@ -73,8 +79,18 @@ async def poll(app: web.Application, client: Any, state: RegistryState, wall: Ca
             raws = await read(client, reg)
     except Exception as exc:  # noqa: BLE001 - any Redis trouble: keep the last fleet
         _failed(app, state, exc)
+        _share(app, state)
         return
-    now = wall()
+    absorb(app, state, raws, wall())
+    _share(app, state)
+
+
+def absorb(app: web.Application, state: RegistryState, raws: tuple[bytes, ...], now: float) -> None:
+    """One read of the registry (made here, or by the host's prober under --workers) at wall
+    clock ``now``: discovery gets it; the topology is rebuilt when the fleet that counts changed."""
+    cfg = app[SNAPSHOT].current.config
+    if cfg.registry is None:
+        return
     found = app[DISCOVERED]
     found.registered, found.registered_at = raws, now
     state.last_read = now
@@ -91,6 +107,25 @@ async def poll(app: web.Application, client: Any, state: RegistryState, wall: Ca
         _gauges(app, pools, refused)
     elif new_refusals:
         _gauges(app, pools, refused)
+
+
+def _share(app: web.Application, state: RegistryState) -> None:
+    """Under --workers the prober's every read goes to the other workers (the whole read: a
+    worker that starts later gets it from the replay)."""
+    link = app.get(HOST_LINK)
+    if link is None:
+        return
+    found = app[DISCOVERED]
+    link.publish("registry", raws=[base64.b64encode(r).decode() for r in found.registered],
+                 at=found.registered_at if state.last_read is not None else None,
+                 errors=state.errors, last_error=state.last_error)
+
+
+def _follow(app: web.Application, state: RegistryState, msg: dict[str, Any]) -> None:
+    """A read of the host's prober (or the last one, replayed to a worker that starts)."""
+    state.errors, state.last_error = int(msg["errors"]), msg["last_error"]
+    if msg["at"] is not None:
+        absorb(app, state, tuple(base64.b64decode(r) for r in msg["raws"]), float(msg["at"]))
 
 
 def _gauges(app: web.Application, pools: list[Pool], refused: list[Refusal]) -> None:
@@ -124,7 +159,10 @@ def registry_watcher(wall: Callable[[], float] = time.time) -> Callable[[web.App
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[REGISTRY] = RegistryState()
         reg = app[SNAPSHOT].current.config.registry
-        if reg is None:
+        link = app.get(HOST_LINK)
+        if link is not None:  # --workers: one reader per host, the prober; every worker follows its reads
+            link.on("registry", lambda msg: _follow(app, state, msg))
+        if reg is None or (link is not None and not link.prober):
             yield
             return
         import redis.asyncio as aioredis  # only gateways with a registry need it

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from gateway.admin import topology
 from gateway.errors import error_body
+from gateway.host_share import peer_inflight
 from gateway.state import DRAINING, OBSERVATIONS, SNAPSHOT
 from gateway.traffic import Traffic
 
@@ -63,7 +64,7 @@ class StatusFeed:
 
     def build(self, app: web.Application) -> dict[str, Any]:
         snapshot = app[SNAPSHOT].current
-        topo = topology(snapshot, app[OBSERVATIONS])
+        topo = topology(snapshot, app[OBSERVATIONS], peer_inflight(app))
         return {"time": round(time.time(), 3), "draining": app[DRAINING].since is not None,
                 "models": sorted(snapshot.models), **topo,
                 "traffic": self.traffic.snapshot([r["name"] for r in topo["regions"]])}

@@ -5,7 +5,9 @@ A middleware records each completion request when it ends, from what its ``Excha
 (the region that served it, the attempts that failed, the usage); requests refused before a
 plan (auth, bad input) have no region and are not counted here (``/metrics`` has them).
 Memory is bounded: per region at most ``WINDOW_S`` buckets, and regions come from the
-config (a request names the region of a candidate it was planned on)."""
+config (a request names the region of a candidate it was planned on).  Under ``--workers N``
+each worker shares its window (``window``) and adds the others' (``peers``) to what it shows:
+``gateway/host_share.py``."""
 from __future__ import annotations
 
 from collections import deque
@@ -40,6 +42,33 @@ class Traffic:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._regions: dict[str, deque[_Bucket]] = {}
+        # under --workers: the other workers' windows (gateway/host_share.py), added to ours
+        self.peers: dict[int, dict[str, list[list[int]]]] = {}
+
+    def window(self) -> dict[str, list[list[int]]]:
+        """This process's buckets of the last minute, per region, as lists of ints (for peers)."""
+        now = int(self._clock())
+        return {region: [[b.second, b.requests, b.errors, b.tokens, b.failed_attempts, b.failovers, b.resumes]
+                         for b in ring if b.second > now - WINDOW_S]
+                for region, ring in self._regions.items() if ring and ring[-1].second > now - WINDOW_S}
+
+    def _merged(self) -> dict[str, list[_Bucket]]:
+        """Ours plus the peers' buckets (each peer's seconds are the host's monotonic seconds)."""
+        if not self.peers:
+            return {region: list(ring) for region, ring in self._regions.items()}
+        out: dict[str, dict[int, _Bucket]] = {}
+        rows = [(r, [b.second, b.requests, b.errors, b.tokens, b.failed_attempts, b.failovers, b.resumes])
+                for r, ring in self._regions.items() for b in ring]
+        rows += [(r, b) for window in self.peers.values() for r, bs in window.items() for b in bs]
+        for region, (second, *counts) in rows:
+            b = out.setdefault(region, {}).setdefault(second, _Bucket(second))
+            b.requests += counts[0]
+            b.errors += counts[1]
+            b.tokens += counts[2]
+            b.failed_attempts += counts[3]
+            b.failovers += counts[4]
+            b.resumes += counts[5]
+        return {region: list(per.values()) for region, per in out.items()}
 
     def _bucket(self, region: str) -> _Bucket:
         second = int(self._clock())
@@ -68,8 +97,9 @@ class Traffic:
         (oldest first) for a sparkline."""
         now = int(self._clock())
         out = {}
-        for region in dict.fromkeys([*regions, *self._regions]):
-            recent = [b for b in self._regions.get(region, ()) if b.second > now - WINDOW_S]
+        merged = self._merged()
+        for region in dict.fromkeys([*regions, *merged]):
+            recent = [b for b in merged.get(region, ()) if b.second > now - WINDOW_S]
             fresh = [b for b in recent if b.second > now - RATE_S]
             per_second = {b.second: b.requests for b in recent}
             out[region] = {

@@ -3,7 +3,9 @@
 
 It serves as a single gateway does — the same app, drain and SIGHUP reload — except that it
 listens with SO_REUSEPORT beside its siblings, takes its health and load observations from the
-host's prober over its link (worker 0 is that prober), tells the supervisor when POST
+host's prober over its link (worker 0 is that prober; it alone also reads the registry,
+re-resolves DNS and runs the canary, and shares what they find), shares operator drains and its
+live traffic with its siblings (``gateway/host_share.py``), tells the supervisor when POST
 /admin/reload reloaded it (the others follow), and stops when the supervisor goes away."""
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from gateway.app import build_app
 from gateway.config import Config, ConfigError, EndpointCfg, load_config
 from gateway.hostlimits import HostLimits
 from gateway.host_link import HOST_LINK, HostLink
+from gateway.host_share import shared_drains, shared_traffic
 from gateway.reload import RELOAD_PEERS, reload_on_signal
 from gateway.server import _drain, _on_sighup, run, start_site, wait_for_signal, with_endpoints
 from gateway.state import METRICS, SHARED_LIMITS
@@ -27,6 +30,7 @@ from gateway.workers import WorkerSpec
 log = logging.getLogger("infercdn.workers")
 
 WORKER_HEADER = "x-infercdn-worker"
+REPLAY_TIMEOUT_S = 10.0
 
 
 def config_transform(spec: WorkerSpec) -> Callable[[Config], Config]:
@@ -55,6 +59,17 @@ async def host_limits(app: web.Application, path: str, index: int, workers: int)
     await limits.close()
 
 
+async def caught_up(link: HostLink, timeout_s: float = REPLAY_TIMEOUT_S) -> AsyncIterator[None]:
+    """Listen only once the host's shared state (drains, discoveries, canary verdicts) is
+    applied: a restarted worker never routes to an endpoint its siblings keep out."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await link.replayed.wait()
+    except TimeoutError:
+        log.error("the supervisor's replay did not come within %.0f s; serving without it", timeout_s)
+    yield
+
+
 def first_config(spec: WorkerSpec) -> Config:
     """The file as it is now; when an edit broke it since the last reload, the last good copy."""
     try:
@@ -73,7 +88,10 @@ async def serve(spec: WorkerSpec, index: int, restart: bool) -> int:
         app[METRICS].worker_restarts.labels(str(index)).inc()
     app[HOST_LINK] = link
     app[RELOAD_PEERS] = link.reload_peers
+    app.cleanup_ctx.append(shared_drains)  # before the link reads: the handlers of what it replays
+    app.cleanup_ctx.append(shared_traffic(spec.workers))
     app.cleanup_ctx.append(link.context)
+    app.cleanup_ctx.append(lambda a: caught_up(link))
     if spec.limits is not None:
         app.cleanup_ctx.append(lambda a: host_limits(a, spec.limits, index, spec.workers))  # type: ignore[arg-type]
     name = str(index)

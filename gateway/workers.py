@@ -39,7 +39,7 @@ import orjson
 
 from gateway import hostlimits
 from gateway.config import Config, ConfigError, load_config
-from gateway.host_link import CONTROL
+from gateway.host_link import CONTROL, encode
 from gateway.metrics import MULTIPROC_ENV
 from gateway.server import LocalFleet
 from gateway.watch import watch_file
@@ -207,6 +207,7 @@ class Supervisor:
                     child.writer = writer
                     for last in self.last.values():
                         writer.write(last)
+                    writer.write(encode("replayed", index=child.index))  # what it missed has all come
                 elif kind == "ready" and child is not None:
                     child.ready.set()
                     log.info("worker %d (pid %d) serving", child.index, child.proc.pid if child.proc else -1)
