@@ -67,7 +67,8 @@ class FirstToken:
             cand, deadline = picked
             timer = self._arm_keepalive() if stream else None
             try:
-                result = await self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, ex.req.stream)
+                result = await self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, ex.req.stream,
+                                                  ex.cfg.upstream_limits)
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -164,7 +165,8 @@ class FirstToken:
         if picked is None:
             return False
         cand, deadline = picked
-        task = asyncio.create_task(self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, self.ex.req.stream))
+        task = asyncio.create_task(self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, self.ex.req.stream,
+                                                       self.ex.cfg.upstream_limits))
         self.pending[task] = cand
         return True
 

@@ -6,6 +6,7 @@ http(s) URL``."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,12 +30,32 @@ class ConfigError(Exception):
     def lines(self) -> list[str]:
         out = []
         for path, value, reason in self.problems:
+            value, reason = redact(path, value, reason)
             shown = "" if value is _MISSING else f" = {value!r}"
             out.append(f"{self.file}: {path or '<root>'}{shown}: {reason}")
         return out
 
 
 _MISSING = object()
+# a field path segment that holds a secret (api_keys, api_key_sha256, password, provider tokens)
+_SECRET_FIELD = re.compile(r"key|secret|passw|credential|(^|_)tokens?(_sha256)?$", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def redact(path: str, value: Any, reason: str) -> tuple[Any, str]:
+    """A problem as it may be shown (CLI, log, admin API): values of secret fields as ``***``,
+    passwords in URLs masked, and neither repeated inside the reason."""
+    if reason.startswith("Extra inputs") and isinstance(value, str):  # a misspelt `api_kyes` may hold a key
+        return _MISSING, reason
+    secret = any(_SECRET_FIELD.search(seg) for seg in re.split(r"[.\[\]]", path) if seg and not seg.isdigit())
+    if isinstance(value, str):
+        masked = "***" if secret else _URL_USERINFO.sub("***@", value)
+        if masked != value:
+            reason = reason.replace(value, masked)
+        return masked, reason
+    if secret and value is not _MISSING:
+        return "***", reason
+    return value, reason
 
 
 class _Model(BaseModel):
@@ -62,6 +83,16 @@ class GatewayCfg(_Model):
     # flight get up to drain_timeout_s to finish
     drain_notice_s: float = Field(default=0.0, ge=0)
     drain_timeout_s: float = Field(default=60.0, ge=0)
+    # the client side's bounds (docs/security.md): a request head must arrive within
+    # header_timeout_s of its first byte, a body within body_timeout_s; connections beyond
+    # max_connections (per process) are closed at once.  Read at start (not on reload).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=10000, ge=1)
+    metrics_networks: tuple[str, ...] | None = None  # who may scrape /metrics; default: admin_networks
+    # the header trusted proxies write the client's address into (RFC 7239 `forwarded` or the
+    # de-facto `x-forwarded-for`); the other one is ignored, so a client cannot choose it
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
 
     @field_validator("access_log")
     @classmethod
@@ -70,15 +101,28 @@ class GatewayCfg(_Model):
             raise ValueError(f"the folder of {v!r} does not exist (or use stdout, stderr or off)")
         return v
 
-    @field_validator("trusted_proxies", "admin_networks")
+    @field_validator("trusted_proxies", "admin_networks", "metrics_networks")
     @classmethod
-    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for net in v:
+    def _networks(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for net in v or ():
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError as exc:
                 raise ValueError(f"{net!r} is not an IP network ({exc})") from None
         return v
+
+
+class UpstreamLimitsCfg(_Model):
+    """Bounds on what a pool may send (docs/security.md).  Crossing one fails the attempt as
+    ``upstream_too_large``: the next candidate is tried, a stream resumes elsewhere or ends with
+    the in-band error."""
+
+    max_head_bytes: int = Field(default=64 * 1024, gt=0)  # status line and headers
+    max_event_bytes: int = Field(default=4 * 1024 * 1024, gt=0)  # one SSE event (and what precedes the first token)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)  # a non-stream answer, or one assembled from a stream
+    max_error_body_bytes: int = Field(default=64 * 1024, gt=0)  # the body of a 4xx/5xx
+    resume_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=0)  # kept per stream for a resume
+    resume_buffer_total_bytes: int = Field(default=256 * 1024 * 1024, ge=0)  # for all streams of a gateway
 
 
 class GeoipCfg(_Model):
@@ -135,6 +179,7 @@ class RetryCfg(_Model):
     backoff_base_ms: float = Field(default=5.0, ge=0)
     backoff_max_ms: float = Field(default=100.0, ge=0)
     max_retry_after_s: float = Field(default=5.0, ge=0)
+    client_retry_after_max_s: float = Field(default=60.0, ge=1)  # an upstream's Retry-After, capped for clients
 
 
 class BudgetCfg(_Model):
@@ -279,7 +324,7 @@ class TenantCfg(_Model):
     def _hex(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for h in v:
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
-                raise ValueError(f"{h!r} is not a hex SHA-256 digest (64 hex digits)")
+                raise ValueError("not a hex SHA-256 digest (64 hex digits); the value is not shown")
         return tuple(h.lower() for h in v)
 
 
@@ -320,6 +365,7 @@ class Config(_Model):
     breaker: BreakerCfg = BreakerCfg()
     models: dict[str, ModelCfg] = Field(default_factory=dict)
     auth: AuthCfg = AuthCfg()
+    upstream_limits: UpstreamLimitsCfg = UpstreamLimitsCfg()
     regions: tuple[RegionCfg, ...] = Field(min_length=1)
     pools: tuple[PoolCfg, ...] = Field(min_length=1)
 

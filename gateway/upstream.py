@@ -4,7 +4,11 @@ Body bytes go from ``data_received`` straight into a sink — the client's trans
 stream is committed — with no coroutine switch per token (an aiohttp client stream reader
 costs about three times as much user CPU per token here; see docs/perf.md).  ``open``
 returns before anything reaches the client: ``Ready`` (a 200 with its first token, or a
-whole non-stream body), ``Failed`` (try the next candidate) or ``Refused`` (a 4xx to relay)."""
+whole non-stream body), ``Failed`` (try the next candidate) or ``Refused`` (a 4xx to relay).
+
+Every byte read here is bounded (``upstream_limits``): the head as it arrives, a buffered body
+by its kind (error, non-stream, before the first token); crossing a bound fails the exchange
+with :class:`UpstreamTooLarge` and closes the connection."""
 from __future__ import annotations
 
 import asyncio
@@ -15,15 +19,21 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from gateway.config import UpstreamLimitsCfg
 from routing.outcome import Outcome
 
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-                         "server", "date"})
 MAX_IDLE_PER_ENDPOINT = 512
 
 
 class UpstreamLost(Exception):
     """The upstream connection broke (reset, closed early, unparsable HTTP)."""
+
+
+class UpstreamTooLarge(UpstreamLost):
+    """The upstream sent more than ``upstream_limits`` allows (a head, an event, a body)."""
+
+
+DEFAULT_LIMITS = UpstreamLimitsCfg()
 
 
 def _first_token_seen(buf: bytearray) -> bool:
@@ -42,10 +52,15 @@ class UpstreamConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.parser = httptools.HttpResponseParser(self)
+        self.limits = DEFAULT_LIMITS
+        self.stream = False
         self.reset()
 
     def reset(self) -> None:
         self.status = 0
+        self.head_bytes = 0
+        self.buf_limit = 0
+        self.overflow: UpstreamTooLarge | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = True
         self.complete = False
@@ -67,14 +82,20 @@ class UpstreamConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.status == 0:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
+            if self.status == 0 and self.head_bytes > self.limits.max_head_bytes:
+                self.overflow = UpstreamTooLarge(f"upstream response head over {self.limits.max_head_bytes} bytes")
+            if self.overflow is not None:
+                raise self.overflow
             if self.batch:
                 self._flush()
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamLost(f"unparsable HTTP from upstream: {exc}"))
+            self._fail(self.overflow or UpstreamLost(f"unparsable HTTP from upstream: {exc}"))
             self.abort()
-        except Exception as exc:  # raised by a sink: the stream ends with it
+        except Exception as exc:  # raised by a sink (or a bound): the stream ends with it
             self._fail(exc)
             self.abort()
 
@@ -83,6 +104,11 @@ class UpstreamConn(asyncio.Protocol):
         self.pool.forget(self)
         if not self.complete:
             self._fail(UpstreamLost("upstream closed the connection" + (f" ({exc})" if exc else "")))
+        # nothing of the exchange outlives the connection, even if a failed future's traceback
+        # keeps this object in a reference cycle until the collector runs
+        self.buf = bytearray()
+        self.batch = []
+        self.sink = None
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -90,6 +116,9 @@ class UpstreamConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        lim = self.limits
+        self.buf_limit = (lim.max_error_body_bytes if self.status != 200
+                          else lim.max_event_bytes if self.stream else lim.max_body_bytes)
         self.keep_alive = self.parser.should_keep_alive()
         if not self.head.done():
             self.head.set_result(None)
@@ -98,6 +127,13 @@ class UpstreamConn(asyncio.Protocol):
         if self.sink is not None:
             # several chunks in one read reach the sink together: one client write per read
             self.batch.append(body)
+            return
+        if self.overflow is not None:
+            return
+        if len(self.buf) + len(body) > self.buf_limit:
+            what = "error body" if self.status != 200 else "first event" if self.stream else "body"
+            self.overflow = UpstreamTooLarge(f"upstream {what} over {self.buf_limit} bytes")
+            self.buf = bytearray()
             return
         self.buf += body
         if self.wait_for_token and self.waiter is not None and not self.waiter.done() and _first_token_seen(self.buf):
@@ -216,6 +252,7 @@ class Refused:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    retry_after: str | None = None  # as sent; parsed and capped before it reaches a client
 
 
 class UpstreamPool:
