@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.access import AccessLog, flusher
 from gateway.background import health_probes, load_scraper
 from gateway.config import Config
+from gateway.edge import server_header
 from gateway.handlers import admin_guard, routes
 from gateway.limits import SharedLimits
 from gateway.metrics import build_metrics
@@ -63,6 +64,7 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     app.cleanup_ctx.append(_upstream_client)
     app.cleanup_ctx.append(health_probes)
     app.cleanup_ctx.append(load_scraper)
+    app.on_response_prepare.append(server_header)
     app.add_routes(routes())
     return app
 

@@ -4,7 +4,9 @@
     ├── BadRequest (400)              invalid JSON, missing/invalid fields
     ├── Unauthorized (401)            missing or unknown API key
     ├── ModelNotFound (404)           no pool serves the model (for this tenant)
+    ├── RequestTimeout (408)          body not received within gateway.body_timeout_s
     ├── PayloadTooLarge (413)         body over gateway.max_body_bytes
+    ├── UnsupportedMediaType (415)    a compressed (Content-Encoding) body
     ├── RateLimited (429)             every candidate throttled; carries Retry-After
     └── Unavailable (503)             no candidate could serve; carries the attempts
 
@@ -62,6 +64,23 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def response(self, extra_headers: dict[str, str] | None = None) -> web.Response:
+        resp = super().response(extra_headers)
+        resp.force_close()  # the rest of the body is not waited for
+        return resp
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class RateLimited(GatewayError):

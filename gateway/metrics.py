@@ -28,6 +28,7 @@ class GatewayMetrics:
     client_disconnects: Counter
     resumes: Counter
     shared_limit_errors: Counter
+    rejections: Counter
 
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -76,4 +77,6 @@ def build_metrics() -> GatewayMetrics:
         shared_limit_errors=Counter("infercdn_shared_limit_errors",
                                     "Redis calls of auth.shared that failed (the gateway's own limits decided)",
                                     registry=r),
+        rejections=Counter("infercdn_rejected_requests", "Requests the gateway answered itself, by status and error code",
+                           ["status", "code"], registry=r),
     )

@@ -18,8 +18,9 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import Config, EndpointCfg, PoolCfg
+from gateway.edge import EdgeLimits, EdgeRunner
 from gateway.reload import CONFIG_PATH, reload_on_signal
-from gateway.state import DRAINING
+from gateway.state import DRAINING, SNAPSHOT
 from routing.geo import geo_ms
 from routing.topology import Location
 
@@ -223,7 +224,8 @@ async def start_site(app: web.Application, host: str, port: int,
     """Start ``app`` with handler cancellation on (a client that leaves cancels its handler,
     which closes the upstream request at once); at cleanup, requests in flight get
     ``shutdown_timeout`` seconds to finish."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
+    edge = EdgeLimits.of(app[SNAPSHOT].current.config.gateway)  # the client side's bounds (gateway/edge.py)
+    runner = EdgeRunner(app, edge, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
     await site.start()

@@ -25,28 +25,49 @@ def split_complete(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
     return buf[:cut], buf[cut:]
 
 
+_WS = b" \t\r\n"
+
+
 def strip_token_ids(data: bytes) -> bytes:
-    """Remove ``"prompt_token_ids": [...] | null`` and ``"token_ids": [...] | null`` fields."""
-    at = data.find(b'token_ids":')
+    """Remove ``"prompt_token_ids": [...] | null`` and ``"token_ids": [...] | null`` fields,
+    whatever whitespace the pool's JSON has around separators (``", "``, ``": "``), leaving
+    valid JSON: a field's own comma goes with it (the one before it, else the one after)."""
+    at = data.find(b'token_ids"')
     if at < 0:
         return data
     out = []
     start = 0
     while at >= 0:
         begin = at - 1 if data[at - 1:at] == b'"' else at - 8  # '"token_ids"' or '"prompt_token_ids"'
-        value = at + 11
-        end = value + 4 if data.startswith(b"null", value) else data.find(b"]", value) + 1
+        colon = _skip_ws(data, at + 10)
+        if data[begin:begin + 1] != b'"' or data[colon:colon + 1] != b":":
+            at = data.find(b'token_ids"', at + 10)  # the text of a value, not a field name
+            continue
+        value = _skip_ws(data, colon + 1)
+        end = value + 4 if data.startswith(b"null", value) else (
+            data.find(b"]", value) + 1 if data[value:value + 1] == b"[" else 0)
         if end <= 0:
             break
-        if data[begin - 1:begin] == b",":
-            begin -= 1
-        elif data[end:end + 1] == b",":
-            end += 1
+        before = begin
+        while before > start and data[before - 1] in _WS:
+            before -= 1
+        if data[before - 1:before] == b",":
+            begin = before - 1
+        else:
+            after = _skip_ws(data, end)
+            if data[after:after + 1] == b",":
+                end = _skip_ws(data, after + 1)
         out.append(data[start:begin])
         start = end
-        at = data.find(b'token_ids":', end)
+        at = data.find(b'token_ids"', end)
     out.append(data[start:])
     return b"".join(out)
+
+
+def _skip_ws(data: bytes, i: int) -> int:
+    while data[i:i + 1] in (b" ", b"\t", b"\r", b"\n") and i < len(data):
+        i += 1
+    return i
 
 
 def events(data: bytes) -> Iterator[bytes]:
