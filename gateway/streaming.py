@@ -40,12 +40,13 @@ class Pending:
     """The incomplete tail of a stream, bounded by ``max_event`` bytes; kept as parts (joined
     once an event ends) so an event arriving in many reads costs linear time, not quadratic."""
 
-    __slots__ = ("parts", "size", "max_event")
+    __slots__ = ("parts", "size", "max_event", "error")
 
     def __init__(self, max_event: int) -> None:
         self.parts: list[bytes] = []
         self.size = 0
         self.max_event = max_event
+        self.error: UpstreamTooLarge | None = None  # raised by the pump once what came before is relayed
 
     def join(self, chunk: bytes) -> bytes | None:
         """``chunk`` with the tail before it when an event may end in it; else None (kept)."""
@@ -60,10 +61,13 @@ class Pending:
         return out
 
     def keep(self, rest: bytes) -> None:
+        if self.error is not None:
+            return
         self.size += len(rest)
         if self.size > self.max_event:
             self.parts.clear()
-            raise UpstreamTooLarge(f"an upstream event over {self.max_event} bytes")
+            self.error = UpstreamTooLarge(f"an upstream event over {self.max_event} bytes")
+            return
         self.parts.append(rest)
 
 
@@ -81,6 +85,10 @@ class StreamTracker:
         self.done = False
         self.dropped = 0  # malformed events removed
         self.raw_events = False  # the first event (with the prompt's ids) is behind us
+
+    @property
+    def error(self) -> UpstreamTooLarge | None:
+        return self.pending.error
 
     def feed(self, chunk: bytes) -> bytes:
         # sse.split_complete, inlined: this runs once per upstream read
@@ -182,16 +190,19 @@ class SpliceFeed:
         self.splicer = splicer
         self.pending = b""
         self.max_event = max_event
+        self.error: UpstreamTooLarge | None = None
 
     @property
     def done(self) -> bool:
         return bool(self.splicer.done)  # type: ignore[attr-defined]
 
     def feed(self, chunk: bytes) -> bytes:
+        if self.error is not None:
+            return b""
         complete, self.pending = split_complete(self.pending, chunk)
         if len(self.pending) > self.max_event:
             self.pending = b""
-            raise UpstreamTooLarge(f"an upstream event over {self.max_event} bytes")
+            self.error = UpstreamTooLarge(f"an upstream event over {self.max_event} bytes")
         return self.splicer.feed(complete) if complete else b""  # type: ignore[attr-defined]
 
 
@@ -217,6 +228,8 @@ async def pump(response: web.StreamResponse, transport: asyncio.Transport | None
         await response.write(out or b": \n\n")
     except ConnectionResetError as exc:
         raise ClientGone() from exc
+    if feeder.error is not None:
+        raise feeder.error
     if feeder.done:
         return
     if transport is None or transport.is_closing():
@@ -249,6 +262,8 @@ async def pump(response: web.StreamResponse, transport: asyncio.Transport | None
             if buffered() > HIGH_WATER:
                 conn.transport.pause_reading()  # type: ignore[union-attr]
                 watchdog.loop.call_later(0.005, resume_when_drained)
+        if feeder.error is not None:
+            raise feeder.error  # after the complete events before it went out
         if feeder.done:
             conn.finish()
 

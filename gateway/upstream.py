@@ -61,6 +61,8 @@ class UpstreamConn(asyncio.Protocol):
         self.head_bytes = 0
         self.buf_limit = 0
         self.overflow: UpstreamTooLarge | None = None
+        self.failure: BaseException | None = None  # why the exchange failed (the first reason)
+        self.paused = False  # reading paused between the first token and the pump
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = True
         self.complete = False
@@ -119,6 +121,7 @@ class UpstreamConn(asyncio.Protocol):
         lim = self.limits
         self.buf_limit = (lim.max_error_body_bytes if self.status != 200
                           else lim.max_event_bytes if self.stream else lim.max_body_bytes)
+        self.wait_for_token = self.stream and self.status == 200
         self.keep_alive = self.parser.should_keep_alive()
         if not self.head.done():
             self.head.set_result(None)
@@ -130,14 +133,17 @@ class UpstreamConn(asyncio.Protocol):
             return
         if self.overflow is not None:
             return
-        if len(self.buf) + len(body) > self.buf_limit:
+        self.buf += body
+        if self.wait_for_token and _first_token_seen(self.buf):
+            # what follows the first token waits for the pump: reading pauses until it takes over
+            # (the rest of this read is kept, so the buffer exceeds the bound by one read at most)
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+            self.hold()
+        elif len(self.buf) > self.buf_limit and not self.paused:
             what = "error body" if self.status != 200 else "first event" if self.stream else "body"
             self.overflow = UpstreamTooLarge(f"upstream {what} over {self.buf_limit} bytes")
             self.buf = bytearray()
-            return
-        self.buf += body
-        if self.wait_for_token and self.waiter is not None and not self.waiter.done() and _first_token_seen(self.buf):
-            self.waiter.set_result(None)
 
     def _flush(self) -> None:
         batch = self.batch
@@ -157,10 +163,16 @@ class UpstreamConn(asyncio.Protocol):
 
     # -- use
     def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
         for fut in (self.head, self.waiter):
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
                 fut.exception()  # no "never retrieved" noise for an idle connection's head
+
+    def lost(self) -> BaseException:
+        """The exception for a closed connection: why it failed, if that is known."""
+        return self.failure if self.failure is not None else UpstreamLost("upstream closed the connection")
 
     def send(self, data: list[bytes]) -> None:
         assert self.transport is not None
@@ -184,12 +196,26 @@ class UpstreamConn(asyncio.Protocol):
         if not self.complete:
             self.sink = _discard
             self.pool_on_complete = True
+            self.resume()
             return
         if not self.keep_alive:
             self.abort()
             return
         self.reset()
         self.pool.put(self)
+
+    def hold(self) -> None:
+        """Stop reading after the first token until the pump takes over (``resume``)."""
+        self.wait_for_token = False
+        if self.transport is not None and not self.closed and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Reading again, after the pause that follows the first token."""
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
 
     def finish(self) -> None:
         """The pump's consumer has what it needs: end the wait without waiting for the body end."""
@@ -228,9 +254,10 @@ class Ready:
         if conn.complete:
             return
         if conn.closed:
-            raise UpstreamLost("upstream closed the connection")
+            raise conn.lost()
         conn.waiter = conn.loop.create_future()
         conn.sink = sink
+        conn.resume()
         await conn.waiter
 
 

@@ -82,27 +82,31 @@ class UpstreamClient:
         await conn.head
         headers_s = time.monotonic() - t0
         if conn.status != 200 or not stream:
-            conn.waiter = conn.loop.create_future()
             if not conn.complete:
-                if conn.closed:
-                    raise UpstreamLost("upstream closed the connection")
-                await conn.waiter
+                await _wait(conn)
             body = conn.take()
             if conn.status != 200:
                 result = _not_ok(conn, body)
                 conn.release()
                 return result
             return Ready(conn, body, time.monotonic() - t0, _relay_headers(conn))
-        conn.waiter = conn.loop.create_future()
-        conn.wait_for_token = True
         if not _token_or_end(conn):
-            await conn.waiter
-        conn.wait_for_token = False
+            await _wait(conn)
+        conn.hold()
         first = conn.take()
         if not first:
             conn.abort()
             return Failed(Outcome.BAD_STREAM, "upstream closed the stream before any data")
         return Ready(conn, first, time.monotonic() - t0, _relay_headers(conn), headers_s)
+
+
+async def _wait(conn: UpstreamConn) -> None:
+    """Until the connection's waiter is resolved (a first token, the body's end); at once when
+    the connection already failed (a bound crossed in the read that completed the head)."""
+    if conn.closed:
+        raise conn.lost()
+    conn.waiter = conn.loop.create_future()
+    await conn.waiter
 
 
 def _token_or_end(conn: UpstreamConn) -> bool:

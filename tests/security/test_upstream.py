@@ -1,0 +1,142 @@
+"""A pool that misbehaves: every read of its bytes is bounded (upstream_limits), crossing a
+bound fails the attempt as upstream_too_large (the next candidate serves, a stream resumes or
+ends with the in-band error), and what it should not say never reaches the client."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import base_config
+from tests.security.evil import FIRST, SSE_HEAD, chunk, endless, evil_pools
+from tests.security.helpers import CHAT, STREAM, call, metric, openai_error, sse_events
+
+SMALL = {"max_head_bytes": 8192, "max_event_bytes": 16384, "max_body_bytes": 65536,
+         "max_error_body_bytes": 4096}
+
+
+def config(evil_url: str, good_url: str | None = None, **sections: object) -> dict:
+    pools = {"eu-west": [evil_url], **({"us-east": [good_url]} if good_url else {})}
+    data = base_config(pools, upstream_limits=SMALL, **sections)
+    return data
+
+
+async def too_large_attempts(gw) -> float:
+    _, text, _ = await call(gw.url, path="/metrics", method="GET")
+    return metric(text.decode(), "infercdn_upstream_attempts_total", endpoint="eu-west-0", outcome="upstream_too_large")
+
+
+async def huge_head(w: asyncio.StreamWriter) -> None:
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    await endless(w, b"X-Pad: " + b"a" * 4000 + b"\r\n", framed=False, max_bytes=64 << 20)
+
+
+async def huge_body(w: asyncio.StreamWriter) -> None:
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 600000000\r\n\r\n")
+    await endless(w, b"{" * 65536, framed=False, max_bytes=64 << 20)
+
+
+async def huge_error(w: asyncio.StreamWriter) -> None:
+    w.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 300000000\r\n\r\n")
+    await endless(w, b"e" * 65536, framed=False, max_bytes=64 << 20)
+
+
+async def endless_tokens(w: asyncio.StreamWriter) -> None:
+    w.write(SSE_HEAD)
+    await endless(w, FIRST, max_bytes=64 << 20)
+
+
+async def endless_event(w: asyncio.StreamWriter) -> None:
+    w.write(SSE_HEAD + chunk(FIRST) + chunk(b'data: {"choices":[{"index":0,"delta":{"content":"'))
+    await endless(w, b"a" * 4096, max_bytes=64 << 20)
+
+
+@pytest.mark.parametrize(("script", "model_cfg"), [
+    (huge_head, {}),
+    (huge_body, {"non_stream": "passthrough"}),
+    (huge_error, {}),
+    (endless_event, {}),
+], ids=["head", "non-stream-body", "error-body", "endless-event"])
+async def test_an_oversized_answer_fails_over_as_upstream_too_large(script, model_cfg, sim_factory,
+                                                                   gateway_factory) -> None:
+    sim = await sim_factory()
+    async with evil_pools(script) as (evil,):
+        models = {"*": {"ttft_deadline_s": 5, "stall_timeout_s": 5, "total_deadline_s": 30, **model_cfg}}
+        gw = await gateway_factory(config(evil.url, sim.url, models=models))
+        status, body, headers = await call(gw.url, CHAT)
+        assert status == 200, body
+        assert headers["x-infercdn-region"] == "us-east" and headers["x-infercdn-attempts"] == "2"
+        assert evil.posts == 1
+        assert await too_large_attempts(gw) == 1
+
+
+async def test_an_endless_stream_to_a_non_stream_client_is_cut_at_max_body_bytes(sim_factory, gateway_factory) -> None:
+    """The answer is assembled from a stream that never ends: at max_body_bytes the attempt
+    fails; 4 tokens were asked for and hundreds came, so nothing is left to resume: a 503."""
+    sim = await sim_factory()
+    async with evil_pools(endless_tokens) as (evil,):
+        gw = await gateway_factory(config(evil.url, sim.url))
+        status, body, _ = await call(gw.url, CHAT)
+        assert status == 503 and "the answer was cut" in openai_error(body)["message"]
+        assert await too_large_attempts(gw) == 1
+
+
+async def test_an_event_that_never_ends_resumes_or_ends_with_the_in_band_error(sim_factory, gateway_factory) -> None:
+    async with evil_pools(endless_event) as (evil,):
+        gw = await gateway_factory(config(evil.url))  # nowhere to resume
+        status, body, _ = await call(gw.url, STREAM)
+        assert status == 200
+        events = sse_events(body)
+        assert b'"content":"hi"' in events[0]
+        err = openai_error(events[-1].removeprefix(b"data: "))
+        assert err["code"] == "stream_interrupted" and b"[DONE]" not in body
+        assert await too_large_attempts(gw) == 1
+    sim = await sim_factory()
+    async with evil_pools(endless_event) as (evil,):
+        gw = await gateway_factory(config(evil.url, sim.url))
+        status, body, headers = await call(gw.url, STREAM)
+        assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+        assert b'"content":"hi"' in body and b"error" not in body
+
+
+async def test_cookies_cors_and_hop_by_hop_headers_are_not_relayed_and_retry_after_is_capped(gateway_factory) -> None:
+    async def refuse(w: asyncio.StreamWriter) -> None:
+        body = b'{"error":{"message":"no","type":"invalid_request_error","param":null,"code":null}}'
+        w.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nSet-Cookie: session=evil\r\n"
+                b"Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Credentials: true\r\n"
+                b"Strict-Transport-Security: max-age=1\r\nLocation: http://evil.example\r\n"
+                b"Retry-After: 99999999\r\nKeep-Alive: timeout=999\r\nUpgrade: h2c\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+
+    async with evil_pools(refuse) as (evil,):
+        gw = await gateway_factory(config(evil.url))
+        status, body, headers = await call(gw.url, CHAT)
+        assert status == 400 and openai_error(body)["message"] == "no"
+        for name in ("set-cookie", "access-control-allow-origin", "access-control-allow-credentials",
+                     "strict-transport-security", "location", "keep-alive", "upgrade"):
+            assert name not in headers, name
+        assert headers["retry-after"] == "60"  # retry.client_retry_after_max_s
+        assert headers["content-type"] == "application/json"
+
+
+async def test_an_upstream_429_retry_after_is_capped_for_the_client(gateway_factory) -> None:
+    async def throttle(w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 86400\r\nContent-Length: 2\r\n\r\n{}")
+
+    async with evil_pools(throttle) as (evil,):
+        gw = await gateway_factory(config(evil.url, retry={"client_retry_after_max_s": 30}))
+        status, body, headers = await call(gw.url, CHAT)
+        assert status == 429 and openai_error(body)["code"] == "rate_limit_exceeded"
+        assert headers["retry-after"] == "30"
+
+
+async def test_resume_buffers_are_bounded_per_gateway_and_given_back(sim_factory, gateway_factory) -> None:
+    """With no room in the gateway-wide budget a stream is still served (it just cannot be
+    resumed); afterwards nothing is left accounted."""
+    sim = await sim_factory(itl_ms=0)
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]},
+                                           upstream_limits={"resume_buffer_total_bytes": 100}))
+    proxy = gw.app[__import__("gateway.state", fromlist=["PROXY"]).PROXY]
+    results = await asyncio.gather(*(call(gw.url, {**STREAM, "max_tokens": 16}) for _ in range(8)))
+    assert all(s == 200 and b.endswith(b"data: [DONE]\n\n") for s, b, _ in results)
+    assert proxy.retained.used == 0
