@@ -38,16 +38,17 @@ def strip_token_ids(data: bytes) -> bytes:
     out = []
     start = 0
     while at >= 0:
-        begin = at - 1 if data[at - 1:at] == b'"' else at - 8  # '"token_ids"' or '"prompt_token_ids"'
+        # '"token_ids"' or '"prompt_token_ids"', else the text of some other key or value
+        begin = at - 1 if data[at - 1:at] == b'"' else at - 8 if data[at - 8:at] == b'"prompt_' else -1
         colon = _skip_ws(data, at + 10)
-        if data[begin:begin + 1] != b'"' or data[colon:colon + 1] != b":":
+        if begin < 0 or data[colon:colon + 1] != b":":
             at = data.find(b'token_ids"', at + 10)  # the text of a value, not a field name
             continue
         value = _skip_ws(data, colon + 1)
-        end = value + 4 if data.startswith(b"null", value) else (
-            data.find(b"]", value) + 1 if data[value:value + 1] == b"[" else 0)
+        end = value + 4 if data.startswith(b"null", value) else _array_end(data, value)
         if end <= 0:
-            break
+            at = data.find(b'token_ids"', colon)  # not a list of ids: left as it is
+            continue
         before = begin
         while before > start and data[before - 1] in _WS:
             before -= 1
@@ -62,6 +63,37 @@ def strip_token_ids(data: bytes) -> bytes:
         at = data.find(b'token_ids"', end)
     out.append(data[start:])
     return b"".join(out)
+
+
+def _array_end(data: bytes, i: int) -> int:
+    """The index after the JSON array starting at ``i`` (0 if there is none): a flat array of
+    numbers with byte searches, anything nested or with strings by scanning it."""
+    if data[i:i + 1] != b"[":
+        return 0
+    close = data.find(b"]", i)
+    if close < 0:
+        return 0
+    if data.find(b"[", i + 1, close) < 0 and data.find(b'"', i, close) < 0:
+        return close + 1
+    depth, in_string, escaped = 0, False, False
+    for j in range(i, len(data)):
+        c = data[j]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c == 0x5B:
+            depth += 1
+        elif c == 0x5D:
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return 0
 
 
 def _skip_ws(data: bytes, i: int) -> int:
