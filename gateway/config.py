@@ -6,13 +6,14 @@ http(s) URL``."""
 from __future__ import annotations
 
 import ipaddress
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.redact import MISSING as _MISSING
+from gateway.redact import redact
 from routing.balance import BALANCERS
 from routing.plan import RoutingParams
 
@@ -36,26 +37,6 @@ class ConfigError(Exception):
         return out
 
 
-_MISSING = object()
-# a field path segment that holds a secret (api_keys, api_key_sha256, password, provider tokens)
-_SECRET_FIELD = re.compile(r"key|secret|passw|credential|(^|_)tokens?(_sha256)?$", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
-def redact(path: str, value: Any, reason: str) -> tuple[Any, str]:
-    """A problem as it may be shown (CLI, log, admin API): values of secret fields as ``***``,
-    passwords in URLs masked, and neither repeated inside the reason."""
-    if reason.startswith("Extra inputs") and isinstance(value, str):  # a misspelt `api_kyes` may hold a key
-        return _MISSING, reason
-    secret = any(_SECRET_FIELD.search(seg) for seg in re.split(r"[.\[\]]", path) if seg and not seg.isdigit())
-    if isinstance(value, str):
-        masked = "***" if secret else _URL_USERINFO.sub("***@", value)
-        if masked != value:
-            reason = reason.replace(value, masked)
-        return masked, reason
-    if secret and value is not _MISSING:
-        return "***", reason
-    return value, reason
 
 
 class _Model(BaseModel):
