@@ -2,7 +2,8 @@
 
 - A request head must arrive within ``gateway.header_timeout_s`` of its first byte (of the
   connection, for the first request): slowloris connections are closed.
-- At most ``gateway.max_connections`` connections per process; more are closed at once.
+- At most ``gateway.max_connections`` connections per process; more are closed at once.  An
+  idle kept-alive connection is closed after :data:`KEEPALIVE_S` (aiohttp's default is an hour).
 - Request bodies are never inflated (``auto_decompress`` off: a compressed body is refused
   with 415 by the handler, see :func:`gateway.request.read_body`), and a refused body is not
   read on for more than :data:`LINGER_S` seconds.
@@ -30,6 +31,7 @@ from gateway.errors import error_body
 
 SERVER_NAME = "infercdn"
 LINGER_S = 1.0
+KEEPALIVE_S = 75.0  # as nginx
 LOG_EVERY_S = 10.0
 log = logging.getLogger("infercdn.edge")
 
@@ -132,6 +134,7 @@ class EdgeRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, edge: EdgeLimits, **kwargs: Any) -> None:
         kwargs.setdefault("lingering_time", LINGER_S)
+        kwargs.setdefault("keepalive_timeout", KEEPALIVE_S)
         super().__init__(app, auto_decompress=False, **kwargs)
         self.edge = edge
 

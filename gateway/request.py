@@ -64,6 +64,7 @@ _REQUIRED = {"chat": ("messages", list), "completions": ("prompt", (str, list))}
 MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,%d}" % MAX_REQUEST_ID).fullmatch
 MAX_JSON_DEPTH = 64  # nesting of a request body's arrays and objects
+MAX_MODEL_NAME = 256
 
 
 def request_id(header: str | None, new_id: Callable[[], str]) -> str:
@@ -131,6 +132,8 @@ def parse(kind: str, path: str, raw: bytes, request_id: str, new_id: Callable[[]
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", param="model")
+    if len(model) > MAX_MODEL_NAME:  # it is logged and counted: bounded here
+        raise BadRequest(f"the model name is longer than {MAX_MODEL_NAME} characters", param="model")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", param="stream")
