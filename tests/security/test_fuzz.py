@@ -46,8 +46,7 @@ def live(geoip_reader: Any) -> Iterator[int]:
 
         sim = Simulator(SimConfig(model="tiny-chat", ttft_ms=0, itl_ms=0, max_model_len=512))
         await sim.start(host="127.0.0.1", port=0)
-        data = base_config({"eu-west": [sim.url]}, gateway={"max_body_bytes": 65536, "access_log": "off",
-                                                              "body_timeout_s": 5, "header_timeout_s": 5},
+        data = base_config({"eu-west": [sim.url]}, gateway={"max_body_bytes": 65536, "access_log": "off"},
                            auth={"tenants": [{"name": "t", "api_keys": ["k-fuzz"], "models": ["tiny-chat"]}]})
         app = build_app(parse_config(data, "<fuzz>"), geoip_reader=geoip_reader)
         runner, port = await start_site(app, "127.0.0.1", 0)
