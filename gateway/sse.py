@@ -52,7 +52,7 @@ def strip_token_ids(data: bytes) -> bytes:
         before = begin
         while before > start and data[before - 1] in _WS:
             before -= 1
-        if data[before - 1:before] == b",":
+        if before > start and data[before - 1:before] == b",":  # not a comma the last field took
             begin = before - 1
         else:
             after = _skip_ws(data, end)

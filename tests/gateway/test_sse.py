@@ -56,6 +56,7 @@ def test_tracker_drops_malformed_events() -> None:
     (b'{"x": 1, "token_ids": null}', {"x": 1}),
     (b'{"x": 1 , "token_ids" : [3] }', {"x": 1}),
     (b'{"token_ids": [1]}', {}),
+    (b'{"a":[{"token_ids":null,"prompt_token_ids":null,"a":null}]}', {"a": [{"a": None}]}),
     (b'{"choices": [{"index": 0, "token_ids": [5]}], "prompt_token_ids": [1, 2]}', {"choices": [{"index": 0}]}),
 ])
 def test_strip_token_ids_leaves_valid_json_whatever_the_separators(data: bytes, want: dict) -> None:
@@ -77,7 +78,7 @@ def _without_ids(doc: object) -> object:
     return doc
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(doc=st.dictionaries(_KEYS, _DOCS, max_size=5), compact=st.booleans())
 def test_strip_token_ids_property(doc: dict, compact: bool) -> None:
     """For any JSON object, compact or with ", " / ": " separators: the result is valid JSON,
