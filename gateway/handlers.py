@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway import limits
-from gateway.access import Note
+from gateway.access import EXCHANGE, Note
 from gateway.access import line as access_line
 from gateway.auth import check_model
 from gateway.config import ConfigError
@@ -51,6 +51,7 @@ async def _generate(request: web.Request, kind: str, path: str) -> web.StreamRes
         log = request.app[ACCESS_LOG]
         if log.enabled:
             log.write(access_line(request, note))
+        request.pop(EXCHANGE, None)  # the exchange holds the request: no cycle left for the collector
 
 
 async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.StreamResponse:

@@ -106,11 +106,12 @@ class UpstreamConn(asyncio.Protocol):
         self.pool.forget(self)
         if not self.complete:
             self._fail(UpstreamLost("upstream closed the connection" + (f" ({exc})" if exc else "")))
-        # nothing of the exchange outlives the connection, even if a failed future's traceback
-        # keeps this object in a reference cycle until the collector runs
+        # nothing of the exchange outlives the connection: buffers go, and the parser (whose
+        # callbacks are this object's methods, a reference cycle) with them
         self.buf = bytearray()
         self.batch = []
         self.sink = None
+        self.parser = None  # type: ignore[assignment]
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
