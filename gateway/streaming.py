@@ -11,7 +11,7 @@ import re
 
 from aiohttp import web
 
-from gateway.sse import split_complete, strip_token_ids
+from gateway.sse import strip_token_ids
 from gateway.upstream import Ready, UpstreamTooLarge
 
 DEFAULT_MAX_EVENT = 4 * 1024 * 1024
@@ -188,21 +188,24 @@ class SpliceFeed:
 
     def __init__(self, splicer: object, max_event: int = DEFAULT_MAX_EVENT) -> None:
         self.splicer = splicer
-        self.pending = b""
-        self.max_event = max_event
-        self.error: UpstreamTooLarge | None = None
+        self.pending = Pending(max_event)
 
     @property
     def done(self) -> bool:
         return bool(self.splicer.done)  # type: ignore[attr-defined]
 
+    @property
+    def error(self) -> UpstreamTooLarge | None:
+        return self.pending.error
+
     def feed(self, chunk: bytes) -> bytes:
-        if self.error is not None:
+        joined = self.pending.join(chunk)
+        if joined is None:
             return b""
-        complete, self.pending = split_complete(self.pending, chunk)
-        if len(self.pending) > self.max_event:
-            self.pending = b""
-            self.error = UpstreamTooLarge(f"an upstream event over {self.max_event} bytes")
+        cut = joined.rfind(b"\n\n") + 2
+        if cut != len(joined):
+            self.pending.keep(joined[cut:] if cut >= 2 else joined)
+        complete = joined[:cut] if cut >= 2 else b""
         return self.splicer.feed(complete) if complete else b""  # type: ignore[attr-defined]
 
 
