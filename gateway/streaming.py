@@ -16,6 +16,7 @@ from gateway.upstream import Ready, UpstreamTooLarge
 
 DEFAULT_MAX_EVENT = 4 * 1024 * 1024
 DEFAULT_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
+RESERVE_BLOCK = 64 * 1024
 _WELL_FORMED = re.compile(rb"(?:data: \{[^\n]*\}\n\n)+").fullmatch  # JSON data events only
 
 
@@ -82,6 +83,7 @@ class StreamTracker:
         self.max_retained = max_retained
         self.budget = budget  # None: only the per-stream bound
         self.budget_limit = budget_limit
+        self.reserved = 0  # bytes taken from the budget (retained bytes fit in them)
         self.done = False
         self.dropped = 0  # malformed events removed
         self.raw_events = False  # the first event (with the prompt's ids) is behind us
@@ -92,10 +94,11 @@ class StreamTracker:
 
     def feed(self, chunk: bytes) -> bytes:
         # sse.split_complete, inlined: this runs once per upstream read
-        joined = self.pending.join(chunk)
-        if joined is None:
-            return b""
-        chunk = joined
+        if self.pending.parts:
+            joined = self.pending.join(chunk)
+            if joined is None:
+                return b""
+            chunk = joined
         cut = chunk.rfind(b"\n\n") + 2
         if cut < 2:
             self.pending.keep(chunk)
@@ -107,7 +110,10 @@ class StreamTracker:
         if not single and _WELL_FORMED(chunk) is None:
             chunk = self._sanitize(chunk)  # [DONE], comments or a malformed event
         if self.retain:
-            self._retain(chunk)
+            if len(self.raw) + len(chunk) > self.reserved:
+                self._reserve(len(chunk))
+            if self.retain:
+                self.raw += chunk
         if not self.strip_ids:
             return chunk
         if single and self.raw_events and b"prompt_token_ids" not in chunk:
@@ -118,18 +124,21 @@ class StreamTracker:
         self.raw_events = True
         return strip_token_ids(chunk)
 
-    def _retain(self, chunk: bytes) -> None:
-        if len(self.raw) + len(chunk) > self.max_retained or (
-                self.budget is not None and not self.budget.take(len(chunk), self.budget_limit)):
+    def _reserve(self, n: int) -> None:
+        """Room for ``n`` more retained bytes, taken from the budget a block at a time."""
+        need = len(self.raw) + n
+        block = min(max(need - self.reserved, RESERVE_BLOCK), self.max_retained - self.reserved)
+        if need > self.max_retained or (self.budget is not None and not self.budget.take(block, self.budget_limit)):
             self.retain = False  # too much to keep: this stream can no longer be resumed
             self.free()
             return
-        self.raw += chunk
+        self.reserved += block
 
     def free(self) -> None:
         """Give the retained bytes back (at the end of the stream, whatever ended it)."""
         if self.budget is not None:
-            self.budget.give(len(self.raw))
+            self.budget.give(self.reserved)
+        self.reserved = 0
         self.raw = bytearray()
 
     def _sanitize(self, data: bytes) -> bytes:
