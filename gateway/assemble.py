@@ -147,7 +147,11 @@ class AssembledSession(StreamSession):
         doc = assemble(bytes(self.buffer.data), self.ex.req.kind)
         if doc is None:
             return await self._give_up(cand, "the upstream stream ended without an answer")
+        try:
+            body = orjson.dumps(doc)
+        except TypeError:  # a pool's field nested deeper than JSON can be written again
+            return await self._give_up(cand, "the upstream answer could not be assembled")
         self.proxy.usage(self.ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)
         self.proxy.count(self.ex, cand.region, status)
         headers = {"Content-Type": "application/json", **self.ex.headers(cand, self.ex.served_model)}
-        return web.Response(status=200, body=orjson.dumps(doc), headers=headers)
+        return web.Response(status=200, body=body, headers=headers)

@@ -215,7 +215,8 @@ class Proxy:
     def usage(self, ex: Exchange, usage: dict | None) -> None:
         if not usage:
             return
-        ex.usage = usage
+        # only counts are kept (and logged): a pool's usage block is not trusted to be small
+        ex.usage = usage = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
         for kind in ("prompt_tokens", "completion_tokens"):
             value = usage.get(kind)
             if isinstance(value, int) and value > 0:

@@ -14,7 +14,7 @@ from gateway.exchange import Exchange, Tried
 from gateway.relay import find_usage
 from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay
 from gateway.splice import Splicer
-from gateway.sse import DONE_EVENT, encode_event
+from gateway.sse import DONE_EVENT, UnencodableEvent, encode_event
 from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
 from gateway.upstream import Failed, Ready, Refused, UpstreamLost, UpstreamTooLarge
 from routing.outcome import Outcome
@@ -114,6 +114,8 @@ class StreamSession:
         except ResumeMismatch as exc:
             outcome, detail = Outcome.BAD_STREAM, str(exc)
             self.mismatch = True
+        except UnencodableEvent as exc:
+            outcome, detail = Outcome.BAD_STREAM, str(exc)
         except ClientGone:
             outcome, detail = Outcome.CANCELLED, "client disconnected"
             raise asyncio.CancelledError() from None  # counted by the handler

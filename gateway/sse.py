@@ -123,6 +123,13 @@ def parse_event(payload: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+class UnencodableEvent(ValueError):
+    """An upstream event nests deeper than JSON can be written again (orjson: 254 levels)."""
+
+
 def encode_event(doc: dict[str, Any]) -> bytes:
-    return DATA + orjson.dumps(doc) + b"\n\n"
+    try:
+        return DATA + orjson.dumps(doc) + b"\n\n"
+    except TypeError as exc:
+        raise UnencodableEvent(f"an upstream event the gateway cannot write again ({exc})") from None
 

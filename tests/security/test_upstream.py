@@ -140,3 +140,32 @@ async def test_resume_buffers_are_bounded_per_gateway_and_given_back(sim_factory
     results = await asyncio.gather(*(call(gw.url, {**STREAM, "max_tokens": 16}) for _ in range(8)))
     assert all(s == 200 and b.endswith(b"data: [DONE]\n\n") for s, b, _ in results)
     assert proxy.retained.used == 0
+
+
+DEEP = b"[" * 300 + b"]" * 300  # orjson reads it, but cannot write it again
+
+
+async def test_a_pool_answer_nested_too_deep_to_write_again_is_no_500(gateway_factory, tmp_path) -> None:
+    """Usage and stop_reason blocks of any depth: the access log is still written, a
+    passthrough answer is relayed as sent, an assembled one is a clean 503."""
+    body = b'{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":' + DEEP + b"}}"
+
+    async def deep_json(w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+    async def deep_stream(w: asyncio.StreamWriter) -> None:
+        w.write(SSE_HEAD + chunk(FIRST) + chunk(b'data: {"choices":[{"index":0,"delta":{"content":"!"},'
+                                              b'"finish_reason":"stop","stop_reason":' + DEEP + b"}]}\n\n")
+                + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+    log = tmp_path / "access.jsonl"
+    async with evil_pools(deep_json, deep_stream) as (a, b):
+        gw = await gateway_factory(config(a.url, gateway={"access_log": str(log)},
+                                          models={"*": {"non_stream": "passthrough"}}))
+        status, got, _ = await call(gw.url, CHAT)
+        assert status == 200 and got == body
+        gw = await gateway_factory(config(b.url))
+        status, got, _ = await call(gw.url, CHAT)
+        assert status == 503 and openai_error(got)
+    from tests.gateway.test_access_log import _lines
+    assert [x["status"] for x in await _lines(log, 1)] == [200]
