@@ -110,12 +110,17 @@ class EdgeHandler(RequestHandler):
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
+        """aiohttp's answer to a request it could not parse or a handler that raised: an
+        OpenAI-format JSON error, never a traceback in the body; a bug (5xx) keeps its
+        traceback in the log, a malformed request gets one rate-limited line."""
         if status >= 500:
-            return super().handle_error(request, status, exc, message)
-        self.edge.note_bad_request(request.remote, exc)
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+            body = error_body("the gateway failed to handle the request", "internal_error", None, "internal_error")
+        else:
+            self.edge.note_bad_request(request.remote, exc)
+            body = error_body("the HTTP request is malformed", "invalid_request_error", None, "bad_http_request")
         if request.writer.output_size > 0:
             raise ConnectionError("a response was already sent")
-        body = error_body("the HTTP request is malformed", "invalid_request_error", None, "bad_http_request")
         resp = web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
                             headers={"Server": SERVER_NAME})
         resp.force_close()
