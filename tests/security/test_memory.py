@@ -4,7 +4,9 @@
 error body), and gives back what clients that never read held once they leave.
 
 The gateway runs as a subprocess (``infercdn gateway``) so its RSS is its own; the pools are
-in this process.  Old code: +600 MB for the body alone, and 4 MB kept per unread stream."""
+in this process.  Old code: +200 MB for the body alone.  The second test (streams whose clients
+never read, each having pushed more than its resume buffer) guards the release at the end of a
+stream; at this scale (25 streams) the old code passed it too."""
 from __future__ import annotations
 
 import asyncio
@@ -16,13 +18,14 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import base_config
-from tests.security.evil import FIRST, SSE_HEAD, evil_pools, endless
+from tests.security.evil import FIRST, SSE_HEAD, chunk, evil_pools, endless
 from tests.security.helpers import CHAT, call
 from tests.security.test_upstream import endless_event, endless_tokens, huge_error, huge_head
 
 SENT = 200 << 20  # what each bad pool tries to send
 PEAK_BUDGET = 120 << 20  # default bounds: 16 MB body (+ a copy), 4 MB event, 64 KB head and error body
 KEPT_BUDGET = 48 << 20
+RESUME_BUFFER = 4 << 20  # upstream_limits.resume_buffer_bytes
 
 
 async def huge_body(w: asyncio.StreamWriter) -> None:
@@ -30,9 +33,18 @@ async def huge_body(w: asyncio.StreamWriter) -> None:
     await endless(w, b"{" * 65536, framed=False, max_bytes=SENT)
 
 
+FLOODED: list[int] = []  # bytes each flood has written so far
+
+
 async def token_flood(w: asyncio.StreamWriter) -> None:
     w.write(SSE_HEAD)
-    await endless(w, FIRST * 64, max_bytes=32 << 20)
+    slot = len(FLOODED)
+    FLOODED.append(0)
+    piece = chunk(FIRST * 64)
+    while FLOODED[slot] < (32 << 20) and not w.is_closing():
+        w.write(piece)
+        FLOODED[slot] += len(piece)
+        await w.drain()
 
 
 def rss(pid: int) -> tuple[int, int]:
@@ -94,6 +106,7 @@ async def test_peak_memory_is_bounded_whatever_the_pools_send(tmp_path: Path) ->
 
 
 async def test_streams_whose_clients_never_read_are_given_back(tmp_path: Path) -> None:
+    FLOODED.clear()
     async with evil_pools(token_flood) as (pool,):
         async with gateway_process(fleet({"tiny-chat": pool.url}), tmp_path) as (url, pid):
             assert (await call(url, path="/healthz", method="GET"))[0] == 200
@@ -106,8 +119,8 @@ async def test_streams_whose_clients_never_read_are_given_back(tmp_path: Path) -
                 writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
                 conns.append(writer)
-            for _ in range(600):  # up to 30 s
-                if pool.posts >= 25:
+            for _ in range(600):  # up to 30 s, until each stream has pushed its resume buffer's worth
+                if pool.posts >= 25 and len(FLOODED) >= 25 and min(FLOODED) >= RESUME_BUFFER:
                     break
                 await asyncio.sleep(0.05)
             assert pool.posts == 25
