@@ -53,13 +53,29 @@ async def _every(interval_s: float, step: Callable[[], Awaitable[None]]) -> None
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
 
+MAX_HEALTH_BYTES = 64 * 1024  # what a pool's /health answer may be (docs/security.md)
+MAX_METRICS_BYTES = 4 * 1024 * 1024  # and its /metrics (vLLM's: ~100 KB)
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, read as it arrives; None (a failed probe or scrape) past ``limit`` bytes."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    parts, size = [], 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeout_s: float) -> tuple[bool, float | None]:
     t0 = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):
             async with session.get(ep.health_url or ep.url + path) as resp:
-                await resp.read()
-                ok = resp.status == 200
+                ok = resp.status == 200 and await read_capped(resp, MAX_HEALTH_BYTES) is not None
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
         return False, None
     return ok, (time.monotonic() - t0) * 1000 if ok else None
@@ -95,9 +111,8 @@ async def _scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float
     try:
         async with asyncio.timeout(timeout_s):
             async with session.get(ep.url + "/metrics") as resp:
-                if resp.status != 200:
-                    return None
-                return parse_vllm_load(await resp.text())
+                body = await read_capped(resp, MAX_METRICS_BYTES) if resp.status == 200 else None
+                return parse_vllm_load(body.decode()) if body is not None else None
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError, UnicodeDecodeError):
         return None
 

@@ -169,3 +169,41 @@ async def test_a_pool_answer_nested_too_deep_to_write_again_is_no_500(gateway_fa
         assert status == 503 and openai_error(got)
     from tests.gateway.test_access_log import _lines
     assert [x["status"] for x in await _lines(log, 1)] == [200]
+
+
+async def test_probe_and_scrape_answers_are_read_within_bounds(gateway_factory) -> None:
+    """A pool whose /health or /metrics never ends: the probe fails (the endpoint goes
+    unhealthy) after MAX_HEALTH_BYTES, the scrape gives no load, and neither is read whole."""
+    import aiohttp
+
+    from gateway.background import MAX_HEALTH_BYTES, MAX_METRICS_BYTES, _probe, _scrape
+    from routing.topology import Endpoint
+
+    sent: dict[str, int] = {}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ")[1].decode()
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            sent[path] = 0
+            while sent[path] < (256 << 20) and not writer.is_closing():
+                writer.write(chunk(b"x" * 65536))
+                sent[path] += 65536
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        ep = Endpoint("e", url, "p")
+        async with aiohttp.ClientSession() as session:
+            assert await _probe(session, ep, "/health", 10) == (False, None)
+            assert await _scrape(session, ep, 10) is None
+    finally:
+        server.close()
+    assert sent["/health"] < MAX_HEALTH_BYTES + (16 << 20)  # stopped near the bound (plus socket buffers)
+    assert sent["/metrics"] < MAX_METRICS_BYTES + (16 << 20)
