@@ -19,7 +19,7 @@ from gateway.assemble import AssembledSession, can_assemble
 from gateway.attempts import FirstToken, Won
 from gateway.config import Config
 from gateway.config import UpstreamLimitsCfg
-from gateway.errors import GatewayError, ModelNotFound, RateLimited, Unavailable
+from gateway.errors import GatewayError, ModelNotFound, RateLimited, Unavailable, openai_error_bytes
 from gateway.exchange import Exchange, Tried
 from gateway.metrics import GatewayMetrics
 from gateway.relay import find_usage
@@ -168,17 +168,19 @@ class Proxy:
             self.record(cand, Outcome.SUCCESS, None)
             self.usage(ex, find_usage(ready.first))
             self.count(ex, cand.region, "200")
-            return web.Response(status=200, body=ready.first, headers={**ready.headers, **ex.headers(cand, ex.served_model)})
+            return web.Response(status=200, body=ready.first, headers={**ready.headers, **ex.headers(cand, ex.served_model),
+                                                                        "Content-Type": "application/json"})
         session = (AssembledSession if ex.assembled else StreamSession)(self, ex, plan, strip_ids=resume)
         return await session.run(cand, ready)
 
     def _refused(self, ex: Exchange, cand: Candidate, refused: Refused) -> web.Response:
         self.count(ex, cand.region, str(refused.status))
-        headers = {**refused.headers, **ex.headers(cand)}
+        headers = {**refused.headers, **ex.headers(cand), "Content-Type": "application/json"}
         wait = capped_retry_after(refused.retry_after, ex.cfg.retry.client_retry_after_max_s)
         if wait is not None:
             headers["Retry-After"] = wait
-        return web.Response(status=refused.status, body=refused.body, headers=headers)
+        return web.Response(status=refused.status, body=openai_error_bytes(refused.status, refused.body),
+                            headers=headers)
 
     def _exhausted(self, ex: Exchange, plan: Plan | None) -> Exception:
         region = ex.tried[-1].cand.region if ex.tried else "-"

@@ -13,9 +13,10 @@ from gateway.upstream import (DEFAULT_LIMITS, Failed, Ready, Refused, UpstreamCo
 from routing.outcome import Outcome
 from routing.retry import parse_retry_after
 
-# what of an upstream's head reaches the client: the body's type and OpenAI's informational
-# headers; never cookies, CORS grants, hop-by-hop or caching headers of someone else's server
-_RELAYED = frozenset({"content-type", "openai-model", "openai-processing-ms", "openai-version"})
+# what of an upstream's head reaches the client: OpenAI's informational headers; never cookies,
+# CORS grants, hop-by-hop or caching headers of someone else's server.  The gateway sets the
+# Content-Type itself (JSON, or an event stream): a pool cannot make a client render HTML.
+_RELAYED = frozenset({"openai-model", "openai-processing-ms", "openai-version"})
 
 
 @functools.lru_cache(maxsize=4096)  # a handful of endpoint URLs, parsed once each

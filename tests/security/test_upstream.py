@@ -207,3 +207,37 @@ async def test_probe_and_scrape_answers_are_read_within_bounds(gateway_factory) 
         server.close()
     assert sent["/health"] < MAX_HEALTH_BYTES + (16 << 20)  # stopped near the bound (plus socket buffers)
     assert sent["/metrics"] < MAX_METRICS_BYTES + (16 << 20)
+
+
+@pytest.mark.parametrize(("status", "body", "message"), [
+    (b"400 Bad Request", b"<html><script>alert(1)</script></html>", "the upstream refused the request (400)"),
+    (b"422 Unprocessable", b'{"object":"error","message":"bad field","type":"BadRequestError","code":422}', "bad field"),
+    (b"400 Bad Request", b'{"error":{"message":"deep","type":"x","param":null,"code":' + DEEP + b"}}", "deep"),
+])
+async def test_a_pool_refusal_reaches_the_client_as_an_openai_error(gateway_factory, status, body, message) -> None:
+    async def refuse(w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 %b\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%b" % (status, len(body), body))
+
+    async with evil_pools(refuse) as (evil,):
+        gw = await gateway_factory(config(evil.url))
+        got, raw, headers = await call(gw.url, CHAT)
+        assert got == int(status.split()[0]) and headers["content-type"] == "application/json"
+        assert openai_error(raw)["message"] == message
+
+
+async def test_a_pool_cannot_choose_the_content_type(gateway_factory) -> None:
+    async def html_stream(w: asyncio.StreamWriter) -> None:
+        w.write(SSE_HEAD.replace(b"text/event-stream", b"text/html") + chunk(FIRST) + chunk(b"data: [DONE]\n\n")
+                + b"0\r\n\r\n")
+
+    async def html_json(w: asyncio.StreamWriter) -> None:
+        body = b'{"id":"x","object":"chat.completion","choices":[]}'
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+    async with evil_pools(html_stream, html_json) as (a, b):
+        gw = await gateway_factory(config(a.url))
+        _, _, headers = await call(gw.url, STREAM)
+        assert headers["content-type"].startswith("text/event-stream")
+        gw = await gateway_factory(config(b.url, models={"*": {"non_stream": "passthrough"}}))
+        _, _, headers = await call(gw.url, CHAT)
+        assert headers["content-type"] == "application/json"
