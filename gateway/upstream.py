@@ -202,21 +202,23 @@ class UpstreamConn(asyncio.Protocol):
         if not self.keep_alive:
             self.abort()
             return
+        self.resume()  # paused after a first token that completed the stream, or by a slow client
         self.reset()
         self.pool.put(self)
 
     def hold(self) -> None:
         """Stop reading after the first token until the pump takes over (``resume``)."""
         self.wait_for_token = False
-        if self.transport is not None and not self.closed and not self.paused:
+        if self.transport is not None and not self.closed and not self.paused and not self.complete:
             self.paused = True
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        """Reading again, after the pause that follows the first token."""
-        if self.paused and self.transport is not None and not self.closed:
-            self.paused = False
-            self.transport.resume_reading()
+        """Reading again, after the pause that follows the first token, or the relay's own
+        (a slow client): a connection goes back to the pool reading."""
+        self.paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()  # a no-op when reading
 
     def finish(self) -> None:
         """The pump's consumer has what it needs: end the wait without waiting for the body end."""

@@ -241,3 +241,17 @@ async def test_a_pool_cannot_choose_the_content_type(gateway_factory) -> None:
         gw = await gateway_factory(config(b.url, models={"*": {"non_stream": "passthrough"}}))
         _, _, headers = await call(gw.url, CHAT)
         assert headers["content-type"] == "application/json"
+
+
+async def test_a_stream_complete_with_its_first_token_leaves_its_connection_reusable(gateway_factory) -> None:
+    """The whole stream in one read: reading, paused after the first token, is resumed before
+    the connection goes back to the pool (else the next request on it would wait forever)."""
+    async def whole(w: asyncio.StreamWriter) -> None:
+        w.write(SSE_HEAD + chunk(FIRST) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+    async with evil_pools(whole) as (evil,):
+        gw = await gateway_factory(config(evil.url, models={"*": {"ttft_deadline_s": 3}}))
+        for _ in range(3):
+            status, body, headers = await call(gw.url, STREAM)
+            assert status == 200 and body.endswith(b"data: [DONE]\n\n") and headers["x-infercdn-attempts"] == "1"
+        assert evil.posts == 3
