@@ -141,7 +141,7 @@ class UpstreamConn(asyncio.Protocol):
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(None)
             self.hold()
-        elif len(self.buf) > self.buf_limit and not self.paused:
+        elif len(self.buf) > self.buf_limit and (not self.paused or len(self.buf) > 2 * self.buf_limit):
             what = "error body" if self.status != 200 else "first event" if self.stream else "body"
             self.overflow = UpstreamTooLarge(f"upstream {what} over {self.buf_limit} bytes")
             self.buf = bytearray()
