@@ -34,6 +34,7 @@ class UpstreamTooLarge(UpstreamLost):
 
 
 DEFAULT_LIMITS = UpstreamLimitsCfg()
+READ_SIZE = 256 * 1024  # the most one read of the event loop delivers (asyncio's and uvloop's)
 
 
 def _first_token_seen(buf: bytearray) -> bool:
@@ -141,7 +142,7 @@ class UpstreamConn(asyncio.Protocol):
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(None)
             self.hold()
-        elif len(self.buf) > self.buf_limit and (not self.paused or len(self.buf) > 2 * self.buf_limit):
+        elif len(self.buf) > self.buf_limit and (not self.paused or len(self.buf) > self.buf_limit + READ_SIZE):
             what = "error body" if self.status != 200 else "first event" if self.stream else "body"
             self.overflow = UpstreamTooLarge(f"upstream {what} over {self.buf_limit} bytes")
             self.buf = bytearray()
