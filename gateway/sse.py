@@ -15,16 +15,6 @@ DONE_EVENT = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 
 
-def split_complete(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
-    """(complete events, incomplete rest) of ``pending + chunk``."""
-    buf = pending + chunk if pending else chunk
-    cut = buf.rfind(b"\n\n")
-    if cut < 0:
-        return b"", buf
-    cut += 2
-    return buf[:cut], buf[cut:]
-
-
 _WS = b" \t\r\n"
 
 

@@ -93,7 +93,7 @@ class StreamTracker:
         return self.pending.error
 
     def feed(self, chunk: bytes) -> bytes:
-        # sse.split_complete, inlined: this runs once per upstream read
+        # complete events out, the incomplete tail kept: this runs once per upstream read
         if self.pending.parts:
             joined = self.pending.join(chunk)
             if joined is None:
