@@ -14,6 +14,7 @@ from gateway.canary import canary_loop
 from gateway.config import Config
 from gateway.discovery import DISCOVERED, Discovered, Resolver, dns_watcher
 from gateway.fleet_admin import fleet_routes
+from gateway.edge import server_header
 from gateway.handlers import admin_guard, routes
 from gateway.limits import SharedLimits
 from gateway.metrics import build_metrics
@@ -23,7 +24,7 @@ from gateway.quota import add_quota_headers
 from gateway.reload import CONFIG_PATH, CONFIG_TRANSFORM, SIMULATED
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
 from gateway.status import STATUS, StatusFeed
-from gateway.traffic import TRAFFIC, Traffic, traffic_middleware
+from gateway.traffic import TRAFFIC, Traffic
 from gateway.state import (ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT,
                            Draining, Runtime)
 from gateway.upstream_client import UpstreamClient
@@ -55,7 +56,7 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
                             cfg.geoip.cache_size)
     traffic = Traffic(rt.clock)
     app = web.Application(client_max_size=g.max_body_bytes + 1024,
-                          middlewares=[admin_guard, traffic_middleware(traffic)])
+                          middlewares=[admin_guard])
     app[TRAFFIC] = traffic
     app[STATUS] = StatusFeed(traffic, rt.clock)
     if config_path is not None:
@@ -85,6 +86,7 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     built = geoip_build_time(reader)
     if built is not None:  # alert on an old database (deploy/prometheus/alerts.yaml)
         metrics.geoip_build.set(built)
+    app.on_response_prepare.append(server_header)
     app.add_routes(routes())
     return app
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from gateway.errors import Unavailable
 from gateway.resume_loop import StreamSession
 from gateway.sse import events, parse_event
-from gateway.upstream import Ready
+from gateway.upstream import Ready, UpstreamTooLarge
 from routing.plan import Candidate
 
 # fields whose non-stream answer is more than text + finish reason + usage
@@ -91,12 +91,16 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
 class _Buffer:
     """Where the pump writes after the first event (in place of the client's transport)."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.data = bytearray()
+        self.limit = limit  # upstream_limits.max_body_bytes: an endless stream fails the attempt
 
     def write(self, data: bytes) -> None:
+        if len(self.data) + len(data) > self.limit:
+            self.data = bytearray()
+            raise UpstreamTooLarge(f"an upstream answer over {self.limit} bytes")
         self.data += data
 
     def is_closing(self) -> bool:
@@ -125,7 +129,7 @@ class AssembledSession(StreamSession):
     def __init__(self, proxy: Any, ex: Any, plan: Any, strip_ids: bool) -> None:
         # token ids stay in the collected events (assemble() reads past them): no stripping
         super().__init__(proxy, ex, plan, strip_ids=False)
-        self.buffer = _Buffer()
+        self.buffer = _Buffer(ex.cfg.upstream_limits.max_body_bytes)
         self.include_usage = True  # asked for upstream; the non-stream answer always has usage
 
     async def _open(self, cand: Candidate, ready: Ready) -> bytes:
@@ -143,7 +147,11 @@ class AssembledSession(StreamSession):
         doc = assemble(bytes(self.buffer.data), self.ex.req.kind)
         if doc is None:
             return await self._give_up(cand, "the upstream stream ended without an answer")
+        try:
+            body = orjson.dumps(doc)
+        except TypeError:  # a pool's field nested deeper than JSON can be written again
+            return await self._give_up(cand, "the upstream answer could not be assembled")
         self.proxy.usage(self.ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)
         self.proxy.count(self.ex, cand.region, status)
         headers = {"Content-Type": "application/json", **self.ex.headers(cand, self.ex.served_model)}
-        return web.Response(status=200, body=orjson.dumps(doc), headers=headers)
+        return web.Response(status=200, body=body, headers=headers)

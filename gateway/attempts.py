@@ -67,7 +67,8 @@ class FirstToken:
             cand, deadline = picked
             timer = self._arm_keepalive() if stream else None
             try:
-                result = await self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, ex.req.stream)
+                result = await self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, ex.req.stream,
+                                                  ex.cfg.upstream_limits)
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -80,16 +81,16 @@ class FirstToken:
         return None
 
     def _arm_keepalive(self) -> _Rearmed:
-        loop = asyncio.get_running_loop()
-        interval = self.ex.cfg.gateway.keepalive_comment_s
-
-        def fire() -> None:
-            if self.keepalive_task is None or self.keepalive_task.done():
-                self.keepalive_task = loop.create_task(self._keepalive(inflight=1))
-            self.timer = loop.call_later(interval, fire)
-
-        self.timer = loop.call_later(interval, fire)
+        self.timer = asyncio.get_running_loop().call_later(self.ex.cfg.gateway.keepalive_comment_s, self._fire)
         return _Rearmed(self)
+
+    def _fire(self) -> None:
+        # a method, not a closure that re-arms itself: that closure is a reference cycle (it
+        # holds its own cell), which kept every streamed request until the collector ran
+        loop = asyncio.get_running_loop()
+        if self.keepalive_task is None or self.keepalive_task.done():
+            self.keepalive_task = loop.create_task(self._keepalive(inflight=1))
+        self.timer = loop.call_later(self.ex.cfg.gateway.keepalive_comment_s, self._fire)
 
     async def _race(self, candidates: Iterator[Candidate], stream: bool) -> Won | None:
         """Hedged: attempts as tasks, the first token wins."""
@@ -164,7 +165,8 @@ class FirstToken:
         if picked is None:
             return False
         cand, deadline = picked
-        task = asyncio.create_task(self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, self.ex.req.stream))
+        task = asyncio.create_task(self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, self.ex.req.stream,
+                                                       self.ex.cfg.upstream_limits))
         self.pending[task] = cand
         return True
 

@@ -76,6 +76,23 @@ async def every(interval_s: float, step: Callable[[], Awaitable[None]], name: st
             await task
 
 
+MAX_HEALTH_BYTES = 64 * 1024  # what a pool's /health answer may be (docs/security.md)
+MAX_METRICS_BYTES = 4 * 1024 * 1024  # and its /metrics (vLLM's: ~100 KB)
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, read as it arrives; None (a failed probe or scrape) past ``limit`` bytes."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    parts, size = [], 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeout_s: float,
                  drains: set[str] | None = None) -> tuple[bool, float | None]:
     """(healthy, round trip in ms); an endpoint that answered "draining" is added to ``drains``."""
@@ -83,11 +100,11 @@ async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeou
     try:
         async with asyncio.timeout(timeout_s):
             async with session.get(ep.health_url or ep.url + path) as resp:
-                body = await resp.read()
-                ok = resp.status == 200
+                body = await read_capped(resp, MAX_HEALTH_BYTES)
+                ok = resp.status == 200 and body is not None
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
         return False, None
-    if drains is not None and resp.status == 503 and body.strip() == DRAINING_BODY:
+    if drains is not None and resp.status == 503 and body is not None and body.strip() == DRAINING_BODY:
         drains.add(ep.id)
     return ok, (time.monotonic() - t0) * 1000 if ok else None
 
@@ -163,9 +180,8 @@ async def _scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float
     try:
         async with asyncio.timeout(timeout_s):
             async with session.get(ep.url + "/metrics") as resp:
-                if resp.status != 200:
-                    return None
-                return parse_vllm_load(await resp.text())
+                body = await read_capped(resp, MAX_METRICS_BYTES) if resp.status == 200 else None
+                return parse_vllm_load(body.decode()) if body is not None else None
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError, UnicodeDecodeError):
         return None
 

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from gateway.config_fleet import CanaryCfg, RegistryCfg, hex_digests
 from gateway.config_env import expand_env
 from gateway.config_models import NO_VALUE, HedgeCfg, ModelCfg, chain_problems, inherit, resolve_all  # noqa: F401
+from gateway.redact import MISSING as _MISSING
+from gateway.redact import redact
 from routing.balance import BALANCERS
 from routing.plan import RoutingParams
 
@@ -34,12 +36,12 @@ class ConfigError(Exception):
     def lines(self) -> list[str]:
         out = []
         for path, value, reason in self.problems:
+            value, reason = redact(path, value, reason)
             shown = "" if value is _MISSING else f" = {value!r}"
             out.append(f"{self.file}: {path or '<root>'}{shown}: {reason}")
         return out
 
 
-_MISSING = NO_VALUE
 
 
 class _Model(BaseModel):
@@ -70,6 +72,16 @@ class GatewayCfg(_Model):
     # seconds between checks of the config file; a change (a Kubernetes ConfigMap's `..data`
     # symlink swap included) reloads as SIGHUP does; 0: off
     config_watch_s: float = Field(default=2.0, ge=0)
+    # the client side's bounds (docs/security.md): a request head must arrive within
+    # header_timeout_s of its first byte, a body within body_timeout_s; connections beyond
+    # max_connections (per process) are closed at once.  Read at start (not on reload).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=10000, ge=1)
+    metrics_networks: tuple[str, ...] | None = None  # who may scrape /metrics; default: admin_networks
+    # the header trusted proxies write the client's address into (RFC 7239 `forwarded` or the
+    # de-facto `x-forwarded-for`); the other one is ignored, so a client cannot choose it
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
 
     @field_validator("access_log")
     @classmethod
@@ -78,15 +90,28 @@ class GatewayCfg(_Model):
             raise ValueError(f"the folder of {v!r} does not exist (or use stdout, stderr or off)")
         return v
 
-    @field_validator("trusted_proxies", "admin_networks")
+    @field_validator("trusted_proxies", "admin_networks", "metrics_networks")
     @classmethod
-    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for net in v:
+    def _networks(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for net in v or ():
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError as exc:
                 raise ValueError(f"{net!r} is not an IP network ({exc})") from None
         return v
+
+
+class UpstreamLimitsCfg(_Model):
+    """Bounds on what a pool may send (docs/security.md).  Crossing one fails the attempt as
+    ``upstream_too_large``: the next candidate is tried, a stream resumes elsewhere or ends with
+    the in-band error."""
+
+    max_head_bytes: int = Field(default=64 * 1024, gt=0)  # status line and headers
+    max_event_bytes: int = Field(default=4 * 1024 * 1024, gt=0)  # one SSE event (and what precedes the first token)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)  # a non-stream answer, or one assembled from a stream
+    max_error_body_bytes: int = Field(default=64 * 1024, gt=0)  # the body of a 4xx/5xx
+    resume_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=0)  # kept per stream for a resume
+    resume_buffer_total_bytes: int = Field(default=256 * 1024 * 1024, ge=0)  # for all streams of a gateway
 
 
 class GeoipCfg(_Model):
@@ -148,6 +173,7 @@ class RetryCfg(_Model):
     # candidate is eligible
     max_resumes: int = Field(default=3, ge=0)
     max_wait_s: float = Field(default=2.5, ge=0)
+    client_retry_after_max_s: float = Field(default=60.0, ge=1)  # an upstream's Retry-After, capped for clients
 
 
 class BudgetCfg(_Model):
@@ -328,6 +354,7 @@ class Config(_Model):
     breaker: BreakerCfg = BreakerCfg()
     models: dict[str, ModelCfg] = Field(default_factory=dict)
     auth: AuthCfg = AuthCfg()
+    upstream_limits: UpstreamLimitsCfg = UpstreamLimitsCfg()
     regions: tuple[RegionCfg, ...] = Field(min_length=1)
     pools: tuple[PoolCfg, ...] = ()  # at least one, unless `registry` brings them
     registry: RegistryCfg | None = None

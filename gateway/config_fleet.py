@@ -14,7 +14,7 @@ class _Model(BaseModel):
 def hex_digests(v: tuple[str, ...]) -> tuple[str, ...]:
     for h in v:
         if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
-            raise ValueError(f"{h!r} is not a hex SHA-256 digest (64 hex digits)")
+            raise ValueError("not a hex SHA-256 digest (64 hex digits); the value is not shown")
     return tuple(h.lower() for h in v)
 
 

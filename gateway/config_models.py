@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.redact import MISSING
 from routing.deadlines import AutoParams, DeadlineSettings
 
 STAR = "*"
-NO_VALUE = object()  # a problem with no value to show
+NO_VALUE = MISSING  # a problem with no value to show
 
 
 class _Model(BaseModel):

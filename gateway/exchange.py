@@ -3,12 +3,14 @@ that every phase (first token, relay, resume) shares."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config import Config, ModelCfg
+from gateway.errors import sse_error_event
 from gateway.request import ParsedRequest
 from routing.outcome import Outcome
 from routing.plan import Candidate
@@ -77,4 +79,13 @@ class Exchange:
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             self.response = web.StreamResponse(status=200, headers=headers)
             await self.response.prepare(self.request)
+        return self.response
+
+
+    async def end_with_error(self, message: str, type_: str, code: str | None) -> web.StreamResponse:
+        """End a stream whose head is already out: the in-band error event, no [DONE]."""
+        assert self.response is not None
+        with contextlib.suppress(ConnectionResetError):  # the client left: nothing to tell it
+            await self.response.write(sse_error_event(message, type_, code))
+            await self.response.write_eof()
         return self.response

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway import limits
 from gateway.admin import admin_routes
-from gateway.access import Note
+from gateway.access import EXCHANGE, Note
 from gateway.access import line as access_line
 from gateway.auth import check_model
 from gateway.config import ConfigError
@@ -20,8 +20,9 @@ from gateway.deadlines import candidate_deadlines
 from gateway.errors import GatewayError, ModelNotFound, RateLimited, error_body
 from gateway.quota import QUOTA_HEADERS, count_usage, estimate_prompt_tokens
 from gateway.reload import CONFIG_PATH, reload_config
-from gateway.request import ParsedRequest, parse, read_body
+from gateway.request import ParsedRequest, parse, read_body, request_id
 from gateway.status import status_routes
+from gateway.traffic import TRAFFIC, record_exchange
 from gateway.state import ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT
 from routing.locate import parse_ip
 from routing.plan import RequestContext
@@ -37,7 +38,9 @@ def _json(data: object, status: int = 200) -> web.Response:
 def client_location(request: web.Request) -> tuple[str | None, Location]:
     locator = request.app[LOCATOR]
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    return locator.place(peer[0] if peer else None, request.headers.get("X-Forwarded-For"))
+    header = request.app[SNAPSHOT].current.config.gateway.forwarded_header
+    # every line of the header, as one list (RFC 7230 section 3.2.2)
+    return locator.place(peer[0] if peer else None, request.headers.getall(header, ()), header == "forwarded")
 
 
 async def _generate(request: web.Request, kind: str, path: str) -> web.StreamResponse:
@@ -53,18 +56,22 @@ async def _generate(request: web.Request, kind: str, path: str) -> web.StreamRes
         log = request.app[ACCESS_LOG]
         if log.enabled:
             log.write(access_line(request, note))
+        ex = request.pop(EXCHANGE, None)  # the exchange holds the request: no cycle left for the collector
+        if ex is not None:
+            record_exchange(request.app[TRAFFIC], ex)  # the fleet page's live traffic per region
 
 
 async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.StreamResponse:
     snapshot = request.app[SNAPSHOT].current
-    rid = note.request_id = request.headers.get("X-Request-Id")
+    rid = note.request_id = request_id(request.headers.get("X-Request-Id"), request.app[RUNTIME].new_id)
     shared = request.app[SHARED_LIMITS]
+    g = snapshot.config.gateway
     try:
         tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
         note.tenant = tenant.cfg.name
-        raw = await read_body(request, snapshot.config.gateway.max_body_bytes)
-        req = parse(kind, path, raw, rid, request.app[RUNTIME].new_id)
-        note.request_id, note.model = req.request_id, req.model
+        raw = await read_body(request, g.max_body_bytes, g.body_timeout_s)
+        req = parse(kind, path, raw, rid)
+        note.model = req.model
         check_model(tenant, req.model)
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
@@ -78,7 +85,8 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
             request[QUOTA_HEADERS] = limits.peek(shared, tenant, asyncio.get_running_loop().time())
         if isinstance(exc, RateLimited):
             request.app[METRICS].of(request.app[METRICS].tenant_limited, tenant.cfg.name, exc.limit).inc()
-        return exc.response({"x-request-id": rid} if rid else None)
+        _count_rejection(request, exc, note.model if note.model in snapshot.models else "-")
+        return exc.response({"x-request-id": rid})
     try:
         note.client_ip, location = client_location(request)
         t = tenant.cfg
@@ -86,7 +94,8 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         ctx = RequestContext(model=req.model, client=location, required_tags=frozenset(t.required_tags),
                              allowed_jurisdictions=frozenset(t.jurisdictions) if t.jurisdictions is not None else None,
                              prefix_hash=prefix, policy=t.policy, cost_slack_ms=t.cost_slack_ms)
-        return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx)
+        return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx,
+                                              frozenset(t.models))
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)
         return exc.response({"x-request-id": req.request_id})
@@ -97,6 +106,15 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         raise
     finally:
         limits.done(shared, tenant, ticket, count_usage(request, request.app[METRICS], tenant.cfg.name, ticket))
+
+
+def _count_rejection(request: web.Request, exc: GatewayError, model: str) -> None:
+    """A request the gateway answered itself (401, 400, 408, 413, 415, 429, 404): in
+    infercdn_requests_total by status, and by error code (a requested model that is not
+    served is counted as "-": the label is not the client's to choose)."""
+    m = request.app[METRICS]
+    m.of(m.requests, model, "-", str(exc.status)).inc()
+    m.of(m.rejections, str(exc.status), str(exc.code or exc.type)).inc()
 
 
 PREFIX_BYTES = 1024
@@ -117,7 +135,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, "completions", "/v1/completions")
 
 
-def _healthy_models(request: web.Request) -> list[str]:
+def _healthy_models(request: web.Request, allowed: tuple[str, ...] = ()) -> list[str]:
     snapshot, obs = request.app[SNAPSHOT].current, request.app[OBSERVATIONS]
     models: set[str] = set()
     for pool in snapshot.topology.pools:
@@ -125,7 +143,7 @@ def _healthy_models(request: web.Request) -> list[str]:
             continue
         if any(_usable(obs.view(ep.id)) and obs.held(ep.id) is None for ep in pool.endpoints):
             models.update(pool.models)
-    return sorted(models)
+    return sorted(models & set(allowed) if allowed else models)
 
 
 def _usable(view: object) -> bool:
@@ -133,8 +151,14 @@ def _usable(view: object) -> bool:
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the models this caller may use (a key is needed where one is required)."""
+    try:
+        tenant = request.app[SNAPSHOT].current.auth.tenant(request.headers.get("Authorization"))
+    except GatewayError as exc:
+        _count_rejection(request, exc, "-")
+        return exc.response()
     data = [{"id": m, "object": "model", "created": _CREATED, "owned_by": "infercdn"}
-            for m in _healthy_models(request)]
+            for m in _healthy_models(request, tenant.cfg.models)]
     return _json({"object": "list", "data": data})
 
 
@@ -155,20 +179,36 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def _admin_allowed(request: web.Request) -> bool:
+def _peer_in(request: web.Request, nets: tuple[str, ...]) -> bool:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     ip = parse_ip(peer[0] if peer else None)
-    nets = request.app[SNAPSHOT].current.config.gateway.admin_networks
     return ip is not None and any(ip.version == n.version and ip in n for n in map(ip_network, nets))
 
 
 ADMIN_PATHS = ("/admin/", "/status")  # the admin API and the fleet page
+ADMIN_HEADER = "X-Infercdn-Admin"
+
+
+def _cross_site_safe(request: web.Request) -> bool:
+    """A state-changing admin call carries JSON or the admin header: neither can be sent by
+    a cross-site form or a no-CORS fetch, so a browser on the admin network cannot be used."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return True
+    return request.content_type == "application/json" or ADMIN_HEADER in request.headers
 
 
 @web.middleware
 async def admin_guard(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path.startswith(ADMIN_PATHS) and not _admin_allowed(request):
-        return _json(error_body("the admin API is not available from this address", "permission_error",
+    g = request.app[SNAPSHOT].current.config.gateway
+    if request.path.startswith(ADMIN_PATHS):
+        if not _peer_in(request, g.admin_networks):
+            return _json(error_body("the admin API is not available from this address", "permission_error",
+                                    None, "forbidden"), 403)
+        if not _cross_site_safe(request):
+            return _json(error_body(f"send admin calls with Content-Type: application/json or an {ADMIN_HEADER} "
+                                    "header", "invalid_request_error", None, "admin_header_required"), 415)
+    elif request.path == "/metrics" and not _peer_in(request, g.metrics_networks or g.admin_networks):
+        return _json(error_body("/metrics is not available from this address", "permission_error",
                                 None, "forbidden"), 403)
     return await handler(request)
 

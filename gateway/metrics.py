@@ -53,6 +53,7 @@ class GatewayMetrics:
     region_healthy: Gauge
     geoip_build: Gauge
     worker_restarts: Counter
+    rejections: Counter
 
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
     multiprocess_dir: str | None = None  # --workers: render the host's totals from this directory
@@ -139,4 +140,6 @@ def build_metrics() -> GatewayMetrics:
                           registry=r, multiprocess_mode="max"),
         worker_restarts=Counter("infercdn_worker_restarts", "Serving processes of --workers started again after "
                                 "they died", ["worker"], registry=r),
+        rejections=Counter("infercdn_rejected_requests", "Requests the gateway answered itself, by status and error code",
+                           ["status", "code"], registry=r),
     )

@@ -6,31 +6,36 @@ an in-band error event and no ``[DONE]``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 from collections.abc import Iterator
 
+import orjson
 from aiohttp import web
 
 from gateway.access import EXCHANGE
 from gateway.assemble import AssembledSession, can_assemble
 from gateway.attempts import FirstToken, Won
 from gateway.config import Config
-from gateway.errors import ModelNotFound, RateLimited, Unavailable
+from gateway.config import UpstreamLimitsCfg
+from gateway.errors import GatewayError, ModelNotFound, RateLimited, Unavailable, openai_error_bytes
 from gateway.exchange import Exchange, Tried
 from gateway.metrics import GatewayMetrics
 from gateway.relay import find_usage
 from gateway.request import ParsedRequest
 from gateway.resume_loop import StreamSession
 from gateway.state import Runtime
+from gateway.streaming import ByteBudget
 from gateway.upstream import Failed, Ready, Refused
-from gateway.upstream_client import UpstreamClient
+from gateway.upstream_client import UpstreamClient, capped_retry_after
 from routing.budget import RetryBudget
 from routing.observations import Observations
 from routing.outcome import Outcome
 from routing.plan import Candidate, Plan, RequestContext
 
 CONTEXT_MARKERS = (b"maximum context length", b"context_length_exceeded")
+log = logging.getLogger("infercdn.proxy")
 
 
 class Proxy:
@@ -43,9 +48,13 @@ class Proxy:
         self.metrics = metrics
         self.rt = runtime
         self.budget = budget
+        self.retained = ByteBudget()  # resume buffers of all streams (upstream_limits.resume_buffer_total_bytes)
 
     async def serve(self, request: web.Request, req: ParsedRequest, planner: object, cfg: Config,
-                    ctx: RequestContext) -> web.StreamResponse:
+                    ctx: RequestContext, allowed_models: frozenset[str] = frozenset()) -> web.StreamResponse:
+        """The answer to ``req``.  ``allowed_models`` (the tenant's; empty: all) bounds every
+        model the request may reach, fallbacks included.  Once a stream's head is out (keep-alive
+        comments), any failure ends it with the in-band error event, never a second response."""
         mcfg = cfg.model_cfg(req.model)
         loop = asyncio.get_running_loop()
         assembled = not req.stream and mcfg.non_stream == "stream" and can_assemble(req.body)
@@ -54,10 +63,31 @@ class Proxy:
         ex = Exchange(request, req, cfg, mcfg, loop.time() + mcfg.total_deadline_s, assembled=assembled)
         request[EXCHANGE] = ex  # for the access log
         self.budget.record_request()
+        try:
+            response = await self._route(ex, planner, ctx, allowed_models)
+        except GatewayError as exc:
+            if ex.response is None:
+                raise
+            return await ex.end_with_error(exc.message, exc.type, exc.code)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            if ex.response is None:
+                raise
+            log.exception("request %s failed after its response head was sent", req.request_id)
+            return await ex.end_with_error("the gateway failed to complete the request", "internal_error", None)
+        if ex.response is not None and response is not ex.response:  # a refusal after keep-alives
+            return await ex.end_with_error(_refusal_message(response), "invalid_request_error", "upstream_refused")
+        return response
+
+    async def _route(self, ex: Exchange, planner: object, ctx: RequestContext,
+                     allowed_models: frozenset[str]) -> web.StreamResponse:
+        req, mcfg = ex.req, ex.mcfg
         resume = req.stream and mcfg.resume == "token_ids" and not req.body.get("return_token_ids")
         last_refusal: tuple[Candidate, Refused] | None = None
         plan: Plan | None = None
-        for model in (req.model, *mcfg.fallbacks):
+        fallbacks = [m for m in mcfg.fallbacks if not allowed_models or m in allowed_models]
+        for model in (req.model, *fallbacks):
             plan = planner.plan(replace(ctx, model=model))
             won = await FirstToken(self, ex, lambda c: self._body(req, c, resume),
                                    req.path).run(self._candidates(ex, plan, model), ex.client_stream)
@@ -93,12 +123,13 @@ class Proxy:
             extra["model"] = cand.upstream_model
         return req.body_with(extra)
 
-    async def attempt(self, cand: Candidate, body: bytes, path: str, deadline_s: float, stream: bool) -> Ready | Failed | Refused:
+    async def attempt(self, cand: Candidate, body: bytes, path: str, deadline_s: float, stream: bool,
+                      limits: UpstreamLimitsCfg) -> Ready | Failed | Refused:
         """One request to one endpoint; the in-flight count is held while a Ready is open."""
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
         self.obs.acquire(cand.endpoint.id)
         try:
-            result = await self.upstream.open(cand.endpoint.url + path, body, headers, stream, deadline_s)
+            result = await self.upstream.open(cand.endpoint.url + path, body, headers, stream, deadline_s, limits)
         except BaseException:
             self.obs.release(cand.endpoint.id)
             raise
@@ -137,20 +168,26 @@ class Proxy:
             self.record(cand, Outcome.SUCCESS, None)
             self.usage(ex, find_usage(ready.first))
             self.count(ex, cand.region, "200")
-            return web.Response(status=200, body=ready.first, headers={**ready.headers, **ex.headers(cand, ex.served_model)})
+            return web.Response(status=200, body=ready.first, headers={**ready.headers, **ex.headers(cand, ex.served_model),
+                                                                        "Content-Type": "application/json"})
         session = (AssembledSession if ex.assembled else StreamSession)(self, ex, plan, strip_ids=resume)
         return await session.run(cand, ready)
 
     def _refused(self, ex: Exchange, cand: Candidate, refused: Refused) -> web.Response:
         self.count(ex, cand.region, str(refused.status))
-        return web.Response(status=refused.status, body=refused.body, headers={**refused.headers, **ex.headers(cand)})
+        headers = {**refused.headers, **ex.headers(cand), "Content-Type": "application/json"}
+        wait = capped_retry_after(refused.retry_after, ex.cfg.retry.client_retry_after_max_s)
+        if wait is not None:
+            headers["Retry-After"] = wait
+        return web.Response(status=refused.status, body=openai_error_bytes(refused.status, refused.body),
+                            headers=headers)
 
     def _exhausted(self, ex: Exchange, plan: Plan | None) -> Exception:
         region = ex.tried[-1].cand.region if ex.tried else "-"
         ids = ex.headers(None)
         if ex.tried and all(t.outcome is Outcome.HTTP_429 for t in ex.tried):
             self.count(ex, region, "429")
-            wait = ex.retry_after_s if ex.retry_after_s is not None else 1.0
+            wait = min(ex.retry_after_s if ex.retry_after_s is not None else 1.0, ex.cfg.retry.client_retry_after_max_s)
             return RateLimited(f"every pool serving {ex.req.model!r} is throttling requests; retry later",
                                headers={"Retry-After": str(max(1, round(wait))), **ids})
         self.count(ex, region, "503")
@@ -160,8 +197,9 @@ class Proxy:
                 return ModelNotFound(f"The model '{ex.req.model}' is not served by any pool", param="model")
             return Unavailable(f"no healthy pool can serve model {ex.req.model!r} ({', '.join(reasons) or 'no candidates'})",
                                headers=ids)
-        return Unavailable(f"no upstream could serve the request after {len(ex.tried)} attempt(s): {ex.summary()}",
-                           headers=ids)
+        # which endpoints failed and how stays in the log and the admin API, not in the answer
+        log.info("request %s: no upstream could serve it: %s", ex.req.request_id, ex.summary())
+        return Unavailable(f"no upstream could serve the request after {len(ex.tried)} attempt(s)", headers=ids)
 
     def record(self, cand: Candidate, outcome: Outcome, ttfb_ms: float | None = None) -> None:
         self.obs.record_outcome(cand.endpoint.id, outcome, ttfb_ms)
@@ -169,6 +207,8 @@ class Proxy:
 
     def count(self, ex: Exchange, region: str, status: str) -> None:
         req = ex.req
+        if ex.response is not None and status != "200":
+            status = "stream_error"  # the client got a 200 head: what it sees is the in-band error
         ex.status = status
         self.metrics.of(self.metrics.requests, req.model, region, status).inc()
         self.metrics.of(self.metrics.request_seconds, req.model, "true" if ex.client_stream else "false").observe(
@@ -177,9 +217,21 @@ class Proxy:
     def usage(self, ex: Exchange, usage: dict | None) -> None:
         if not usage:
             return
-        ex.usage = usage
+        # only counts are kept (and logged): a pool's usage block is not trusted to be small
+        ex.usage = usage = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
         for kind in ("prompt_tokens", "completion_tokens"):
             value = usage.get(kind)
             if isinstance(value, int) and value > 0:
                 self.metrics.of(self.metrics.tokens, ex.served_model or ex.req.model, kind.removesuffix("_tokens")).inc(value)
 
+
+
+def _refusal_message(response: web.StreamResponse) -> str:
+    """What an upstream's 4xx said, for the in-band error of a stream whose head is out."""
+    body = response.body if isinstance(response, web.Response) else None
+    try:
+        message = orjson.loads(body)["error"]["message"] if isinstance(body, bytes) else None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        message = None
+    status = response.status
+    return str(message)[:1000] if isinstance(message, str) else f"the upstream refused the request ({status})"

@@ -22,6 +22,7 @@ RESTART = frozenset({
     "gateway.host", "gateway.port", "gateway.location.lat", "gateway.location.lon", "gateway.location.name",
     "gateway.trusted_proxies", "gateway.max_body_bytes", "gateway.access_log",
     "gateway.drain_notice_s", "gateway.drain_timeout_s", "gateway.config_watch_s",
+    "gateway.header_timeout_s", "gateway.body_timeout_s", "gateway.max_connections",  # the edge runner (start)
     "geoip.database", "geoip.cache_size",
     "health.interval_s", "load.scrape_interval_s", "load.enabled",
     "timeouts.connect_s", "budget.window_s",
@@ -71,6 +72,10 @@ LIVE = frozenset({
     "pools[].endpoints[].weight", "pools[].endpoints[].health_url", "pools[].tags", "pools[].price_per_mtok",
     "pools[].tier", "pools[].draining", "pools[].max_context", "pools[].can_continue", "pools[].ttft_deadline_s",
     "pools[].endpoints[].dns_refresh_s",
+    "gateway.forwarded_header", "gateway.metrics_networks", "retry.client_retry_after_max_s",
+    "upstream_limits.max_head_bytes", "upstream_limits.max_event_bytes", "upstream_limits.max_body_bytes",
+    "upstream_limits.max_error_body_bytes", "upstream_limits.resume_buffer_bytes",
+    "upstream_limits.resume_buffer_total_bytes",
     "auth.tenants[].policy", "auth.tenants[].cost_slack_ms", "auth.anonymous.policy", "auth.anonymous.cost_slack_ms",
     # providers are judged on every registry read (a revoke by reload applies at once)
     "registry.key_prefix", "registry.max_clock_skew_s", "registry.providers[].name",

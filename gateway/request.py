@@ -1,8 +1,10 @@
 """Parse an OpenAI-style request body once, and validate what the gateway relies on."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 
 @dataclass(slots=True)
@@ -59,33 +61,79 @@ def id_factory() -> Callable[[], str]:
 
 
 _REQUIRED = {"chat": ("messages", list), "completions": ("prompt", (str, list))}
+MAX_REQUEST_ID = 128
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,%d}" % MAX_REQUEST_ID).fullmatch
+MAX_JSON_DEPTH = 64  # nesting of a request body's arrays and objects
+MAX_MODEL_NAME = 256
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+def request_id(header: str | None, new_id: Callable[[], str]) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is short and plain (letters,
+    digits, ``._:/+=@-``), else a fresh one.  The one validator: whatever is logged or echoed
+    has been through it."""
+    return header if header is not None and _REQUEST_ID(header) else new_id()
+
+
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, read in pieces as it arrives and bounded where it is read: over
+    ``limit`` bytes a 413, not all of it within ``timeout_s`` a 408, compressed a 415 (nothing
+    is inflated), broken framing a 400.  A refused body is not read further."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"compressed request bodies are not accepted (Content-Encoding: "
+                                   f"{encoding[:32]}); send the JSON uncompressed")
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
     try:
-        raw = await request.content.read(limit + 1) if length is None else await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    return raw
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                parts.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+    except (PayloadTooLarge, ConnectionError):
+        raise
+    except Exception as exc:  # broken chunked framing, a truncated body (RequestPayloadError, ...)
+        raise BadRequest(f"the request body could not be read ({type(exc).__name__})") from None
+    return b"".join(parts)
 
 
-def parse(kind: str, path: str, raw: bytes, request_id: str | None, new_id: Callable[[], str]) -> ParsedRequest:
+def _too_deep(doc: object) -> bool:
+    """Whether ``doc`` nests arrays/objects more than MAX_JSON_DEPTH levels (iterative)."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_JSON_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse(kind: str, path: str, raw: bytes, request_id: str, new_id: Callable[[], str] | None = None) -> ParsedRequest:
     if not raw:
         raise BadRequest("the request body is empty; send a JSON object")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    # orjson reads up to 1024 levels but writes only 254: bound it here, where it is read
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and isinstance(body, dict) and _too_deep(body):
+        raise BadRequest(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", param="model")
+    if len(model) > MAX_MODEL_NAME:  # it is logged and counted: bounded here
+        raise BadRequest(f"the model name is longer than {MAX_MODEL_NAME} characters", param="model")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", param="stream")
@@ -94,5 +142,4 @@ def parse(kind: str, path: str, raw: bytes, request_id: str | None, new_id: Call
         raise BadRequest(f"missing required parameter: '{name}'", param=name)
     if not isinstance(body[name], types):
         raise BadRequest(f"'{name}' has the wrong type", param=name)
-    rid = request_id if request_id and len(request_id) <= 128 and request_id.isprintable() else new_id()
-    return ParsedRequest(kind, path, raw, body, model, stream, rid)
+    return ParsedRequest(kind, path, raw, body, model, stream, request_id)

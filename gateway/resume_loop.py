@@ -15,9 +15,9 @@ from gateway.quota import STREAM_EVENTS
 from gateway.relay import find_usage
 from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay
 from gateway.splice import Splicer
-from gateway.sse import DONE_EVENT, encode_event
+from gateway.sse import DONE_EVENT, UnencodableEvent, encode_event
 from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
-from gateway.upstream import Failed, Ready, Refused, UpstreamLost
+from gateway.upstream import Failed, Ready, Refused, UpstreamLost, UpstreamTooLarge
 from routing.outcome import Outcome
 from routing.plan import Candidate, Plan
 
@@ -55,12 +55,17 @@ class StreamSession:
     async def _run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
         ex = self.ex
         notice = await self._open(cand, ready)
-        tracker = StreamTracker(self.strip_ids, retain=ex.mcfg.resume != "off")
-        outcome, detail = await self._pump(cand, ready, tracker, notice)
-        ex.request[STREAM_EVENTS] = tracker.raw.count(b"data: {")  # for token budgets (gateway.quota)
-        if outcome is Outcome.SUCCESS:
-            return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
-        st = replay(bytes(tracker.raw), ex.req.kind) if tracker.retain else None
+        lim = ex.cfg.upstream_limits
+        tracker = StreamTracker(self.strip_ids, ex.mcfg.resume != "off", lim.max_event_bytes, lim.resume_buffer_bytes,
+                                self.proxy.retained, lim.resume_buffer_total_bytes)
+        try:
+            outcome, detail = await self._pump(cand, ready, tracker, notice)
+            ex.request[STREAM_EVENTS] = tracker.raw.count(b"data: {")  # for token budgets (gateway.quota)
+            if outcome is Outcome.SUCCESS:
+                return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
+            st = replay(bytes(tracker.raw), ex.req.kind) if tracker.retain else None
+        finally:
+            tracker.free()  # nothing of the stream outlives it, whatever ended it
         ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
         if st is not None and await self._resume(st):
             return await self._finish(ex.served_by or cand, st.usage, "200")
@@ -105,10 +110,14 @@ class StreamSession:
             detail = (f"no data for {ex.mcfg.stall_timeout_s:g} s (stalled)" if wd.fired == "stall"
                       else "total deadline exceeded")
         except UpstreamLost as exc:
-            outcome, detail = Outcome.RESET, str(exc)
+            exc.__traceback__ = None  # its frames hold the connection
+            outcome = Outcome.UPSTREAM_TOO_LARGE if isinstance(exc, UpstreamTooLarge) else Outcome.RESET
+            detail = str(exc)
         except ResumeMismatch as exc:
             outcome, detail = Outcome.BAD_STREAM, str(exc)
             self.mismatch = True
+        except UnencodableEvent as exc:
+            outcome, detail = Outcome.BAD_STREAM, str(exc)
         except ClientGone:
             outcome, detail = Outcome.CANCELLED, "client disconnected"
             raise asyncio.CancelledError() from None  # counted by the handler
@@ -141,7 +150,7 @@ class StreamSession:
                 continue
             ex.served_by = cand
             splicer = Splicer(st, cont, self.keep_ids, self.include_usage)
-            outcome, detail = await self._pump(cand, result, SpliceFeed(splicer))
+            outcome, detail = await self._pump(cand, result, SpliceFeed(splicer, ex.cfg.upstream_limits.max_event_bytes))
             self.proxy.metrics.of(self.proxy.metrics.resumes, cont.strategy, "ok" if outcome is Outcome.SUCCESS else "failed").inc()
             ex.resumes += 1
             if outcome is Outcome.SUCCESS:
@@ -155,12 +164,13 @@ class StreamSession:
         if cont is None:
             return None, None
         ttft = min(ex.mcfg.ttft_deadline_s, ex.time_left())
-        result = await self.proxy.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True)
+        limits = ex.cfg.upstream_limits
+        result = await self.proxy.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True, limits)
         if isinstance(result, Refused) and cont.strategy != "regenerate" and (deterministic(ex.req.body) or not st.text):
             # this pool will not continue a generation: reproduce it from the start instead
             again = Continuation("regenerate", ex.req.path, {**ex.req.body, "model": cand.upstream_model,
                                                               "stream": True}, st.text)
-            return await self.proxy.attempt(cand, orjson.dumps(again.body), again.path, ttft, True), again
+            return await self.proxy.attempt(cand, orjson.dumps(again.body), again.path, ttft, True, limits), again
         return result, cont
 
     def _next_candidate(self) -> Candidate | None:
@@ -187,4 +197,5 @@ class StreamSession:
         if self.mismatch:
             return f"the stream was cut{got} and a regeneration on another pool did not reproduce it exactly; " \
                    "the answer is incomplete"
-        return f"the stream was cut{got} and could not be resumed on another pool ({detail}); the answer is incomplete"
+        # what went wrong upstream (``detail``) stays in the log and the admin API
+        return f"the stream was cut{got} and could not be resumed on another pool; the answer is incomplete"

@@ -18,8 +18,9 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import Config, EndpointCfg, PoolCfg
+from gateway.edge import EdgeLimits, EdgeRunner
 from gateway.reload import CONFIG_PATH, reload_on_signal
-from gateway.state import DRAINING
+from gateway.state import DRAINING, SNAPSHOT
 from gateway.watch import config_watch
 from routing.geo import geo_ms
 from routing.topology import Location
@@ -236,7 +237,9 @@ async def start_site(app: web.Application, host: str, port: int,
     which closes the upstream request at once); at cleanup, requests in flight get
     ``shutdown_timeout`` seconds to finish.  ``reuse_port``: one of several processes
     listening on the same port (--workers), the kernel spreading connections between them."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
+    # the client side's bounds (gateway/edge.py); defaults for an app that is not a gateway (a stand-in)
+    edge = EdgeLimits.of(app[SNAPSHOT].current.config.gateway) if SNAPSHOT in app else EdgeLimits()
+    runner = EdgeRunner(app, edge, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()

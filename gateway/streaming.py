@@ -11,43 +11,109 @@ import re
 
 from aiohttp import web
 
-from gateway.sse import split_complete, strip_token_ids
-from gateway.upstream import Ready
+from gateway.sse import strip_token_ids
+from gateway.upstream import Ready, UpstreamTooLarge
 
-MAX_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
+DEFAULT_MAX_EVENT = 4 * 1024 * 1024
+DEFAULT_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
+RESERVE_BLOCK = 64 * 1024
 _WELL_FORMED = re.compile(rb"(?:data: \{[^\n]*\}\n\n)+").fullmatch  # JSON data events only
 
 
+class ByteBudget:
+    """Bytes held by all streams of a gateway for a resume, within a limit given per call
+    (``upstream_limits.resume_buffer_total_bytes``, which a reload may change)."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def take(self, n: int, limit: int) -> bool:
+        if self.used + n > limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+class Pending:
+    """The incomplete tail of a stream, bounded by ``max_event`` bytes; kept as parts (joined
+    once an event ends) so an event arriving in many reads costs linear time, not quadratic."""
+
+    __slots__ = ("parts", "size", "max_event", "error")
+
+    def __init__(self, max_event: int) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.max_event = max_event
+        self.error: UpstreamTooLarge | None = None  # raised by the pump once what came before is relayed
+
+    def join(self, chunk: bytes) -> bytes | None:
+        """``chunk`` with the tail before it when an event may end in it; else None (kept)."""
+        if not self.parts:
+            return chunk
+        if b"\n\n" not in chunk and not (chunk[:1] == b"\n" and self.parts[-1][-1:] == b"\n"):
+            self.keep(chunk)
+            return None
+        out = b"".join((*self.parts, chunk))
+        self.parts.clear()
+        self.size = 0
+        return out
+
+    def keep(self, rest: bytes) -> None:
+        if self.error is not None:
+            return
+        self.size += len(rest)
+        if self.size > self.max_event:
+            self.parts.clear()
+            self.error = UpstreamTooLarge(f"an upstream event over {self.max_event} bytes")
+            return
+        self.parts.append(rest)
+
+
 class StreamTracker:
-    def __init__(self, strip_ids: bool, retain: bool) -> None:
+    def __init__(self, strip_ids: bool, retain: bool, max_event: int = DEFAULT_MAX_EVENT,
+                 max_retained: int = DEFAULT_RETAINED, budget: ByteBudget | None = None,
+                 budget_limit: int = 0) -> None:
         self.strip_ids = strip_ids
         self.retain = retain
-        self.pending = b""
+        self.pending = Pending(max_event)
         self.raw = bytearray()
+        self.max_retained = max_retained
+        self.budget = budget  # None: only the per-stream bound
+        self.budget_limit = budget_limit
+        self.reserved = 0  # bytes taken from the budget (retained bytes fit in them)
         self.done = False
         self.dropped = 0  # malformed events removed
         self.raw_events = False  # the first event (with the prompt's ids) is behind us
 
+    @property
+    def error(self) -> UpstreamTooLarge | None:
+        return self.pending.error
+
     def feed(self, chunk: bytes) -> bytes:
-        # sse.split_complete, inlined: this runs once per upstream read
-        if self.pending:
-            chunk = self.pending + chunk
-            self.pending = b""
+        # complete events out, the incomplete tail kept: this runs once per upstream read
+        if self.pending.parts:
+            joined = self.pending.join(chunk)
+            if joined is None:
+                return b""
+            chunk = joined
         cut = chunk.rfind(b"\n\n") + 2
         if cut < 2:
-            self.pending = chunk
+            self.pending.keep(chunk)
             return b""
         if cut != len(chunk):
-            self.pending = chunk[cut:]
+            self.pending.keep(chunk[cut:])
             chunk = chunk[:cut]
         single = chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == cut - 2
         if not single and _WELL_FORMED(chunk) is None:
             chunk = self._sanitize(chunk)  # [DONE], comments or a malformed event
         if self.retain:
-            self.raw += chunk
-            if len(self.raw) > MAX_RETAINED:
-                self.retain = False
-                self.raw = bytearray()
+            if len(self.raw) + len(chunk) > self.reserved:
+                self._reserve(len(chunk))
+            if self.retain:
+                self.raw += chunk
         if not self.strip_ids:
             return chunk
         if single and self.raw_events and b"prompt_token_ids" not in chunk:
@@ -57,6 +123,23 @@ class StreamTracker:
                 return chunk[:at] + chunk[chunk.index(b"]", at) + 1:]
         self.raw_events = True
         return strip_token_ids(chunk)
+
+    def _reserve(self, n: int) -> None:
+        """Room for ``n`` more retained bytes, taken from the budget a block at a time."""
+        need = len(self.raw) + n
+        block = min(max(need - self.reserved, RESERVE_BLOCK), self.max_retained - self.reserved)
+        if need > self.max_retained or (self.budget is not None and not self.budget.take(block, self.budget_limit)):
+            self.retain = False  # too much to keep: this stream can no longer be resumed
+            self.free()
+            return
+        self.reserved += block
+
+    def free(self) -> None:
+        """Give the retained bytes back (at the end of the stream, whatever ended it)."""
+        if self.budget is not None:
+            self.budget.give(self.reserved)
+        self.reserved = 0
+        self.raw = bytearray()
 
     def _sanitize(self, data: bytes) -> bytes:
         """Keep well-formed events (JSON objects, [DONE], comments); note the end of stream."""
@@ -112,16 +195,26 @@ class Watchdog:
 class SpliceFeed:
     """Feeds complete events of a continuation to a Splicer (same interface as the tracker)."""
 
-    def __init__(self, splicer: object) -> None:
+    def __init__(self, splicer: object, max_event: int = DEFAULT_MAX_EVENT) -> None:
         self.splicer = splicer
-        self.pending = b""
+        self.pending = Pending(max_event)
 
     @property
     def done(self) -> bool:
         return bool(self.splicer.done)  # type: ignore[attr-defined]
 
+    @property
+    def error(self) -> UpstreamTooLarge | None:
+        return self.pending.error
+
     def feed(self, chunk: bytes) -> bytes:
-        complete, self.pending = split_complete(self.pending, chunk)
+        joined = self.pending.join(chunk)
+        if joined is None:
+            return b""
+        cut = joined.rfind(b"\n\n") + 2
+        if cut != len(joined):
+            self.pending.keep(joined[cut:] if cut >= 2 else joined)
+        complete = joined[:cut] if cut >= 2 else b""
         return self.splicer.feed(complete) if complete else b""  # type: ignore[attr-defined]
 
 
@@ -147,6 +240,8 @@ async def pump(response: web.StreamResponse, transport: asyncio.Transport | None
         await response.write(out or b": \n\n")
     except ConnectionResetError as exc:
         raise ClientGone() from exc
+    if feeder.error is not None:
+        raise feeder.error
     if feeder.done:
         return
     if transport is None or transport.is_closing():
@@ -179,6 +274,8 @@ async def pump(response: web.StreamResponse, transport: asyncio.Transport | None
             if buffered() > HIGH_WATER:
                 conn.transport.pause_reading()  # type: ignore[union-attr]
                 watchdog.loop.call_later(0.005, resume_when_drained)
+        if feeder.error is not None:
+            raise feeder.error  # after the complete events before it went out
         if feeder.done:
             conn.finish()
 

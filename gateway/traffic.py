@@ -1,7 +1,7 @@
 """Live traffic per region for the fleet page: requests, tokens, errors, failovers and resumes
 of the last minute, in one-second buckets.
 
-A middleware records each completion request when it ends, from what its ``Exchange`` learnt
+The completion handler records each request when it ends (gateway/handlers.py), from what its ``Exchange`` learnt
 (the region that served it, the attempts that failed, the usage); requests refused before a
 plan (auth, bad input) have no region and are not counted here (``/metrics`` has them).
 Memory is bounded: per region at most ``WINDOW_S`` buckets, and regions come from the
@@ -17,12 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.access import EXCHANGE
 from gateway.exchange import Exchange
 
 WINDOW_S = 60  # totals cover the last minute
 RATE_S = 10  # requests/s and tokens/s: the mean over the last 10 s
-COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 @dataclass(slots=True)
@@ -127,21 +125,6 @@ def record_exchange(traffic: Traffic, ex: Exchange) -> None:
     completion = (ex.usage or {}).get("completion_tokens")
     traffic.record(region, ok=ex.status == "200", tokens=completion if isinstance(completion, int) else 0,
                    failover=served is not None and bool(ex.tried), resumes=ex.resumes)
-
-
-def traffic_middleware(traffic: Traffic) -> Any:
-    @web.middleware
-    async def count_traffic(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path not in COMPLETION_PATHS:
-            return await handler(request)
-        try:
-            return await handler(request)
-        finally:
-            ex = request.get(EXCHANGE)
-            if isinstance(ex, Exchange):
-                record_exchange(traffic, ex)
-
-    return count_traffic
 
 
 TRAFFIC = web.AppKey("traffic", Traffic)

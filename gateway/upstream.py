@@ -4,7 +4,11 @@ Body bytes go from ``data_received`` straight into a sink — the client's trans
 stream is committed — with no coroutine switch per token (an aiohttp client stream reader
 costs about three times as much user CPU per token here; see docs/perf.md).  ``open``
 returns before anything reaches the client: ``Ready`` (a 200 with its first token, or a
-whole non-stream body), ``Failed`` (try the next candidate) or ``Refused`` (a 4xx to relay)."""
+whole non-stream body), ``Failed`` (try the next candidate) or ``Refused`` (a 4xx to relay).
+
+Every byte read here is bounded (``upstream_limits``): the head as it arrives, a buffered body
+by its kind (error, non-stream, before the first token); crossing a bound fails the exchange
+with :class:`UpstreamTooLarge` and closes the connection."""
 from __future__ import annotations
 
 import asyncio
@@ -15,15 +19,22 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from gateway.config import UpstreamLimitsCfg
 from routing.outcome import Outcome
 
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-                         "server", "date"})
 MAX_IDLE_PER_ENDPOINT = 512
 
 
 class UpstreamLost(Exception):
     """The upstream connection broke (reset, closed early, unparsable HTTP)."""
+
+
+class UpstreamTooLarge(UpstreamLost):
+    """The upstream sent more than ``upstream_limits`` allows (a head, an event, a body)."""
+
+
+DEFAULT_LIMITS = UpstreamLimitsCfg()
+READ_SIZE = 256 * 1024  # the most one read of the event loop delivers (asyncio's and uvloop's)
 
 
 def _first_token_seen(buf: bytearray) -> bool:
@@ -42,10 +53,17 @@ class UpstreamConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.parser = httptools.HttpResponseParser(self)
+        self.limits = DEFAULT_LIMITS
+        self.stream = False
         self.reset()
 
     def reset(self) -> None:
         self.status = 0
+        self.head_bytes = 0
+        self.buf_limit = 0
+        self.overflow: UpstreamTooLarge | None = None
+        self.failure: BaseException | None = None  # why the exchange failed (the first reason)
+        self.paused = False  # reading paused between the first token and the pump
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = True
         self.complete = False
@@ -67,14 +85,20 @@ class UpstreamConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.status == 0:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
+            if self.status == 0 and self.head_bytes > self.limits.max_head_bytes:
+                self.overflow = UpstreamTooLarge(f"upstream response head over {self.limits.max_head_bytes} bytes")
+            if self.overflow is not None:
+                raise self.overflow
             if self.batch:
                 self._flush()
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamLost(f"unparsable HTTP from upstream: {exc}"))
+            self._fail(self.overflow or UpstreamLost(f"unparsable HTTP from upstream: {exc}"))
             self.abort()
-        except Exception as exc:  # raised by a sink: the stream ends with it
+        except Exception as exc:  # raised by a sink (or a bound): the stream ends with it
             self._fail(exc)
             self.abort()
 
@@ -83,6 +107,12 @@ class UpstreamConn(asyncio.Protocol):
         self.pool.forget(self)
         if not self.complete:
             self._fail(UpstreamLost("upstream closed the connection" + (f" ({exc})" if exc else "")))
+        # nothing of the exchange outlives the connection: buffers go, and the parser (whose
+        # callbacks are this object's methods, a reference cycle) with them
+        self.buf = bytearray()
+        self.batch = []
+        self.sink = None
+        self.parser = None  # type: ignore[assignment]
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -90,6 +120,10 @@ class UpstreamConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        lim = self.limits
+        self.buf_limit = (lim.max_error_body_bytes if self.status != 200
+                          else lim.max_event_bytes if self.stream else lim.max_body_bytes)
+        self.wait_for_token = self.stream and self.status == 200
         self.keep_alive = self.parser.should_keep_alive()
         if not self.head.done():
             self.head.set_result(None)
@@ -99,9 +133,19 @@ class UpstreamConn(asyncio.Protocol):
             # several chunks in one read reach the sink together: one client write per read
             self.batch.append(body)
             return
+        if self.overflow is not None:
+            return
         self.buf += body
-        if self.wait_for_token and self.waiter is not None and not self.waiter.done() and _first_token_seen(self.buf):
-            self.waiter.set_result(None)
+        if self.wait_for_token and _first_token_seen(self.buf):
+            # what follows the first token waits for the pump: reading pauses until it takes over
+            # (the rest of this read is kept, so the buffer exceeds the bound by one read at most)
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+            self.hold()
+        elif len(self.buf) > self.buf_limit and (not self.paused or len(self.buf) > self.buf_limit + READ_SIZE):
+            what = "error body" if self.status != 200 else "first event" if self.stream else "body"
+            self.overflow = UpstreamTooLarge(f"upstream {what} over {self.buf_limit} bytes")
+            self.buf = bytearray()
 
     def _flush(self) -> None:
         batch = self.batch
@@ -121,10 +165,16 @@ class UpstreamConn(asyncio.Protocol):
 
     # -- use
     def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
         for fut in (self.head, self.waiter):
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
                 fut.exception()  # no "never retrieved" noise for an idle connection's head
+
+    def lost(self) -> BaseException:
+        """The exception for a closed connection: why it failed, if that is known."""
+        return self.failure if self.failure is not None else UpstreamLost("upstream closed the connection")
 
     def send(self, data: list[bytes]) -> None:
         assert self.transport is not None
@@ -148,12 +198,28 @@ class UpstreamConn(asyncio.Protocol):
         if not self.complete:
             self.sink = _discard
             self.pool_on_complete = True
+            self.resume()
             return
         if not self.keep_alive:
             self.abort()
             return
+        self.resume()  # paused after a first token that completed the stream, or by a slow client
         self.reset()
         self.pool.put(self)
+
+    def hold(self) -> None:
+        """Stop reading after the first token until the pump takes over (``resume``)."""
+        self.wait_for_token = False
+        if self.transport is not None and not self.closed and not self.paused and not self.complete:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Reading again, after the pause that follows the first token, or the relay's own
+        (a slow client): a connection goes back to the pool reading."""
+        self.paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()  # a no-op when reading
 
     def finish(self) -> None:
         """The pump's consumer has what it needs: end the wait without waiting for the body end."""
@@ -192,9 +258,10 @@ class Ready:
         if conn.complete:
             return
         if conn.closed:
-            raise UpstreamLost("upstream closed the connection")
+            raise conn.lost()
         conn.waiter = conn.loop.create_future()
         conn.sink = sink
+        conn.resume()
         await conn.waiter
 
 
@@ -216,6 +283,7 @@ class Refused:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    retry_after: str | None = None  # as sent; parsed and capped before it reaches a client
 
 
 class UpstreamPool:

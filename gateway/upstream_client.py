@@ -7,9 +7,16 @@ import functools
 import time
 from urllib.parse import urlsplit
 
-from gateway.upstream import (_HOP_BY_HOP, Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool,
-                              _first_token_seen)
+from gateway.config import UpstreamLimitsCfg
+from gateway.upstream import (DEFAULT_LIMITS, Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool,
+                              UpstreamTooLarge, _first_token_seen)
 from routing.outcome import Outcome
+from routing.retry import parse_retry_after
+
+# what of an upstream's head reaches the client: OpenAI's informational headers; never cookies,
+# CORS grants, hop-by-hop or caching headers of someone else's server.  The gateway sets the
+# Content-Type itself (JSON, or an event stream): a pool cannot make a client render HTML.
+_RELAYED = frozenset({"openai-model", "openai-processing-ms", "openai-version"})
 
 
 @functools.lru_cache(maxsize=4096)  # a handful of endpoint URLs, parsed once each
@@ -29,7 +36,7 @@ class UpstreamClient:
         self.pool.close()
 
     async def open(self, url: str, body: bytes, headers: dict[str, str], stream: bool,
-                   first_token_s: float) -> Ready | Failed | Refused:
+                   first_token_s: float, limits: UpstreamLimitsCfg = DEFAULT_LIMITS) -> Ready | Failed | Refused:
         """POST and wait, within ``first_token_s``, for the response head and then the whole
         body (non-stream) or the first event that carries a token (stream)."""
         key, path = _key(url)
@@ -40,6 +47,7 @@ class UpstreamClient:
             async with asyncio.timeout(first_token_s):
                 for _ in range(2):  # a reused connection the server had closed: once more, fresh
                     conn, reused = await self.pool.acquire(key)
+                    conn.limits, conn.stream = limits, stream
                     try:
                         return await self._exchange(conn, [head, body], stream, t0)
                     except UpstreamLost:
@@ -57,7 +65,9 @@ class UpstreamClient:
         except UpstreamLost as exc:
             if conn is not None:
                 conn.abort()
-            return Failed(Outcome.RESET, str(exc))
+            exc.__traceback__ = None  # its frames hold the connection: no cycle through the future
+            outcome = Outcome.UPSTREAM_TOO_LARGE if isinstance(exc, UpstreamTooLarge) else Outcome.RESET
+            return Failed(outcome, str(exc))
         except OSError as exc:
             if conn is not None:
                 conn.abort()
@@ -73,25 +83,31 @@ class UpstreamClient:
         await conn.head
         headers_s = time.monotonic() - t0
         if conn.status != 200 or not stream:
-            conn.waiter = conn.loop.create_future()
             if not conn.complete:
-                await conn.waiter
+                await _wait(conn)
             body = conn.take()
             if conn.status != 200:
                 result = _not_ok(conn, body)
                 conn.release()
                 return result
             return Ready(conn, body, time.monotonic() - t0, _relay_headers(conn))
-        conn.waiter = conn.loop.create_future()
-        conn.wait_for_token = True
         if not _token_or_end(conn):
-            await conn.waiter
-        conn.wait_for_token = False
+            await _wait(conn)
+        conn.hold()
         first = conn.take()
         if not first:
             conn.abort()
             return Failed(Outcome.BAD_STREAM, "upstream closed the stream before any data")
         return Ready(conn, first, time.monotonic() - t0, _relay_headers(conn), headers_s)
+
+
+async def _wait(conn: UpstreamConn) -> None:
+    """Until the connection's waiter is resolved (a first token, the body's end); at once when
+    the connection already failed (a bound crossed in the read that completed the head)."""
+    if conn.closed:
+        raise conn.lost()
+    conn.waiter = conn.loop.create_future()
+    await conn.waiter
 
 
 def _token_or_end(conn: UpstreamConn) -> bool:
@@ -109,18 +125,27 @@ def _relay_headers(conn: UpstreamConn) -> dict[str, str]:
     out = {}
     for name, value in conn.headers:
         k = name.decode("latin-1")
-        if k.lower() not in _HOP_BY_HOP:
+        if k.lower() in _RELAYED:
             out[k] = value.decode("latin-1")
     return out
+
+
+def _retry_after(conn: UpstreamConn) -> str | None:
+    return next((v.decode("latin-1") for k, v in conn.headers if k.lower() == b"retry-after"), None)
+
+
+def capped_retry_after(value: str | None, cap_s: float) -> str | None:
+    """An upstream's Retry-After as whole seconds within ``cap_s`` (None when unparsable)."""
+    delay = parse_retry_after(value, time.time())
+    return None if delay is None else str(max(1, round(min(delay, cap_s))))
 
 
 def _not_ok(conn: UpstreamConn, body: bytes) -> Failed | Refused:
     status = conn.status
     if status == 429:
-        retry_after = next((v.decode("latin-1") for k, v in conn.headers if k.lower() == b"retry-after"), None)
-        return Failed(Outcome.HTTP_429, "upstream throttled (429)", 429, body, retry_after)
+        return Failed(Outcome.HTTP_429, "upstream throttled (429)", 429, body, _retry_after(conn))
     if status >= 500:
         return Failed(Outcome.HTTP_5XX, f"upstream returned {status}", status, body)
     if status >= 400:
-        return Refused(status, body, _relay_headers(conn))
+        return Refused(status, body, _relay_headers(conn), _retry_after(conn))
     return Failed(Outcome.BAD_STREAM, f"unexpected upstream status {status}", status, body)

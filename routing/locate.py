@@ -1,8 +1,11 @@
-"""Where is the client?  The trusted hop of X-Forwarded-For, then a GeoIP City lookup.
+"""Where is the client?  The trusted hop of X-Forwarded-For (or RFC 7239 Forwarded), then a
+GeoIP City lookup.
 
 Only a connecting peer inside ``trusted_networks`` may speak for the client through
 X-Forwarded-For; the client is then the right-most hop that is not itself trusted (hops to
-the left of it were written by the client and prove nothing).  Addresses that GeoIP cannot
+the left of it were written by the client and prove nothing).  Several header lines are one
+list, in order (RFC 7230 section 3.2.2): a proxy that adds a line instead of extending one
+still has the last word.  The cache is keyed on the address chosen, never on the header.  Addresses that GeoIP cannot
 place (private, loopback, reserved, invalid, not in the database) fall back to the gateway's
 configured location, marked ``source="fallback"``.
 """
@@ -12,7 +15,7 @@ import functools
 import importlib.util
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from routing.topology import Location
@@ -55,7 +58,6 @@ class ClientLocator:
         self._fallback = Location(fallback.lat, fallback.lon, fallback.country, fallback.continent,
                                   fallback.city, source="fallback")
         self._cached = functools.lru_cache(maxsize=cache_size)(self._lookup)
-        self.place = functools.lru_cache(maxsize=cache_size)(self._place)
 
     @property
     def fallback(self) -> Location:
@@ -64,16 +66,20 @@ class ClientLocator:
     def is_trusted(self, ip: IPAddress) -> bool:
         return any(ip.version == net.version and ip in net for net in self._trusted)
 
-    def client_ip(self, peer: str | None, xff: str | None) -> str | None:
+    def client_ip(self, peer: str | None, xff: str | Iterable[str] | None, forwarded: bool = False) -> str | None:
         """The client's address: the peer itself unless it is a trusted proxy, in which case
-        the right-most untrusted hop of X-Forwarded-For (unparsable hops are skipped)."""
+        the right-most untrusted hop of X-Forwarded-For (unparsable hops are skipped).  ``xff``
+        is the header's value or all its lines; with ``forwarded`` they are RFC 7239
+        ``Forwarded`` lines, whose ``for=`` parameters are the hops."""
         peer_ip = parse_ip(peer)
         if peer_ip is None:
             return None
         if not xff or not self.is_trusted(peer_ip):
             return str(peer_ip)
+        lines = [xff] if isinstance(xff, str) else list(xff)
+        hops = forwarded_for(lines) if forwarded else [h for line in lines for h in line.split(",")]
         leftmost: IPAddress | None = None
-        for hop in reversed(xff.split(",")):
+        for hop in reversed(hops):
             ip = parse_ip(hop)
             if ip is None:
                 continue
@@ -83,10 +89,11 @@ class ClientLocator:
         # every hop is trusted: the request came from inside; the farthest hop is the client
         return str(leftmost if leftmost is not None else peer_ip)
 
-    def _place(self, peer: str | None, xff: str | None) -> tuple[str | None, Location]:
-        """(client IP, its location) for a request from ``peer`` carrying ``xff``; cached as
-        ``place`` (the same client behind the same proxies is parsed once)."""
-        ip = self.client_ip(peer, xff)
+    def place(self, peer: str | None, xff: str | Iterable[str] | None,
+              forwarded: bool = False) -> tuple[str | None, Location]:
+        """(client IP, its location) for a request from ``peer`` carrying ``xff`` (see
+        ``client_ip``); the location is cached by the address chosen."""
+        ip = self.client_ip(peer, xff, forwarded)
         return ip, self.locate(ip)
 
     def locate(self, ip: str | None) -> Location:
@@ -112,6 +119,19 @@ class ClientLocator:
             return Location(fb.lat, fb.lon, country or fb.country, continent or fb.continent,
                             fb.city, source="fallback")
         return Location(float(lat), float(lon), country, continent, rec.city.name, source="geoip")
+
+
+def forwarded_for(lines: Iterable[str]) -> list[str]:
+    """The ``for=`` values of RFC 7239 ``Forwarded`` header lines, in order (quotes removed;
+    obfuscated identifiers such as ``_hidden`` or ``unknown`` are kept and later skipped)."""
+    hops = []
+    for line in lines:
+        for element in line.split(","):
+            for pair in element.split(";"):
+                name, _, value = pair.partition("=")
+                if name.strip().lower() == "for":
+                    hops.append(value.strip().strip('"'))
+    return hops
 
 
 def embedded_db_path() -> str:

@@ -15,6 +15,7 @@ class Outcome(enum.Enum):
     HTTP_5XX = "http_5xx"  # upstream
     HTTP_429 = "http_429"  # upstream: overloaded, honour Retry-After
     BAD_STREAM = "bad_stream"  # upstream: malformed SSE, cut or stalled stream
+    UPSTREAM_TOO_LARGE = "upstream_too_large"  # upstream: a head, event or body over upstream_limits
     CLIENT_ERROR = "client_error"  # 4xx other than 429: the request's fault, not the endpoint's
     CANCELLED = "cancelled"  # the client left; says nothing about the endpoint
 

@@ -15,7 +15,7 @@ from routing.outcome import Outcome
 
 RETRYABLE: frozenset[Outcome] = frozenset({
     Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.RESET, Outcome.HTTP_5XX,
-    Outcome.HTTP_429, Outcome.BAD_STREAM,
+    Outcome.HTTP_429, Outcome.BAD_STREAM, Outcome.UPSTREAM_TOO_LARGE,
 })
 
 

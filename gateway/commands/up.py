@@ -60,7 +60,7 @@ def banner(port: int, regions: list[str], pids: dict[str, list[int]],
         f"  explain the route: infercdn route --ip 103.4.96.1 --model tiny-chat   |   {base}/metrics",
         f"the fleet, live: {base}/status (a map, every endpoint's state, traffic; drain with "
         "`infercdn admin drain endpoint ID`)",
-        *([f"routing config: {config} (edit it, then: kill -HUP {os.getpid()}, or curl -X POST {base}/admin/reload)"]
+        *([f"routing config: {config} (edit it, then: kill -HUP {os.getpid()}, or curl -X POST -H 'X-Infercdn-Admin: 1' {base}/admin/reload)"]
           if config else []),
         "stop with Ctrl-C",
     ])

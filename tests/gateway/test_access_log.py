@@ -78,7 +78,7 @@ async def test_reload_reopens_a_rotated_file(tmp_path: Path, sim_factory, gatewa
         assert await _post(session, gw.url, CHAT, "before") == 200
         assert [x["request_id"] for x in await _lines(log, 1)] == ["before"]
         log.rename(tmp_path / "access.jsonl.1")  # logrotate moves it...
-        async with session.post(gw.url + "/admin/reload") as r:  # ...then tells the gateway
+        async with session.post(gw.url + "/admin/reload", json={}) as r:  # ...then tells the gateway
             assert r.status == 200
         assert await _post(session, gw.url, CHAT, "after") == 200
     assert [x["request_id"] for x in await _lines(log, 1)] == ["after"]

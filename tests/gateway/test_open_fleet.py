@@ -351,7 +351,7 @@ async def test_revoking_a_provider_by_reload_takes_its_traffic_at_once(sim_facto
     path.write_text(yaml.safe_dump(data))
     async with aiohttp.ClientSession() as s:
         assert await chat(s, gw, LONDON) == 200
-        async with s.post(gw.url + "/admin/reload") as r:
+        async with s.post(gw.url + "/admin/reload", json={}) as r:
             assert r.status == 200
         assert [await chat(s, gw, LONDON) for _ in range(3)] == [200] * 3  # no poll needed in between
     assert near.stats.requests_total == 1 and far.stats.requests_total == 3

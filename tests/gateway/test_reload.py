@@ -16,7 +16,7 @@ CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "
 
 async def _post(url: str, body: dict | None = None, ip: str | None = None) -> tuple[int, dict, dict]:
     headers = {"X-Forwarded-For": ip} if ip else {}
-    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
+    async with aiohttp.ClientSession() as s, s.post(url, json={} if body is None else body, headers=headers) as r:
         return r.status, await r.json(), dict(r.headers)
 
 

@@ -90,7 +90,7 @@ async def test_reload_applies_outlier_breaker_latency_and_retry_settings(tmp_pat
                 latency={"half_life_s": 3.0}, retry={**data["retry"], "max_retry_after_s": 1.0},
                 budget={"ratio": 0.25, "min_per_s": 2.0}, health={**data["health"], "rise": 3})
     path.write_text(yaml.safe_dump(data))
-    async with aiohttp.ClientSession() as s, s.post(gw.url + "/admin/reload") as r:
+    async with aiohttp.ClientSession() as s, s.post(gw.url + "/admin/reload", json={}) as r:
         answer = await r.json()
     assert (r.status, answer["restart_needed_for"]) == (200, [])
 
@@ -116,7 +116,7 @@ async def test_reload_names_restart_fields(tmp_path: Path, sim_factory, gateway_
     data["health"]["interval_s"] = 5.0
     data["timeouts"]["connect_s"] = 1.0
     path.write_text(yaml.safe_dump(data))
-    async with aiohttp.ClientSession() as s, s.post(gw.url + "/admin/reload") as r:
+    async with aiohttp.ClientSession() as s, s.post(gw.url + "/admin/reload", json={}) as r:
         answer = await r.json()
     assert answer["restart_needed_for"] == ["health.interval_s", "timeouts.connect_s"]
 

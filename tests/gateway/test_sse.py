@@ -1,8 +1,16 @@
 """Byte-level SSE helpers and the hot-path tracker."""
 from __future__ import annotations
 
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.sse import strip_token_ids
 from gateway.streaming import StreamTracker
+from gateway.upstream import UpstreamTooLarge
 
 CHAT_FIRST = (b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""},'
               b'"logprobs":null,"finish_reason":null}],"prompt_token_ids":[1,2,3]}\n\n')
@@ -38,3 +46,60 @@ def test_tracker_drops_malformed_events() -> None:
     out = t.feed(CHAT_NEXT + b'data: {"broken": \n\n' + CHAT_NEXT)
     assert out == CHAT_NEXT + CHAT_NEXT
     assert t.dropped == 1
+
+
+# --- defect 10: any separators the pool's JSON uses ------------------------------------------------
+
+@pytest.mark.parametrize(("data", "want"), [
+    (b'{"a": 1, "token_ids": [1, 2], "b": null}', {"a": 1, "b": None}),
+    (b'{"token_ids": null, "x": 1}', {"x": 1}),
+    (b'{"x": 1, "token_ids": null}', {"x": 1}),
+    (b'{"x": 1 , "token_ids" : [3] }', {"x": 1}),
+    (b'{"token_ids": [1]}', {}),
+    (b'{"a":[{"token_ids":null,"prompt_token_ids":null,"a":null}]}', {"a": [{"a": None}]}),
+    (b'{"choices": [{"index": 0, "token_ids": [5]}], "prompt_token_ids": [1, 2]}', {"choices": [{"index": 0}]}),
+])
+def test_strip_token_ids_leaves_valid_json_whatever_the_separators(data: bytes, want: dict) -> None:
+    assert json.loads(strip_token_ids(data)) == want
+
+
+_KEYS = st.sampled_from(["a", "text", "token_ids", "prompt_token_ids", "index", "say token_ids"])
+_LEAF = st.none() | st.integers(-5, 5) | st.text(max_size=8) | st.lists(st.integers(0, 99), max_size=3)
+_DOCS = st.recursive(_LEAF, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_KEYS, kids, max_size=4),
+                     max_leaves=12)
+
+
+def _without_ids(doc: object) -> object:
+    if isinstance(doc, dict):
+        return {k: _without_ids(v) for k, v in doc.items()
+                if not (k in ("token_ids", "prompt_token_ids") and (v is None or isinstance(v, list)))}
+    if isinstance(doc, list):
+        return [_without_ids(v) for v in doc]
+    return doc
+
+
+@settings(max_examples=1000, deadline=None)
+@given(doc=st.dictionaries(_KEYS, _DOCS, max_size=5), compact=st.booleans())
+def test_strip_token_ids_property(doc: dict, compact: bool) -> None:
+    """For any JSON object, compact or with ", " / ": " separators: the result is valid JSON,
+    equal to the object without its id fields (lists or null; any other value is left)."""
+    data = orjson.dumps(doc) if compact else json.dumps(doc).encode()
+    assert json.loads(strip_token_ids(data)) == _without_ids(doc)
+
+
+def test_an_event_over_the_bound_is_an_error_after_what_came_before() -> None:
+    t = StreamTracker(strip_ids=False, retain=True, max_event=1024, max_retained=4096)
+    out = t.feed(CHAT_NEXT + b'data: {"a": "' + b"x" * 600)
+    assert out == CHAT_NEXT and t.error is None
+    for _ in range(2):
+        t.feed(b"x" * 600)
+    assert isinstance(t.error, UpstreamTooLarge)
+
+
+def test_the_resume_buffer_stops_at_its_bound() -> None:
+    t = StreamTracker(strip_ids=False, retain=True, max_retained=len(CHAT_NEXT) * 3)
+    for _ in range(3):
+        t.feed(CHAT_NEXT)
+    assert t.retain and len(t.raw) == len(CHAT_NEXT) * 3
+    t.feed(CHAT_NEXT)
+    assert not t.retain and len(t.raw) == 0  # this stream can no longer be resumed; the memory is free

@@ -174,7 +174,7 @@ async def test_admin_reload_on_one_worker_reloads_all(tmp_path: Path, geoip_db: 
         await by_worker(gw.base, chat(gw.base, SINGAPORE))
         data["pools"][0]["draining"] = True
         config.write_text(yaml.safe_dump(data))
-        async with aiohttp.ClientSession() as session, session.post(gw.base + "/admin/reload") as r:
+        async with aiohttp.ClientSession() as session, session.post(gw.base + "/admin/reload", json={}) as r:
             assert r.status == 200
         await gw.log_has(f"config reloaded from {config}", count=2)
         assert set((await by_worker(gw.base, chat(gw.base, SINGAPORE))).values()) == {(200, "eu-west")}

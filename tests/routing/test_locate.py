@@ -136,3 +136,29 @@ def test_embedded_database_opens_and_notice() -> None:
         r.close()
     notice = embedded_db_notice()
     assert "2018" in notice and "geoip.database" in notice and "\n" not in notice
+
+
+# --- defects 7 and 8: the cache keys on the chosen address; every header line counts --------------
+
+def test_the_cache_keys_on_the_chosen_address_not_the_header(locator) -> None:  # type: ignore[no-untyped-def]
+    """Unique 8 KB X-Forwarded-For values from an untrusted peer (ignored) cost nothing: one
+    entry, for the peer (old: one cached entry per header value)."""
+    for i in range(300):
+        ip, loc = locator.place("81.2.69.142", f"{i}," + "9" * 8000)
+        assert ip == "81.2.69.142" and loc.country == "GB"
+    assert locator.cache_info().currsize == 1
+    assert not hasattr(locator.place, "cache_info")  # no second cache keyed on the raw header
+
+
+def test_repeated_header_lines_are_one_list(locator) -> None:  # type: ignore[no-untyped-def]
+    # a proxy that adds a line instead of extending it still has the last word (RFC 7230 3.2.2)
+    assert locator.client_ip("127.0.0.1", [SINGAPORE_IP, LONDON_IP]) == LONDON_IP
+    assert locator.client_ip("127.0.0.1", [f"{SINGAPORE_IP}, 10.0.0.1", "10.0.0.5"]) == SINGAPORE_IP
+    assert locator.client_ip("127.0.0.1", []) == "127.0.0.1"
+
+
+def test_forwarded_for_values_are_the_hops(locator) -> None:  # type: ignore[no-untyped-def]
+    lines = [f'for="{SINGAPORE_IP}:4711";proto=http;by=10.0.0.9', f"For={LONDON_IP}, for=\"[::1]\""]
+    assert locator.client_ip("127.0.0.1", lines, forwarded=True) == LONDON_IP
+    assert locator.client_ip("127.0.0.1", ["for=_hidden, for=unknown"], forwarded=True) == "127.0.0.1"
+    assert locator.client_ip("8.8.8.8", [f"for={LONDON_IP}"], forwarded=True) == "8.8.8.8"  # untrusted peer

@@ -10,7 +10,8 @@ from routing.retry import backoff_delay, is_retryable, parse_retry_after
 
 
 @pytest.mark.parametrize("outcome", [Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.RESET,
-                                     Outcome.HTTP_5XX, Outcome.HTTP_429, Outcome.BAD_STREAM])
+                                     Outcome.HTTP_5XX, Outcome.HTTP_429, Outcome.BAD_STREAM,
+                                     Outcome.UPSTREAM_TOO_LARGE])
 def test_retryable(outcome: Outcome) -> None:
     assert is_retryable(outcome)
 
