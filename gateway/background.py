@@ -67,13 +67,8 @@ async def _every(interval_s: float, step: Callable[[], Awaitable[None]], name: s
 async def every(interval_s: float, step: Callable[[], Awaitable[None]], name: str = "background"
                 ) -> AsyncIterator[None]:
     """Run ``step`` every ``interval_s`` seconds in a task while the block runs."""
-    task = asyncio.create_task(_every(interval_s, step, name))
-    try:
+    async with running(_every(interval_s, step, name)):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 MAX_HEALTH_BYTES = 64 * 1024  # what a pool's /health answer may be (docs/security.md)
