@@ -4,14 +4,18 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from gateway.config import Config
 from gateway.metrics import GatewayMetrics
 from gateway.request import id_factory
+from routing.planner import Planner
 from routing.topology import Endpoint, Location, Pool, Region, Topology
+
+if TYPE_CHECKING:
+    from gateway.auth import Authenticator
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +25,9 @@ class RoutingSnapshot:
 
     config: Config
     topology: Topology
-    planner: object  # routing.planner.Planner
+    planner: Planner
     models: frozenset[str]
-    auth: object = None  # gateway.auth.Authenticator
+    auth: Authenticator | None = None
 
 
 class Discoveries(Protocol):

@@ -6,7 +6,7 @@ import random
 import aiohttp
 import pytest
 
-from gateway.commands.route import plan_from_config, render
+from infercdn.commands.route import plan_from_config, render
 from gateway.config import parse_config
 from gateway.deadlines import candidate_deadlines
 from gateway.snapshot import make_snapshot, observation_params
