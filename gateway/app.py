@@ -69,7 +69,7 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     app[OBSERVATIONS] = observations
     app[LOCATOR] = locator
     discovered = app[DISCOVERED] = Discovered()
-    app[SNAPSHOT] = SnapshotHolder(make_snapshot(cfg, observations, rt.rng, simulated, discovered=discovered))
+    app[SNAPSHOT] = SnapshotHolder(make_snapshot(cfg, observations, rt, simulated, discovered=discovered))
     access = AccessLog(g.access_log)
     app[ACCESS_LOG] = access
     app.cleanup_ctx.append(lambda a: flusher(a, access))
@@ -96,7 +96,7 @@ async def _shared_limits(app: web.Application):  # type: ignore[no-untyped-def]
     if shared is not None:
         lease = shared.lease_s or max([m.total_deadline_s for m in cfg.models.values()] or [600.0]) + 30.0
         limits = SharedLimits(shared.redis_url, shared.key_prefix, shared.timeout_ms / 1000, lease,
-                              on_error=app[METRICS].shared_limit_errors.inc)
+                              app[RUNTIME].clock, on_error=app[METRICS].shared_limit_errors.inc)
         limits.connect()
     app[SHARED_LIMITS] = limits
     yield

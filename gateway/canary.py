@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ from gateway.background import every
 from gateway.config import CanaryCfg
 from gateway.discovery import DISCOVERED
 from gateway.host_link import HOST_LINK
-from gateway.state import METRICS, OBSERVATIONS, SNAPSHOT
+from gateway.state import METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
 from routing.topology import Endpoint, Pool, Topology
 
 log = logging.getLogger("infercdn.canary")
@@ -279,7 +278,7 @@ def clear(app: web.Application, endpoint_id: str, share: bool = True) -> str | N
     was = app[OBSERVATIONS].unhold(endpoint_id)
     if was is not None:
         state = app[CANARY]
-        state.verdicts[endpoint_id] = Verdict("pass", time.monotonic(), "cleared by an operator")
+        state.verdicts[endpoint_id] = Verdict("pass", app[RUNTIME].clock(), "cleared by an operator")
         log.warning("canary: %s cleared by an operator (was %s)", endpoint_id, was)
         if share:
             from gateway.canary_share import share_clear  # it imports this module
@@ -288,7 +287,7 @@ def clear(app: web.Application, endpoint_id: str, share: bool = True) -> str | N
     return was
 
 
-def canary_loop(clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0
+def canary_loop(clock: Callable[[], float], tick_s: float = 1.0
                 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[CANARY] = CanaryState()
@@ -300,7 +299,7 @@ def canary_loop(clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0
             app[DISCOVERED].on_new_topology.append(canary.hold_new)
             canary.hold_new(app[SNAPSHOT].current.topology)
             if link is None:
-                async with every(tick, canary.round, "canary"):
+                async with every(tick, canary.round, "canary", clock=clock):
                     yield
                 return
             from gateway.canary_share import CANARY_SHARE, CanaryShare  # it imports this module
@@ -315,6 +314,6 @@ def canary_loop(clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0
             async def round_and_tell() -> None:
                 await canary.round()
                 share.tell()
-            async with every(tick, round_and_tell, "canary"):
+            async with every(tick, round_and_tell, "canary", clock=clock):
                 yield
     return ctx

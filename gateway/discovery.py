@@ -18,7 +18,6 @@ import contextlib
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -77,7 +76,7 @@ def refresh(app: web.Application, why: str) -> None:
 
     holder = app[SNAPSHOT]
     old = holder.current
-    new = make_snapshot(old.config, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old,
+    new = make_snapshot(old.config, app[OBSERVATIONS], app[RUNTIME], app.get(SIMULATED), old,
                         app[DISCOVERED])
     holder.swap(new)
     log.info("topology refreshed (%s): %d pools, %d endpoints", why, len(new.topology.pools),
@@ -115,7 +114,7 @@ async def resolve_round(app: web.Application, resolver: Resolver, due: dict[str,
     """Resolve the endpoints that are due; refresh the topology when an address set changed.
     A failure (or an empty answer) keeps the addresses last seen."""
     found = app[DISCOVERED]
-    now = time.monotonic()
+    now = app[RUNTIME].clock()
     targets = [t for t in dns_targets(app[SNAPSHOT].current.config) if due.get(t[0], 0.0) <= now]
     changed = []
     for eid, host, port, refresh_s in targets:
@@ -164,6 +163,6 @@ def dns_watcher(resolver: Resolver | None = None, tick_s: float = 0.5
         due: dict[str, float] = {}
         errors = app[METRICS].discovery_errors.labels("dns")
         tick = min([tick_s, *(t[3] for t in targets)])
-        async with every(tick, lambda: resolve_round(app, res, due, errors.inc), "DNS"):
+        async with every(tick, lambda: resolve_round(app, res, due, errors.inc), "DNS", clock=app[RUNTIME].clock):
             yield
     return ctx

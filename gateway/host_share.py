@@ -29,7 +29,7 @@ from aiohttp import web
 from gateway.background import every
 from gateway.discovery import DISCOVERED
 from gateway.host_link import HOST_LINK, HostLink
-from gateway.state import OBSERVATIONS, SNAPSHOT
+from gateway.state import OBSERVATIONS, RUNTIME, SNAPSHOT
 from gateway.traffic import TRAFFIC
 from routing.observations import Observations
 from routing.topology import Topology
@@ -164,6 +164,6 @@ def shared_traffic(workers: int, interval_s: float = TRAFFIC_SHARE_S
                 link.publish(f"traffic.{link.index}", worker=link.index, regions=regions, inflight=inflight)
             told[0] = bool(regions or inflight)
 
-        async with every(interval_s, tell, "traffic share"):
+        async with every(interval_s, tell, "traffic share", clock=app[RUNTIME].clock):
             yield
     return ctx

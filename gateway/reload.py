@@ -41,7 +41,7 @@ def reload_config(app: web.Application, *, peers: bool = True) -> dict[str, obje
     transform = app.get(CONFIG_TRANSFORM)
     if transform is not None:
         cfg = transform(cfg)
-    snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old,
+    snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME], app.get(SIMULATED), old,
                              app.get(DISCOVERED))
     holder.swap(snapshot)
     proxy = app.get(PROXY)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -70,10 +71,12 @@ def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None
 
 @dataclass(slots=True)
 class Runtime:
-    """Injected time and randomness (fake in tests)."""
+    """Injected time and randomness (fake in tests): every module of the gateway reads the time
+    (``clock``, monotonic seconds; ``wall``, Unix time) and draws random numbers through it."""
 
     clock: Callable[[], float]
     rng: random.Random
+    wall: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default_factory=id_factory)
 
 

@@ -23,7 +23,7 @@ from gateway.host_link import HOST_LINK, HostLink
 from gateway.host_share import shared_drains, shared_traffic
 from gateway.reload import RELOAD_PEERS, reload_on_signal
 from gateway.server import drain, on_sighup, run, start_site, vllm_default, wait_for_signal, with_endpoints
-from gateway.state import METRICS, SHARED_LIMITS
+from gateway.state import METRICS, RUNTIME, SHARED_LIMITS
 from gateway.tuning import settle_gc
 from gateway.workers import WorkerSpec
 
@@ -52,7 +52,7 @@ async def host_limits(app: web.Application, path: str, index: int, workers: int)
     if app[SHARED_LIMITS] is not None:  # auth.shared: fleet-wide through Redis
         yield
         return
-    limits = app[SHARED_LIMITS] = HostLimits(path, index, workers)
+    limits = app[SHARED_LIMITS] = HostLimits(path, index, workers, app[RUNTIME].clock)
     yield
     await limits.close()
 

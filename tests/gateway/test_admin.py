@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 import yaml
 
-from infercdn.commands import admin as admin_cli
 from gateway.state import OBSERVATIONS
+from infercdn.commands import admin as admin_cli
 from tests.conftest import LONDON, base_config
 
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
