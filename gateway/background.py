@@ -12,8 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.host_link import HOST_LINK
-from gateway.state import METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
+from gateway.state import HOST_LINK, METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
 from routing.topology import Endpoint
 
 log = logging.getLogger("infercdn.background")

@@ -30,9 +30,7 @@ from aiohttp import web
 
 from gateway.background import every
 from gateway.config import CanaryCfg
-from gateway.discovery import DISCOVERED
-from gateway.host_link import HOST_LINK
-from gateway.state import METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
+from gateway.state import CANARY, CANARY_SHARE, DISCOVERED, HOST_LINK, METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
 from routing.topology import Endpoint, Pool, Topology
 
 log = logging.getLogger("infercdn.canary")
@@ -70,7 +68,6 @@ class CanaryState:
                                for (m, i), r in self.references.items()}}
 
 
-CANARY = web.AppKey("canary", CanaryState)
 
 
 def is_reference(pool: Pool, topology: Topology, cfg: CanaryCfg) -> bool:
@@ -302,7 +299,7 @@ def canary_loop(clock: Callable[[], float], tick_s: float = 1.0
                 async with every(tick, canary.round, "canary", clock=clock):
                     yield
                 return
-            from gateway.canary_share import CANARY_SHARE, CanaryShare  # it imports this module
+            from gateway.canary_share import CanaryShare  # it imports this module
 
             share = app[CANARY_SHARE] = CanaryShare(canary, link)  # --workers: one canary per host
             if not link.prober:  # the others follow its verdicts (and hold new endpoints at once)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.canary import Canary, Reference, Verdict, clear
 from gateway.host_link import HostLink
-from gateway.state import OBSERVATIONS
+from gateway.state import CANARY_SHARE, OBSERVATIONS
 
 Signature = tuple[tuple[Any, ...], tuple[Any, ...]]
 
@@ -89,7 +89,6 @@ class CanaryShare:
             self.link.publish("canary_clear", endpoint=None)
 
 
-CANARY_SHARE = web.AppKey("canary_share", CanaryShare)
 
 
 def share_clear(app: web.Application, endpoint_id: str) -> None:

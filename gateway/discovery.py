@@ -27,9 +27,8 @@ from aiohttp import web
 
 from gateway.background import every
 from gateway.config import Config
-from gateway.host_link import HOST_LINK
 from gateway.snapshot import make_snapshot
-from gateway.state import METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
+from gateway.state import DISCOVERED, HOST_LINK, METRICS, OBSERVATIONS, RUNTIME, SIMULATED, SNAPSHOT
 from routing.topology import Endpoint, Topology
 
 log = logging.getLogger("infercdn.discovery")
@@ -72,7 +71,6 @@ def with_host(url: str, address: str, reference: str) -> str:
 
 def refresh(app: web.Application, why: str) -> None:
     """Rebuild the routing snapshot from the running config and the discoveries; swap it in."""
-    from gateway.reload import SIMULATED  # reload imports this module
 
     holder = app[SNAPSHOT]
     old = holder.current
@@ -83,7 +81,6 @@ def refresh(app: web.Application, why: str) -> None:
              len(new.topology.endpoints))
 
 
-DISCOVERED = web.AppKey("discovered", Discovered)
 
 
 async def system_resolver(host: str, port: int) -> list[str]:

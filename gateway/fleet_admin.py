@@ -9,10 +9,9 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from gateway.canary import CANARY, clear
+from gateway.canary import clear
 from gateway.errors import error_body
-from gateway.registry import REGISTRY
-from gateway.state import RUNTIME
+from gateway.state import CANARY, REGISTRY, RUNTIME
 
 ADMIN_HEADER = "X-Infercdn-Admin"
 

@@ -103,4 +103,3 @@ class HostLink:
 
 
 # --workers: the process's link to its supervisor and siblings; absent in a single process
-HOST_LINK = web.AppKey("host_link", HostLink)

@@ -27,10 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.background import every
-from gateway.discovery import DISCOVERED
-from gateway.host_link import HOST_LINK, HostLink
-from gateway.state import OBSERVATIONS, RUNTIME, SNAPSHOT
-from gateway.traffic import TRAFFIC
+from gateway.host_link import HostLink
+from gateway.state import DISCOVERED, DRAIN_BOOK, HOST_LINK, OBSERVATIONS, PEER_TRAFFIC, RUNTIME, SNAPSHOT, TRAFFIC
 from routing.observations import Observations
 from routing.topology import Topology
 
@@ -90,7 +88,6 @@ class DrainBook:
             self.obs.drain(name, drained)
 
 
-DRAIN_BOOK = web.AppKey("drain_book", DrainBook)
 
 
 def share_drain(app: web.Application, kind: str, name: str, drained: bool) -> None:
@@ -128,7 +125,6 @@ class PeerTraffic:
         return sum(per.get(endpoint_id, 0) for per in self.inflight.values())
 
 
-PEER_TRAFFIC = web.AppKey("peer_traffic", PeerTraffic)
 
 
 def peer_inflight(app: web.Application) -> Mapping[str, int] | None:

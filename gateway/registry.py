@@ -23,10 +23,9 @@ from aiohttp import web
 
 from gateway.config import RegistryCfg
 from gateway.background import every
-from gateway.discovery import DISCOVERED, refresh
+from gateway.discovery import refresh
 from gateway.fleet import Refusal, registered_pools
-from gateway.host_link import HOST_LINK
-from gateway.state import METRICS, RUNTIME, SNAPSHOT
+from gateway.state import DISCOVERED, HOST_LINK, METRICS, REGISTRY, RUNTIME, SNAPSHOT
 from routing.announce import KEY_PART
 from routing.topology import Pool
 
@@ -56,7 +55,6 @@ class RegistryState:
         }
 
 
-REGISTRY = web.AppKey("registry", RegistryState)
 
 
 async def read(client: Any, cfg: RegistryCfg) -> tuple[bytes, ...]:

@@ -4,7 +4,6 @@ vLLM) is the composition root's (``infercdn/local.py``): this package imports no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable

@@ -22,7 +22,7 @@ from aiohttp import web
 from gateway.admin import topology
 from gateway.errors import error_body
 from gateway.host_share import peer_inflight
-from gateway.state import DRAINING, OBSERVATIONS, RUNTIME, SNAPSHOT
+from gateway.state import DRAINING, OBSERVATIONS, RUNTIME, SNAPSHOT, STATUS
 from gateway.traffic import Traffic
 
 STATIC = {  # path -> (file in gateway/static, content type)
@@ -69,7 +69,6 @@ class StatusFeed:
                 "traffic": self.traffic.snapshot([r["name"] for r in topo["regions"]])}
 
 
-STATUS = web.AppKey("status", StatusFeed)
 
 
 async def static_file(request: web.Request) -> web.Response:

@@ -144,4 +144,3 @@ def traffic_middleware(traffic: Traffic) -> Any:
     return count_traffic
 
 
-TRAFFIC = web.AppKey("traffic", Traffic)

@@ -19,11 +19,11 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import Config, ConfigError, EndpointCfg, load_config
 from gateway.hostlimits import HostLimits
-from gateway.host_link import HOST_LINK, HostLink
+from gateway.host_link import HostLink
 from gateway.host_share import shared_drains, shared_traffic
-from gateway.reload import RELOAD_PEERS, reload_on_signal
+from gateway.reload import reload_on_signal
 from gateway.server import drain, on_sighup, run, start_site, vllm_default, wait_for_signal, with_endpoints
-from gateway.state import METRICS, RUNTIME, SHARED_LIMITS
+from gateway.state import HOST_LINK, METRICS, RELOAD_PEERS, RUNTIME, SHARED_LIMITS
 from gateway.tuning import settle_gc
 from gateway.workers import WorkerSpec
 

@@ -18,7 +18,6 @@ import aiohttp
 from gateway.config import Config, EndpointCfg, PoolCfg
 from gateway.server import with_endpoints
 from routing.geo import geo_ms
-from routing.topology import Location
 from worker.sim import SimConfig, Simulator
 from worker.vllm.interpreter import VllmPythonNotFound, cache_root, find_vllm_python
 
@@ -31,8 +30,7 @@ def sim_rtt_ms(cfg: Config, pool: PoolCfg) -> float:
     if sim.rtt_ms != "auto":
         return float(sim.rtt_ms)
     region = next(r for r in cfg.regions if r.name == pool.region)
-    g = cfg.gateway.location
-    return geo_ms(Location(g.lat, g.lon), Location(region.location.lat, region.location.lon), cfg.routing.params())
+    return geo_ms(cfg.gateway.location.point(), region.location.point(), cfg.routing.params())
 
 
 class LaunchError(RuntimeError):

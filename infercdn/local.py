@@ -13,8 +13,9 @@ from typing import Any
 from gateway import workers
 from gateway.app import build_app
 from gateway.config import Config
-from gateway.reload import CONFIG_PATH, reload_on_signal
+from gateway.reload import reload_on_signal
 from gateway.server import drain, on_sighup, start_site
+from gateway.state import CONFIG_PATH
 from gateway.watch import config_watch
 from infercdn.fleet import LocalFleet
 

@@ -28,7 +28,7 @@ from gateway.state import Runtime
 from routing.locate import ClientLocator, open_geoip
 from routing.observations import Observations
 from routing.plan import RequestContext
-from routing.topology import Location, Topology
+from routing.topology import Topology
 
 LOCAL_GATEWAY = "http://127.0.0.1:8080"
 
@@ -51,7 +51,7 @@ def plan_from_config(cfg: Config, ip: str | None, model: str, probe: bool = Fals
     if probe:
         asyncio.run(_probe_once(snapshot.topology, obs, cfg, runtime.clock))
     g = cfg.gateway
-    locator = ClientLocator(g.trusted_proxies, open_geoip(cfg.geoip.database), Location(g.location.lat, g.location.lon))
+    locator = ClientLocator(g.trusted_proxies, open_geoip(cfg.geoip.database), g.location.point())
     location = locator.locate(ip)
     plan = snapshot.planner.plan(RequestContext(model=model, client=location))
     return {"source": "config", "ip": ip, **plan.explain(candidate_deadlines(cfg, model, obs))}
