@@ -1,6 +1,7 @@
 """Retry arithmetic: how long to wait before the next attempt, and what an upstream's
-Retry-After asks for.  Which failures go to the next candidate is the attempt loop's
-decision, in the gateway (every failure that counts against an endpoint, ``Outcome.is_failure``)."""
+Retry-After asks for.  Which answers go to the next candidate is decided where they are read,
+in the gateway's upstream client: a failure (connect error, timeout, reset, 5xx, 429, bad
+stream) tries the next candidate, a refusal (a 4xx: the request's own fault) ends the request."""
 from __future__ import annotations
 
 import datetime
