@@ -25,7 +25,7 @@ from gateway.status import StatusFeed
 from gateway.traffic import Traffic, traffic_middleware
 from gateway.state import (ACCESS_LOG, CONFIG_PATH, CONFIG_TRANSFORM, DISCOVERED, DRAINING, LOCATOR, METRICS,
                            OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SIMULATED, SNAPSHOT, STATUS, TRAFFIC, Draining,
-                           Runtime)
+                           Runtime, routing_location)
 from gateway.upstream_client import UpstreamClient
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, geoip_build_time, open_geoip
@@ -50,7 +50,7 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     observations = Observations(observation_params(cfg), rt.clock, on_transition)
     reader = geoip_reader if geoip_reader is not None else open_geoip(cfg.geoip.database)
     g = cfg.gateway
-    locator = ClientLocator(g.trusted_proxies, reader, g.location.point(),
+    locator = ClientLocator(g.trusted_proxies, reader, routing_location(g.location),
                             cfg.geoip.cache_size)
     traffic = Traffic(rt.clock)
     app = web.Application(client_max_size=g.max_body_bytes + 1024,

@@ -19,7 +19,6 @@ from gateway.config_env import expand_env
 from gateway.config_models import NO_VALUE, HedgeCfg, ModelCfg, chain_problems, inherit, resolve_all  # noqa: F401
 from routing.balance import BALANCERS
 from routing.plan import RoutingParams
-from routing.topology import Location
 
 DEFAULT_CONFIG = Path(__file__).parent / "data" / "local.yaml"
 
@@ -51,10 +50,6 @@ class LocationCfg(_Model):
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
     name: str | None = None
-
-    def point(self) -> Location:
-        """The routing location of this config location (the one place one becomes the other)."""
-        return Location(self.lat, self.lon, city=self.name)
 
 
 class GatewayCfg(_Model):

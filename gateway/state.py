@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
-from gateway.config import Config
+from gateway.config import Config, LocationCfg
 from gateway.metrics import GatewayMetrics
 from gateway.request import id_factory
 from routing.planner import Planner
-from routing.topology import Endpoint, Pool, Region, Topology
+from routing.topology import Endpoint, Location, Pool, Region, Topology
 
 if TYPE_CHECKING:
     from gateway.access import AccessLog
@@ -59,12 +59,17 @@ class Discoveries(Protocol):
     def expand(self, ep: Endpoint, refresh: bool) -> list[Endpoint]: ...
 
 
+def routing_location(loc: LocationCfg) -> Location:
+    """The routing location of a config location (the one place one becomes the other)."""
+    return Location(loc.lat, loc.lon, city=loc.name)
+
+
 def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None,
                    discovered: Discoveries | None = None) -> Topology:
     """Topology from validated config; ``simulated`` maps pool name -> URLs of local simulators;
     ``discovered`` (a gateway.discovery.Discovered) adds DNS addresses and registered pools."""
     regions = {
-        r.name: Region(r.name, r.location.point(),
+        r.name: Region(r.name, routing_location(r.location),
                        r.jurisdiction, frozenset(r.tags))
         for r in cfg.regions
     }
@@ -83,7 +88,7 @@ def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None
 
         pools += registered_pools(cfg, discovered.registered, discovered.registered_at)[0]
     g = cfg.gateway
-    return Topology(regions, tuple(pools), g.location.point(),
+    return Topology(regions, tuple(pools), routing_location(g.location),
                     g.region)
 
 

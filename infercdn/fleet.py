@@ -17,6 +17,7 @@ import aiohttp
 
 from gateway.config import Config, EndpointCfg, PoolCfg
 from gateway.server import with_endpoints
+from gateway.state import routing_location
 from routing.geo import geo_ms
 from worker.sim import SimConfig, Simulator
 from worker.vllm.interpreter import VllmPythonNotFound, cache_root, find_vllm_python
@@ -30,7 +31,7 @@ def sim_rtt_ms(cfg: Config, pool: PoolCfg) -> float:
     if sim.rtt_ms != "auto":
         return float(sim.rtt_ms)
     region = next(r for r in cfg.regions if r.name == pool.region)
-    return geo_ms(cfg.gateway.location.point(), region.location.point(), cfg.routing.params())
+    return geo_ms(routing_location(cfg.gateway.location), routing_location(region.location), cfg.routing.params())
 
 
 class LaunchError(RuntimeError):

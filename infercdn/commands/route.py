@@ -24,7 +24,7 @@ from gateway.background import probe
 from gateway.config import Config, ConfigError, load_config
 from gateway.deadlines import candidate_deadlines
 from gateway.snapshot import make_snapshot, observation_params
-from gateway.state import Runtime
+from gateway.state import Runtime, routing_location
 from routing.locate import ClientLocator, open_geoip
 from routing.observations import Observations
 from routing.plan import RequestContext
@@ -51,7 +51,7 @@ def plan_from_config(cfg: Config, ip: str | None, model: str, probe: bool = Fals
     if probe:
         asyncio.run(_probe_once(snapshot.topology, obs, cfg, runtime.clock))
     g = cfg.gateway
-    locator = ClientLocator(g.trusted_proxies, open_geoip(cfg.geoip.database), g.location.point())
+    locator = ClientLocator(g.trusted_proxies, open_geoip(cfg.geoip.database), routing_location(g.location))
     location = locator.locate(ip)
     plan = snapshot.planner.plan(RequestContext(model=model, client=location))
     return {"source": "config", "ip": ip, **plan.explain(candidate_deadlines(cfg, model, obs))}
