@@ -68,8 +68,6 @@ class CanaryState:
                                for (m, i), r in self.references.items()}}
 
 
-
-
 def is_reference(pool: Pool, topology: Topology, cfg: CanaryCfg) -> bool:
     tags = pool.tags | (topology.regions[pool.region].tags if pool.region_tags else frozenset())
     return bool(cfg.reference_tags) and set(cfg.reference_tags) <= tags

@@ -89,8 +89,6 @@ class CanaryShare:
             self.link.publish("canary_clear", endpoint=None)
 
 
-
-
 def share_clear(app: web.Application, endpoint_id: str) -> None:
     """An operator cleared ``endpoint_id`` on this worker: the others clear it too."""
     share = app.get(CANARY_SHARE)
@@ -100,4 +98,3 @@ def share_clear(app: web.Application, endpoint_id: str) -> None:
         share.tell()
     else:
         share.link.publish("canary_clear", endpoint=endpoint_id)
-

@@ -81,8 +81,6 @@ def refresh(app: web.Application, why: str) -> None:
              len(new.topology.endpoints))
 
 
-
-
 async def system_resolver(host: str, port: int) -> list[str]:
     """Every address of ``host`` (the event loop's getaddrinfo), sorted, without duplicates."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)

@@ -88,8 +88,6 @@ class DrainBook:
             self.obs.drain(name, drained)
 
 
-
-
 def share_drain(app: web.Application, kind: str, name: str, drained: bool) -> None:
     """After an admin drain/undrain here: every worker of the host applies it (no-op alone)."""
     book, link = app.get(DRAIN_BOOK), app.get(HOST_LINK)
@@ -123,8 +121,6 @@ class PeerTraffic:
 
     def inflight_of(self, endpoint_id: str) -> int:
         return sum(per.get(endpoint_id, 0) for per in self.inflight.values())
-
-
 
 
 def peer_inflight(app: web.Application) -> Mapping[str, int] | None:

@@ -55,8 +55,6 @@ class RegistryState:
         }
 
 
-
-
 async def read(client: Any, cfg: RegistryCfg) -> tuple[bytes, ...]:
     """Every announcement stored under the prefix (SCAN + MGET; expired keys are gone already)."""
     keys = [k async for k in client.scan_iter(match=f"{cfg.key_prefix}{KEY_PART}*", count=500)]

@@ -69,8 +69,6 @@ class StatusFeed:
                 "traffic": self.traffic.snapshot([r["name"] for r in topo["regions"]])}
 
 
-
-
 async def static_file(request: web.Request) -> web.Response:
     body, ctype = request.app[STATUS].files[request.path]
     return web.Response(body=body, headers={"Content-Type": ctype, **PAGE_HEADERS})

@@ -142,5 +142,3 @@ def traffic_middleware(traffic: Traffic) -> Any:
                 record_exchange(traffic, ex)
 
     return count_traffic
-
-

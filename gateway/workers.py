@@ -17,7 +17,8 @@
 - **Tenant limits per host.**  Without Redis (``auth.shared``) the workers share one table of
   token buckets and in-flight counts (``gateway/hostlimits.py``): the host enforces each limit once.
 - Simulated pools of the config (``simulate``) and launched vLLM (``infercdn up --engine vllm``)
-  run once, started here; the workers get their addresses."""
+  run once, in this process (``Pools``: the composition root's ``infercdn.fleet.LocalFleet``);
+  the workers get their addresses."""
 from __future__ import annotations
 
 import asyncio
