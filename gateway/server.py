@@ -1,6 +1,6 @@
 """Serve a gateway app until a signal: the listener (start_site), the drain, SIGHUP and the
-signals that stop it.  What runs the pools of a local config beside it (simulators, launched
-vLLM) is the composition root's (``infercdn/local.py``): this package imports no ``worker``."""
+signals that stop it.  Running the pools of a local config beside it (simulators, launched
+vLLM) is the composition root's job (``infercdn/local.py``), outside this package."""
 from __future__ import annotations
 
 import asyncio
