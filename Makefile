@@ -44,7 +44,7 @@ test-fast: install-test
 bench: install-test
 	$(PY) -m bench.run --profile $(BENCH_ARGS)
 
-# Real vLLM on the CPU (shared/VLLM_CPU.md): its own venv, cached outside the clone by version;
+# Real vLLM on the CPU (scripts/vllm_cpu_env.sh says how): its own venv, cached outside the clone by version;
 # prints its python.  `tiny-model` (re)builds the deterministic test model (~5 s) into the cache.
 vllm-cpu:
 	bash scripts/vllm_cpu_env.sh

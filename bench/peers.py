@@ -134,7 +134,7 @@ def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False,
         has_log = "access_log" in (tree / "gateway" / "config.py").read_text()
         cfg.write_text(configs.infercdn_yaml(upstreams, regions, passthrough=name == "infercdn-passthrough",
                                              access_log=has_log))
-        cmd = [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(cfg), "--port", str(port)]
+        cmd = [sys.executable, "-m", "infercdn.cli", "gateway", "--config", str(cfg), "--port", str(port)]
         if (tree / "gateway" / "workers.py").exists():
             cmd += ["--workers", "1"]  # one process, as nginx runs one worker here (bench.workers scales N)
     elif name == "nginx":

@@ -95,7 +95,7 @@ def start(system: str, workers: int, upstreams: list[str], work: Path, passthrou
     if system == "infercdn":
         cfg = work / "infercdn.yaml"
         cfg.write_text(configs.infercdn_yaml(upstreams, regions=False, passthrough=passthrough))
-        cmd = [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(cfg), "--port", str(port),
+        cmd = [sys.executable, "-m", "infercdn.cli", "gateway", "--config", str(cfg), "--port", str(port),
                "--workers", str(workers)]
         proc = spawn(cmd, log_path, env={"PYTHONPATH": str(peers.ROOT)}, cwd=str(peers.ROOT))
     else:

@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from gateway.exchange import Exchange
+from gateway.state import RUNTIME
 
 FLUSH_S = 0.5
 FLUSH_BYTES = 64 * 1024
@@ -110,7 +111,7 @@ class Note:
 def line(request: web.Request, note: Note) -> dict[str, Any]:
     """The access-log line of one request; what the exchange learnt (where it was served, the
     attempts, tokens) when it got that far."""
-    out: dict[str, Any] = {"time": round(time.time(), 3), "request_id": note.request_id, "path": request.path,
+    out: dict[str, Any] = {"time": round(request.app[RUNTIME].wall(), 3), "request_id": note.request_id, "path": request.path,
                            "model": note.model, "tenant": note.tenant, "client_ip": note.client_ip}
     status = note.status
     ex = request.get(EXCHANGE)

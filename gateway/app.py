@@ -12,7 +12,7 @@ from gateway.access import AccessLog, flusher
 from gateway.background import health_probes, load_scraper
 from gateway.canary import canary_loop
 from gateway.config import Config
-from gateway.discovery import DISCOVERED, Discovered, Resolver, dns_watcher
+from gateway.discovery import Discovered, Resolver, dns_watcher
 from gateway.fleet_admin import fleet_routes
 from gateway.edge import server_header
 from gateway.handlers import admin_guard, routes
@@ -21,17 +21,16 @@ from gateway.metrics import build_metrics
 from gateway.proxy import Proxy
 from gateway.registry import registry_watcher
 from gateway.quota import add_quota_headers
-from gateway.reload import CONFIG_PATH, CONFIG_TRANSFORM, SIMULATED
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
-from gateway.status import STATUS, StatusFeed
-from gateway.traffic import TRAFFIC, Traffic
-from gateway.state import (ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT,
-                           Draining, Runtime)
+from gateway.status import StatusFeed
+from gateway.traffic import Traffic
+from gateway.state import (ACCESS_LOG, CONFIG_PATH, CONFIG_TRANSFORM, DISCOVERED, DRAINING, LOCATOR, METRICS,
+                           OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SIMULATED, SNAPSHOT, STATUS, TRAFFIC, Draining,
+                           Runtime, routing_location)
 from gateway.upstream_client import UpstreamClient
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, geoip_build_time, open_geoip
 from routing.observations import Observations
-from routing.topology import Location
 
 
 def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
@@ -52,7 +51,7 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     observations = Observations(observation_params(cfg), rt.clock, on_transition)
     reader = geoip_reader if geoip_reader is not None else open_geoip(cfg.geoip.database)
     g = cfg.gateway
-    locator = ClientLocator(g.trusted_proxies, reader, Location(g.location.lat, g.location.lon),
+    locator = ClientLocator(g.trusted_proxies, reader, routing_location(g.location),
                             cfg.geoip.cache_size)
     traffic = Traffic(rt.clock)
     app = web.Application(client_max_size=g.max_body_bytes + 1024,
@@ -70,7 +69,7 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     app[OBSERVATIONS] = observations
     app[LOCATOR] = locator
     discovered = app[DISCOVERED] = Discovered()
-    app[SNAPSHOT] = SnapshotHolder(make_snapshot(cfg, observations, rt.rng, simulated, discovered=discovered))
+    app[SNAPSHOT] = SnapshotHolder(make_snapshot(cfg, observations, rt, simulated, discovered=discovered))
     access = AccessLog(g.access_log)
     app[ACCESS_LOG] = access
     app.cleanup_ctx.append(lambda a: flusher(a, access))
@@ -98,7 +97,7 @@ async def _shared_limits(app: web.Application):  # type: ignore[no-untyped-def]
     if shared is not None:
         lease = shared.lease_s or max([m.total_deadline_s for m in cfg.models.values()] or [600.0]) + 30.0
         limits = SharedLimits(shared.redis_url, shared.key_prefix, shared.timeout_ms / 1000, lease,
-                              on_error=app[METRICS].shared_limit_errors.inc)
+                              app[RUNTIME].clock, on_error=app[METRICS].shared_limit_errors.inc)
         limits.connect()
     app[SHARED_LIMITS] = limits
     yield

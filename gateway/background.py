@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from gateway.host_link import HOST_LINK
-from gateway.state import METRICS, OBSERVATIONS, SNAPSHOT
+from gateway.state import HOST_LINK, METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
 from routing.topology import Endpoint
 
 log = logging.getLogger("infercdn.background")
@@ -48,10 +46,11 @@ def parse_vllm_load(text: str) -> dict[str, float]:
     return out
 
 
-async def _every(interval_s: float, step: Callable[[], Awaitable[None]], name: str) -> None:
+async def _every(interval_s: float, step: Callable[[], Awaitable[None]], name: str,
+                 clock: Callable[[], float]) -> None:
     me = asyncio.current_task()
     while True:
-        started = time.monotonic()
+        started = clock()
         try:
             await step()
         except asyncio.CancelledError:
@@ -60,14 +59,14 @@ async def _every(interval_s: float, step: Callable[[], Awaitable[None]], name: s
             log.exception("%s round failed", name)
         if me is not None and me.cancelling():  # a client library swallowed our cancellation (redis-py can)
             raise asyncio.CancelledError
-        await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+        await asyncio.sleep(max(0.0, interval_s - (clock() - started)))
 
 
 @contextlib.asynccontextmanager
-async def every(interval_s: float, step: Callable[[], Awaitable[None]], name: str = "background"
-                ) -> AsyncIterator[None]:
-    """Run ``step`` every ``interval_s`` seconds in a task while the block runs."""
-    async with running(_every(interval_s, step, name)):
+async def every(interval_s: float, step: Callable[[], Awaitable[None]], name: str, *,
+                clock: Callable[[], float]) -> AsyncIterator[None]:
+    """Run ``step`` every ``interval_s`` seconds (of ``clock``, the runtime's) in a task while the block runs."""
+    async with running(_every(interval_s, step, name, clock)):
         yield
 
 
@@ -88,10 +87,10 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeout_s: float,
-                 drains: set[str] | None = None) -> tuple[bool, float | None]:
+async def probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeout_s: float,
+                clock: Callable[[], float], drains: set[str] | None = None) -> tuple[bool, float | None]:
     """(healthy, round trip in ms); an endpoint that answered "draining" is added to ``drains``."""
-    t0 = time.monotonic()
+    t0 = clock()
     try:
         async with asyncio.timeout(timeout_s):
             async with session.get(ep.health_url or ep.url + path) as resp:
@@ -101,7 +100,7 @@ async def _probe(session: aiohttp.ClientSession, ep: Endpoint, path: str, timeou
         return False, None
     if drains is not None and resp.status == 503 and body is not None and body.strip() == DRAINING_BODY:
         drains.add(ep.id)
-    return ok, (time.monotonic() - t0) * 1000 if ok else None
+    return ok, (clock() - t0) * 1000 if ok else None
 
 
 def _endpoints(app: web.Application) -> list[Endpoint]:
@@ -115,7 +114,8 @@ async def probe_round(app: web.Application, session: aiohttp.ClientSession, warm
     cfg = app[SNAPSHOT].current.config.health
     eps = _endpoints(app)
     drains: set[str] = set()
-    results = await asyncio.gather(*(_probe(session, ep, cfg.path, cfg.timeout_s, drains) for ep in eps))
+    clock = app[RUNTIME].clock
+    results = await asyncio.gather(*(probe(session, ep, cfg.path, cfg.timeout_s, clock, drains) for ep in eps))
     rows: list[ProbeRow] = []
     for ep, (ok, rtt) in zip(eps, results):
         rows.append((ep.id, ok, rtt if ep.id in warm else None, ep.id in drains))
@@ -185,10 +185,10 @@ SCRAPE_SHARE = 10.0  # an endpoint's /metrics is asked at most once per 10× its
 
 
 async def _timed_scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float, max_gap_s: float,
-                        due: dict[str, float]) -> dict[str, float] | None:
-    started = time.monotonic()
+                        due: dict[str, float], clock: Callable[[], float]) -> dict[str, float] | None:
+    started = clock()
     load = await _scrape(session, ep, timeout_s)
-    took = time.monotonic() - started
+    took = clock() - started
     # vLLM renders /metrics on the event loop that streams its tokens: a slow answer means a busy
     # server, and scraping it as often as an idle one held its output back (seen on 2 cores)
     # (capped: load older than stale_s counts as unknown, so the gap stays well under it)
@@ -198,9 +198,10 @@ async def _timed_scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s:
 
 async def scrape_round(app: web.Application, session: aiohttp.ClientSession, due: dict[str, float]) -> None:
     cfg = app[SNAPSHOT].current.config
-    now = time.monotonic()
+    clock = app[RUNTIME].clock
+    now = clock()
     eps = [ep for ep in _endpoints(app) if due.get(ep.id, 0.0) <= now]
-    results = await asyncio.gather(*(_timed_scrape(session, ep, cfg.load.timeout_s, cfg.load.stale_s / 3, due)
+    results = await asyncio.gather(*(_timed_scrape(session, ep, cfg.load.timeout_s, cfg.load.stale_s / 3, due, clock)
                                      for ep in eps))
     rows: list[LoadRow] = [(ep.id, load.get("running"), load.get("waiting"), load.get("kv_usage"))
                            for ep, load in zip(eps, results) if load]
@@ -223,9 +224,11 @@ async def running(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _loop(interval_s: float, step: Callable[[aiohttp.ClientSession], Awaitable[None]]) -> AsyncIterator[None]:
+async def _loop(app: web.Application, interval_s: float, step: Callable[[aiohttp.ClientSession], Awaitable[None]],
+                name: str) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=64, enable_cleanup_closed=True)
-    async with aiohttp.ClientSession(connector=connector) as session, every(interval_s, lambda: step(session)):
+    async with aiohttp.ClientSession(connector=connector) as session, \
+            every(interval_s, lambda: step(session), name, clock=app[RUNTIME].clock):
         yield
 
 
@@ -250,7 +253,7 @@ async def health_probes(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     warm: set[str] = set()
-    async with _loop(cfg.health.interval_s, lambda s: probe_round(app, s, warm)):
+    async with _loop(app, cfg.health.interval_s, lambda s: probe_round(app, s, warm), "health probe"):
         yield
 
 
@@ -260,5 +263,5 @@ async def load_scraper(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     due: dict[str, float] = {}
-    async with _loop(cfg.load.scrape_interval_s, lambda s: scrape_round(app, s, due)):
+    async with _loop(app, cfg.load.scrape_interval_s, lambda s: scrape_round(app, s, due), "load scrape"):
         yield

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +30,7 @@ from aiohttp import web
 
 from gateway.background import every
 from gateway.config import CanaryCfg
-from gateway.discovery import DISCOVERED
-from gateway.host_link import HOST_LINK
-from gateway.state import METRICS, OBSERVATIONS, SNAPSHOT
+from gateway.state import CANARY, CANARY_SHARE, DISCOVERED, HOST_LINK, METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
 from routing.topology import Endpoint, Pool, Topology
 
 log = logging.getLogger("infercdn.canary")
@@ -69,9 +66,6 @@ class CanaryState:
                                     "evidence": v.evidence} for eid, v in self.verdicts.items()},
                 "references": {f"{m}#{i}": {"tokens": list(r.tokens), "from": r.endpoint, "s_ago": round(now - r.at, 3)}
                                for (m, i), r in self.references.items()}}
-
-
-CANARY = web.AppKey("canary", CanaryState)
 
 
 def is_reference(pool: Pool, topology: Topology, cfg: CanaryCfg) -> bool:
@@ -279,7 +273,7 @@ def clear(app: web.Application, endpoint_id: str, share: bool = True) -> str | N
     was = app[OBSERVATIONS].unhold(endpoint_id)
     if was is not None:
         state = app[CANARY]
-        state.verdicts[endpoint_id] = Verdict("pass", time.monotonic(), "cleared by an operator")
+        state.verdicts[endpoint_id] = Verdict("pass", app[RUNTIME].clock(), "cleared by an operator")
         log.warning("canary: %s cleared by an operator (was %s)", endpoint_id, was)
         if share:
             from gateway.canary_share import share_clear  # it imports this module
@@ -288,7 +282,7 @@ def clear(app: web.Application, endpoint_id: str, share: bool = True) -> str | N
     return was
 
 
-def canary_loop(clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0
+def canary_loop(clock: Callable[[], float], tick_s: float = 1.0
                 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[CANARY] = CanaryState()
@@ -300,10 +294,10 @@ def canary_loop(clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0
             app[DISCOVERED].on_new_topology.append(canary.hold_new)
             canary.hold_new(app[SNAPSHOT].current.topology)
             if link is None:
-                async with every(tick, canary.round, "canary"):
+                async with every(tick, canary.round, "canary", clock=clock):
                     yield
                 return
-            from gateway.canary_share import CANARY_SHARE, CanaryShare  # it imports this module
+            from gateway.canary_share import CanaryShare  # it imports this module
 
             share = app[CANARY_SHARE] = CanaryShare(canary, link)  # --workers: one canary per host
             if not link.prober:  # the others follow its verdicts (and hold new endpoints at once)
@@ -315,6 +309,6 @@ def canary_loop(clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0
             async def round_and_tell() -> None:
                 await canary.round()
                 share.tell()
-            async with every(tick, round_and_tell, "canary"):
+            async with every(tick, round_and_tell, "canary", clock=clock):
                 yield
     return ctx

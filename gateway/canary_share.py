@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.canary import Canary, Reference, Verdict, clear
 from gateway.host_link import HostLink
-from gateway.state import OBSERVATIONS
+from gateway.state import CANARY_SHARE, OBSERVATIONS
 
 Signature = tuple[tuple[Any, ...], tuple[Any, ...]]
 
@@ -89,9 +89,6 @@ class CanaryShare:
             self.link.publish("canary_clear", endpoint=None)
 
 
-CANARY_SHARE = web.AppKey("canary_share", CanaryShare)
-
-
 def share_clear(app: web.Application, endpoint_id: str) -> None:
     """An operator cleared ``endpoint_id`` on this worker: the others clear it too."""
     share = app.get(CANARY_SHARE)
@@ -101,4 +98,3 @@ def share_clear(app: web.Application, endpoint_id: str) -> None:
         share.tell()
     else:
         share.link.publish("canary_clear", endpoint=endpoint_id)
-

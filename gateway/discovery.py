@@ -18,7 +18,6 @@ import contextlib
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,9 +27,8 @@ from aiohttp import web
 
 from gateway.background import every
 from gateway.config import Config
-from gateway.host_link import HOST_LINK
 from gateway.snapshot import make_snapshot
-from gateway.state import METRICS, OBSERVATIONS, RUNTIME, SNAPSHOT
+from gateway.state import DISCOVERED, HOST_LINK, METRICS, OBSERVATIONS, RUNTIME, SIMULATED, SNAPSHOT
 from routing.topology import Endpoint, Topology
 
 log = logging.getLogger("infercdn.discovery")
@@ -73,18 +71,14 @@ def with_host(url: str, address: str, reference: str) -> str:
 
 def refresh(app: web.Application, why: str) -> None:
     """Rebuild the routing snapshot from the running config and the discoveries; swap it in."""
-    from gateway.reload import SIMULATED  # reload imports this module
 
     holder = app[SNAPSHOT]
     old = holder.current
-    new = make_snapshot(old.config, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old,
+    new = make_snapshot(old.config, app[OBSERVATIONS], app[RUNTIME], app.get(SIMULATED), old,
                         app[DISCOVERED])
     holder.swap(new)
     log.info("topology refreshed (%s): %d pools, %d endpoints", why, len(new.topology.pools),
              len(new.topology.endpoints))
-
-
-DISCOVERED = web.AppKey("discovered", Discovered)
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -115,7 +109,7 @@ async def resolve_round(app: web.Application, resolver: Resolver, due: dict[str,
     """Resolve the endpoints that are due; refresh the topology when an address set changed.
     A failure (or an empty answer) keeps the addresses last seen."""
     found = app[DISCOVERED]
-    now = time.monotonic()
+    now = app[RUNTIME].clock()
     targets = [t for t in dns_targets(app[SNAPSHOT].current.config) if due.get(t[0], 0.0) <= now]
     changed = []
     for eid, host, port, refresh_s in targets:
@@ -164,6 +158,6 @@ def dns_watcher(resolver: Resolver | None = None, tick_s: float = 0.5
         due: dict[str, float] = {}
         errors = app[METRICS].discovery_errors.labels("dns")
         tick = min([tick_s, *(t[3] for t in targets)])
-        async with every(tick, lambda: resolve_round(app, res, due, errors.inc), "DNS"):
+        async with every(tick, lambda: resolve_round(app, res, due, errors.inc), "DNS", clock=app[RUNTIME].clock):
             yield
     return ctx

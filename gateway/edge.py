@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ log = logging.getLogger("infercdn.edge")
 
 @dataclass(slots=True)
 class EdgeLimits:
+    clock: Callable[[], float]  # the runtime's (gateway/state.py)
     header_timeout_s: float = 10.0
     max_connections: int = 10000
     refused_connections: int = 0  # closed at once: over max_connections
@@ -47,13 +48,13 @@ class EdgeLimits:
     _unlogged: int = 0
 
     @classmethod
-    def of(cls, g: GatewayCfg) -> EdgeLimits:
-        return cls(g.header_timeout_s, g.max_connections)
+    def of(cls, g: GatewayCfg, clock: Callable[[], float]) -> EdgeLimits:
+        return cls(clock, g.header_timeout_s, g.max_connections)
 
     def note_bad_request(self, peer: str | None, exc: BaseException | None) -> None:
         """One line per LOG_EVERY_S at most, however many malformed requests arrive."""
         self.bad_requests += 1
-        now = time.monotonic()
+        now = self.clock()
         if now - self._logged_at < LOG_EVERY_S:
             self._unlogged += 1
             return

@@ -6,14 +6,12 @@ need ``Content-Type: application/json`` or the ``X-Infercdn-Admin`` header (neit
 by a plain HTML form), on top of ``gateway.admin_networks``."""
 from __future__ import annotations
 
-import time
-
 import orjson
 from aiohttp import web
 
-from gateway.canary import CANARY, clear
+from gateway.canary import clear
 from gateway.errors import error_body
-from gateway.registry import REGISTRY
+from gateway.state import CANARY, REGISTRY, RUNTIME
 
 ADMIN_HEADER = "X-Infercdn-Admin"
 
@@ -29,13 +27,13 @@ def _forgeable(request: web.Request) -> bool:
 async def admin_registry(request: web.Request) -> web.Response:
     """GET /admin/registry: registered pools that count, refused announcements, read errors."""
     state = request.app.get(REGISTRY)
-    return _json(state.as_json(time.time()) if state is not None else {"pools": [], "refused": []})
+    return _json(state.as_json(request.app[RUNTIME].wall()) if state is not None else {"pools": [], "refused": []})
 
 
 async def admin_canary(request: web.Request) -> web.Response:
     """GET /admin/canary: each endpoint's last verdict (with evidence) and the references."""
     state = request.app.get(CANARY)
-    return _json(state.as_json(time.monotonic()) if state is not None else {"endpoints": {}, "references": {}})
+    return _json(state.as_json(request.app[RUNTIME].clock()) if state is not None else {"endpoints": {}, "references": {}})
 
 
 async def admin_unquarantine(request: web.Request) -> web.Response:

@@ -22,8 +22,9 @@ from gateway.quota import QUOTA_HEADERS, count_usage, estimate_prompt_tokens
 from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import ParsedRequest, parse, read_body, request_id
 from gateway.status import status_routes
-from gateway.traffic import TRAFFIC, record_exchange
-from gateway.state import ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT
+from gateway.traffic import record_exchange
+from gateway.state import (ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SNAPSHOT,
+                           TRAFFIC)
 from routing.locate import parse_ip
 from routing.plan import RequestContext
 from routing.topology import Location

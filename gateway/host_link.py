@@ -100,7 +100,3 @@ class HostLink:
         async with running(self._read()):
             yield
         self.writer.close()
-
-
-# --workers: the process's link to its supervisor and siblings; absent in a single process
-HOST_LINK = web.AppKey("host_link", HostLink)

@@ -27,10 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.background import every
-from gateway.discovery import DISCOVERED
-from gateway.host_link import HOST_LINK, HostLink
-from gateway.state import OBSERVATIONS, SNAPSHOT
-from gateway.traffic import TRAFFIC
+from gateway.host_link import HostLink
+from gateway.state import DISCOVERED, DRAIN_BOOK, HOST_LINK, OBSERVATIONS, PEER_TRAFFIC, RUNTIME, SNAPSHOT, TRAFFIC
 from routing.observations import Observations
 from routing.topology import Topology
 
@@ -90,9 +88,6 @@ class DrainBook:
             self.obs.drain(name, drained)
 
 
-DRAIN_BOOK = web.AppKey("drain_book", DrainBook)
-
-
 def share_drain(app: web.Application, kind: str, name: str, drained: bool) -> None:
     """After an admin drain/undrain here: every worker of the host applies it (no-op alone)."""
     book, link = app.get(DRAIN_BOOK), app.get(HOST_LINK)
@@ -128,9 +123,6 @@ class PeerTraffic:
         return sum(per.get(endpoint_id, 0) for per in self.inflight.values())
 
 
-PEER_TRAFFIC = web.AppKey("peer_traffic", PeerTraffic)
-
-
 def peer_inflight(app: web.Application) -> Mapping[str, int] | None:
     """Requests in flight on the host's other workers by endpoint (None alone)."""
     peers = app.get(PEER_TRAFFIC)
@@ -164,6 +156,6 @@ def shared_traffic(workers: int, interval_s: float = TRAFFIC_SHARE_S
                 link.publish(f"traffic.{link.index}", worker=link.index, regions=regions, inflight=inflight)
             told[0] = bool(regions or inflight)
 
-        async with every(interval_s, tell, "traffic share"):
+        async with every(interval_s, tell, "traffic share", clock=app[RUNTIME].clock):
             yield
     return ctx

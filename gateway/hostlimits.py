@@ -16,7 +16,6 @@ import hashlib
 import mmap
 import os
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ class HostLimits:
     """Worker ``index``'s view of the host table; the interface of ``limits.SharedLimits``."""
 
     def __init__(self, path: str | Path, index: int, workers: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float]) -> None:
         self.index, self.workers, self.clock = index, workers, clock
         self.size = slot_size(workers)
         self.fd = os.open(path, os.O_RDWR)

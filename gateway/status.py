@@ -12,7 +12,6 @@ to drain, so a shutdown never waits on a status page."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -23,7 +22,7 @@ from aiohttp import web
 from gateway.admin import topology
 from gateway.errors import error_body
 from gateway.host_share import peer_inflight
-from gateway.state import DRAINING, OBSERVATIONS, SNAPSHOT
+from gateway.state import DRAINING, OBSERVATIONS, RUNTIME, SNAPSHOT, STATUS
 from gateway.traffic import Traffic
 
 STATIC = {  # path -> (file in gateway/static, content type)
@@ -65,12 +64,9 @@ class StatusFeed:
     def build(self, app: web.Application) -> dict[str, Any]:
         snapshot = app[SNAPSHOT].current
         topo = topology(snapshot, app[OBSERVATIONS], peer_inflight(app))
-        return {"time": round(time.time(), 3), "draining": app[DRAINING].since is not None,
+        return {"time": round(app[RUNTIME].wall(), 3), "draining": app[DRAINING].since is not None,
                 "models": sorted(snapshot.models), **topo,
                 "traffic": self.traffic.snapshot([r["name"] for r in topo["regions"]])}
-
-
-STATUS = web.AppKey("status", StatusFeed)
 
 
 async def static_file(request: web.Request) -> web.Response:

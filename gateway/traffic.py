@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 
 from gateway.exchange import Exchange
 
@@ -125,6 +124,3 @@ def record_exchange(traffic: Traffic, ex: Exchange) -> None:
     completion = (ex.usage or {}).get("completion_tokens")
     traffic.record(region, ok=ex.status == "200", tokens=completion if isinstance(completion, int) else 0,
                    failover=served is not None and bool(ex.tried), resumes=ex.resumes)
-
-
-TRAFFIC = web.AppKey("traffic", Traffic)

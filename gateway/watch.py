@@ -17,8 +17,8 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.background import running
-from gateway.reload import CONFIG_PATH, reload_on_signal
-from gateway.state import SNAPSHOT
+from gateway.reload import reload_on_signal
+from gateway.state import CONFIG_PATH, SNAPSHOT
 
 log = logging.getLogger("infercdn.reload")
 

@@ -19,11 +19,11 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import Config, ConfigError, EndpointCfg, load_config
 from gateway.hostlimits import HostLimits
-from gateway.host_link import HOST_LINK, HostLink
+from gateway.host_link import HostLink
 from gateway.host_share import shared_drains, shared_traffic
-from gateway.reload import RELOAD_PEERS, reload_on_signal
-from gateway.server import _drain, _on_sighup, run, start_site, wait_for_signal, with_endpoints
-from gateway.state import METRICS, SHARED_LIMITS
+from gateway.reload import reload_on_signal
+from gateway.server import drain, on_sighup, run, start_site, vllm_default, wait_for_signal, with_endpoints
+from gateway.state import HOST_LINK, METRICS, RELOAD_PEERS, RUNTIME, SHARED_LIMITS
 from gateway.tuning import settle_gc
 from gateway.workers import WorkerSpec
 
@@ -39,8 +39,6 @@ def config_transform(spec: WorkerSpec) -> Callable[[Config], Config]:
     extra = {pool: [EndpointCfg(**e) for e in eps] for pool, eps in spec.endpoints.items()}
     prepare: Callable[[Config], Config] | None = None
     if spec.prepare == "vllm_default":
-        from gateway.commands.up import vllm_default
-
         prepare = vllm_default
 
     def transform(cfg: Config) -> Config:
@@ -54,7 +52,7 @@ async def host_limits(app: web.Application, path: str, index: int, workers: int)
     if app[SHARED_LIMITS] is not None:  # auth.shared: fleet-wide through Redis
         yield
         return
-    limits = app[SHARED_LIMITS] = HostLimits(path, index, workers)
+    limits = app[SHARED_LIMITS] = HostLimits(path, index, workers, app[RUNTIME].clock)
     yield
     await limits.close()
 
@@ -102,7 +100,7 @@ async def serve(spec: WorkerSpec, index: int, restart: bool) -> int:
     app.on_response_prepare.append(tag)
     runner, _ = await start_site(app, spec.host, spec.port, shutdown_timeout=cfg.gateway.drain_timeout_s,
                                  reuse_port=True)
-    _on_sighup(lambda: reload_on_signal(app))
+    on_sighup(lambda: reload_on_signal(app))
     settle_gc()
     link.ready()
     signalled = asyncio.create_task(wait_for_signal())
@@ -112,7 +110,7 @@ async def serve(spec: WorkerSpec, index: int, restart: bool) -> int:
         log.error("the supervisor is gone: stopping")
     signalled.cancel()
     orphaned.cancel()
-    await _drain(app, runner, cfg, notice=True)
+    await drain(app, runner, cfg, notice=True)
     return 0
 
 

@@ -17,7 +17,8 @@
 - **Tenant limits per host.**  Without Redis (``auth.shared``) the workers share one table of
   token buckets and in-flight counts (``gateway/hostlimits.py``): the host enforces each limit once.
 - Simulated pools of the config (``simulate``) and launched vLLM (``infercdn up --engine vllm``)
-  run once, started here; the workers get their addresses."""
+  run once, in this process (``Pools``: the composition root's ``infercdn.fleet.LocalFleet``);
+  the workers get their addresses."""
 from __future__ import annotations
 
 import asyncio
@@ -31,17 +32,17 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
 from gateway import hostlimits
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, EndpointCfg, load_config
 from gateway.host_link import CONTROL, encode
 from gateway.metrics import MULTIPROC_ENV
-from gateway.server import LocalFleet
 from gateway.watch import watch_file
 
 log = logging.getLogger("infercdn.workers")
@@ -303,35 +304,46 @@ def clean_stale_runs(tmp: Path) -> None:
             continue  # not ours to judge (another user's, or still being set up)
 
 
+class Pools(Protocol):
+    """The local pools a run starts once, before its workers (``infercdn.fleet.LocalFleet``):
+    simulator URLs per pool, and the endpoints of what it launched (real vLLM)."""
+
+    urls: dict[str, list[str]]
+
+    async def start(self, cfg: Config) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def launched_endpoints(self) -> Mapping[str, Sequence[EndpointCfg]]: ...
+
+
 @contextlib.asynccontextmanager
-async def running_workers(cfg: Config, config_path: str | Path, host: str, port: int, workers: int, *,
-                          sim_processes: bool = False, engine: str = "sim", model_dir: str | None = None,
-                          prepare: str | None = None) -> AsyncIterator[tuple[LocalFleet, int, Supervisor]]:
-    """The local fleet of ``cfg`` (run once, here) and ``workers`` serving processes on one port."""
+async def running_workers(cfg: Config, config_path: str | Path, host: str, port: int, workers: int,
+                          pools: Pools, *, prepare: str | None = None) -> AsyncIterator[tuple[int, Supervisor]]:
+    """``pools`` (started once, here) and ``workers`` serving processes on one port."""
     clean_stale_runs(Path(tempfile.gettempdir()))
     run_dir = Path(tempfile.mkdtemp(prefix=RUN_PREFIX))
     (run_dir / "supervisor.pid").write_text(str(os.getpid()))
-    fleet = LocalFleet(processes=sim_processes, engine=engine, model_dir=model_dir)
     holder = reserve_port(host, port)
     supervisor: Supervisor | None = None
     try:
-        await fleet.start(cfg)
+        await pools.start(cfg)
         bound = int(holder.getsockname()[1])
         fallback = run_dir / ("last-good" + Path(config_path).suffix)
         shutil.copyfile(config_path, fallback)
-        endpoints = {pool: [e.model_dump() for e in eps] for pool, eps in fleet.launched_endpoints().items()}
+        endpoints = {pool: [e.model_dump() for e in eps] for pool, eps in pools.launched_endpoints().items()}
         hostlimits.create(run_dir / "limits.bin", workers)
         spec = WorkerSpec(str(config_path), str(fallback), host, bound, str(run_dir / "hub.sock"),
-                          fleet.urls, endpoints, prepare, workers, str(run_dir / "limits.bin"))
+                          pools.urls, endpoints, prepare, workers, str(run_dir / "limits.bin"))
         spec.dump(run_dir / "spec.json")
         supervisor = Supervisor(workers, spec, run_dir, cfg)
         await supervisor.start()
-        yield fleet, bound, supervisor
+        yield bound, supervisor
     finally:
         if supervisor is not None:
             await supervisor.stop()
         holder.close()
-        await fleet.stop()
+        await pools.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

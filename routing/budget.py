@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 Clock = Callable[[], float]
 _MAX_BUCKETS = 60
@@ -78,14 +77,3 @@ class RetryBudget:
                 self._requests[j] = self._retries[j] = 0
             self._head = bucket
         return self._head % n
-
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-ready state, for the admin API."""
-        self._advance()
-        return {
-            "ratio": self.ratio, "min_per_s": self.min_per_s, "window_s": self.window_s,
-            "requests_in_window": self._req_total, "retries_in_window": self._ret_total,
-            "limit": self._limit(), "available": max(0, math.ceil(self._limit()) - self._ret_total),
-            "requests_total": self.requests_total, "spent_total": self.spent_total,
-            "denied_total": self.denied_total,
-        }

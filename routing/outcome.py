@@ -23,7 +23,3 @@ class Outcome(enum.Enum):
     def is_failure(self) -> bool:
         """Counts against the endpoint (outlier detection, breakers)."""
         return self not in (Outcome.SUCCESS, Outcome.CLIENT_ERROR, Outcome.CANCELLED)
-
-    @property
-    def is_local(self) -> bool:
-        return self in (Outcome.CONNECT_ERROR, Outcome.TIMEOUT)

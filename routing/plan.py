@@ -81,23 +81,23 @@ class Plan:
     def explain(self, deadlines: Callable[[Candidate], Deadlines] | None = None) -> dict[str, Any]:
         """JSON-ready explanation: candidates with every score component (and, given
         ``deadlines``, the first-token deadline and stall timeout each would get), and every filter."""
-        out = {
+        shown: list[dict[str, Any]] = [
+            {"rank": i + 1, "region": c.region, "pool": c.pool.name, "endpoint": c.endpoint.id,
+             "url": c.endpoint.url, "upstream_model": c.upstream_model, "score_ms": round(c.score_ms, 2),
+             "geo_ms": round(c.components.geo_ms, 2), "excess_ms": round(c.components.excess_ms, 2),
+             "queue_ms": round(c.components.queue_ms, 2), "penalty_ms": round(c.components.penalty_ms, 2)}
+            for i, c in enumerate(self.candidates)
+        ]
+        if deadlines is not None:
+            for cand, row in zip(self.candidates, shown):
+                row["deadlines"] = deadlines(cand).explain()
+        return {
             "model": self.model,
             "client": {"lat": self.client.lat, "lon": self.client.lon, "country": self.client.country,
                        "continent": self.client.continent, "source": self.client.source},
             "policy": self.policy,
             "panic": self.panic,
-            "candidates": [
-                {"rank": i + 1, "region": c.region, "pool": c.pool.name, "endpoint": c.endpoint.id,
-                 "url": c.endpoint.url, "upstream_model": c.upstream_model, "score_ms": round(c.score_ms, 2),
-                 "geo_ms": round(c.components.geo_ms, 2), "excess_ms": round(c.components.excess_ms, 2),
-                 "queue_ms": round(c.components.queue_ms, 2), "penalty_ms": round(c.components.penalty_ms, 2)}
-                for i, c in enumerate(self.candidates)
-            ],
+            "candidates": shown,
             "rejected": [{"pool": r.pool, "endpoint": r.endpoint, "reason": r.reason} for r in self.rejected],
             "notes": list(self.notes),
         }
-        if deadlines is not None:
-            for cand, shown in zip(self.candidates, out["candidates"]):
-                shown["deadlines"] = deadlines(cand).explain()
-        return out

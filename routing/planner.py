@@ -105,7 +105,7 @@ class Planner:
             for ep in info.pool.endpoints:
                 inputs = route_inputs(ep.id)
                 if per_model and inputs[0] is None and self.observations.model_throttled(ep.id, upstream):
-                    inputs = ("throttled", *inputs[1:])  # type: ignore[assignment]
+                    inputs = ("throttled", *inputs[1:])
                 (bad if inputs[0] is not None else good).append((ep, inputs))
             total += len(info.pool.endpoints)
             eligible += len(good)

@@ -1,29 +1,13 @@
-"""Retry arithmetic: which outcomes may go to the next candidate, how long to wait, and
-what an upstream's Retry-After asks for.  The attempt loop itself lives in the gateway.
-
-``is_retryable`` answers for failures *before the first byte reached the client*; after
-that the gateway resumes or ends the stream and never calls this.
-"""
+"""Retry arithmetic: how long to wait before the next attempt, and what an upstream's
+Retry-After asks for.  Which answers go to the next candidate is decided where they are read,
+in the gateway's upstream client: a failure (connect error, timeout, reset, 5xx, 429, bad
+stream) tries the next candidate, a refusal (a 4xx: the request's own fault) ends the request."""
 from __future__ import annotations
 
 import datetime
 import email.utils
 import math
 import random
-
-from routing.outcome import Outcome
-
-RETRYABLE: frozenset[Outcome] = frozenset({
-    Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.RESET, Outcome.HTTP_5XX,
-    Outcome.HTTP_429, Outcome.BAD_STREAM, Outcome.UPSTREAM_TOO_LARGE,
-})
-
-
-def is_retryable(outcome: Outcome) -> bool:
-    """Another endpoint may succeed where this one failed (not so for the request's own
-    fault, a 4xx, nor for a client that has left)."""
-    return outcome in RETRYABLE
-
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff: after ``attempt`` failed attempts (1 = the first

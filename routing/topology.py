@@ -48,9 +48,6 @@ class Pool:
     region_tags: bool = True  # carries its region's tags (false for self-registered pools: trust is per provider)
     provider: str | None = None  # self-registered pools: who registered them
 
-    def upstream_model(self, model: str) -> str:
-        return self.models[model]
-
 
 @dataclass(frozen=True, slots=True)
 class Topology:

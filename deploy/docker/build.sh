@@ -46,7 +46,7 @@ mkdir -p "$ctx/wheels/deps" "$ctx/wheels/project"
 cp "$deps"/*.whl "$ctx/wheels/deps/"
 # the project's own wheel, from a copy of the sources (no build/ or egg-info left in the clone)
 src="$ctx/src" && mkdir -p "$src"
-(cd "$root" && cp -r pyproject.toml README.md gateway routing worker loadtest "$src/")
+(cd "$root" && cp -r pyproject.toml README.md infercdn gateway routing worker loadtest "$src/")
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
 # fixed timestamps: the same sources give the same wheel, and the image build reuses its layer
 export SOURCE_DATE_EPOCH=315532800

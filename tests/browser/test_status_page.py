@@ -66,7 +66,7 @@ def up(tmp_path: Path) -> Iterator[dict[str, Any]]:
     port = _free_port()
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "infercdn.cli", "up", "--port", str(port)], cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         banner = _wait_for(lambda: "stop with Ctrl-C" in log.read_text(errors="replace") and log.read_text(),
@@ -180,7 +180,7 @@ def test_fleet_page_in_a_real_browser(up: dict[str, Any], browser: Any) -> None:
 
     # a simulator on the same port again: the endpoint comes back
     port = url.rsplit(":", 1)[1]
-    sim = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "sim", "--host", "127.0.0.1",
+    sim = subprocess.Popen([sys.executable, "-m", "infercdn.cli", "worker", "sim", "--host", "127.0.0.1",
                             "--port", port, "--model", "tiny-chat", "--ttft-ms", "40", "--itl-ms", "15"],
                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -71,7 +71,7 @@ def drain_region(folder: Path, region: str) -> None:
 def workers_args() -> list[str]:
     """`--workers 2` as in deploy/k8s where this checkout's gateway has the flag (every process
     then has to drain on the container's SIGTERM), nothing where it does not."""
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "gateway", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "infercdn.cli", "gateway", "--help"], capture_output=True,
                          text=True, timeout=60, cwd=engine.ROOT)
     return ["--workers", "2"] if "--workers" in out.stdout else []
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import main as cli
-from gateway.commands.up import banner, vllm_default
 from gateway.config import load_config
-from gateway.server import LaunchedVllm, LaunchError, LocalFleet
+from infercdn.cli import main as cli
+from infercdn.commands.up import banner, vllm_default
+from infercdn.fleet import LaunchedVllm, LaunchError, LocalFleet
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_VLLM = ROOT / "configs" / "local-vllm.yaml"

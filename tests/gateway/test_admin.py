@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.commands import admin as admin_cli
 from gateway.state import OBSERVATIONS
+from infercdn.commands import admin as admin_cli
 from tests.conftest import LONDON, base_config
 
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -188,7 +188,7 @@ async def test_infercdn_admin_commands(sim_factory, gateway_factory, capsys) -> 
     gw = await gateway_factory(base_config({"eu-west": [sim.url], "us-east": [sim.url]}))
 
     async def cli(*argv: str) -> tuple[int, str, str]:
-        from gateway.cli import build_parser
+        from infercdn.cli import build_parser
 
         args = build_parser(["admin", *argv]).parse_args(["admin", *argv])
         rc = await asyncio.to_thread(admin_cli.main, args)

@@ -6,11 +6,11 @@ import random
 import aiohttp
 import pytest
 
-from gateway.commands.route import plan_from_config, render
 from gateway.config import parse_config
 from gateway.deadlines import candidate_deadlines
 from gateway.snapshot import make_snapshot, observation_params
-from gateway.state import OBSERVATIONS
+from gateway.state import OBSERVATIONS, Runtime
+from infercdn.commands.route import plan_from_config, render
 from routing.deadlines import Deadline
 from routing.observations import Observations
 from routing.plan import RequestContext
@@ -29,8 +29,9 @@ def _setup(pool_ttft: float | None = None):  # type: ignore[no-untyped-def]
     if pool_ttft is not None:
         data["pools"][1]["ttft_deadline_s"] = pool_ttft
     cfg = parse_config(data)
-    obs = Observations(observation_params(cfg), FakeClock())
-    snapshot = make_snapshot(cfg, obs, random.Random(0), {})
+    runtime = Runtime(clock=FakeClock(), rng=random.Random(0))
+    obs = Observations(observation_params(cfg), runtime.clock)
+    snapshot = make_snapshot(cfg, obs, runtime, {})
     plan = snapshot.planner.plan(RequestContext(model="tiny-chat", client=Location(50.1, 8.7)))
     return cfg, obs, plan
 

@@ -285,7 +285,7 @@ async def test_the_sim_command_registers_and_withdraws_on_stop(redis_url: str) -
 
     env = {**os.environ, "INFERCDN_PROVIDER_TOKEN": "acme-secret"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "worker", "sim", "--port", "0", "--register", redis_url,
+        sys.executable, "-m", "infercdn.cli", "worker", "sim", "--port", "0", "--register", redis_url,
         "--provider", "acme", "--region", "eu-west", "--price", "0.3", "--lease", "30",
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     client = aioredis.Redis.from_url(redis_url)

@@ -7,7 +7,7 @@ import aiohttp
 import yaml
 
 from gateway.config import Config, load_config
-from gateway.server import running_gateway
+from infercdn.local import running_gateway
 from gateway.state import OBSERVATIONS
 from tests.conftest import SINGAPORE, base_config
 

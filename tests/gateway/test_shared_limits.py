@@ -107,7 +107,7 @@ async def test_concurrency_is_counted_across_gateways(sim_factory, gateway_facto
 
 async def test_lease_of_a_gateway_that_never_released_lapses(redis_url: str) -> None:
     tenant = TenantState(TenantCfg(name="team-a", max_concurrent=1))
-    shared = SharedLimits(redis_url, "t:", timeout_s=1.0, lease_s=0.3)
+    shared = SharedLimits(redis_url, "t:", timeout_s=1.0, lease_s=0.3, clock=time.monotonic)
     shared.connect()
     try:
         assert (await shared.admit(tenant, time.monotonic())).lease  # a gateway admits, then dies without releasing
@@ -171,7 +171,7 @@ async def test_token_budget_is_counted_across_gateways(sim_factory, gateway_fact
 
 async def test_shared_token_bucket_script(redis_url: str) -> None:
     tenant = TenantState(TenantCfg(name="team-b", tokens_per_minute=600))
-    shared = SharedLimits(redis_url, "t:", timeout_s=1.0, lease_s=10.0)
+    shared = SharedLimits(redis_url, "t:", timeout_s=1.0, lease_s=10.0, clock=time.monotonic)
     shared.connect()
     try:
         ticket = await shared.admit(tenant, 0.0, estimate=100)

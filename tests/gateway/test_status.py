@@ -10,8 +10,7 @@ import aiohttp
 import orjson
 
 from gateway.exchange import Exchange, Tried
-from gateway.state import DRAINING
-from gateway.status import STATUS
+from gateway.state import DRAINING, STATUS
 from gateway.traffic import RATE_S, WINDOW_S, Traffic, record_exchange
 from routing.outcome import Outcome
 from tests.conftest import LONDON, base_config

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway.config import parse_config
-from gateway.server import running_gateway
+from infercdn.local import running_gateway
 from gateway.watch import signature, watch_file
 from tests.conftest import SINGAPORE, base_config
 from tests.gateway.test_workers import configmap_dir, configmap_update

@@ -68,7 +68,7 @@ async def test_one_worker_is_the_single_process_of_before(tmp_path: Path, geoip_
     config = tmp_path / "gw.yaml"
     write_config(config, geoip_db, {"eu-west": [sim.url]})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config), "--port", "0", "--workers", "1",
+        sys.executable, "-m", "infercdn.cli", "gateway", "--config", str(config), "--port", "0", "--workers", "1",
         cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     try:
@@ -246,7 +246,7 @@ def test_run_directories_of_killed_supervisors_are_removed(tmp_path: Path) -> No
 
 async def test_up_with_workers_runs_the_pools_once() -> None:
     """`infercdn up --workers 2`: one set of simulated pools, two gateway processes in front."""
-    from tests.gateway.test_cli import start_up, stop_up
+    from tests.infercdn.test_cli import start_up, stop_up
 
     proc, lines, base = await start_up("--workers", "2")
     try:
@@ -282,8 +282,8 @@ async def test_tenant_limits_hold_for_the_host_not_per_worker(tmp_path: Path, ge
 def test_workers_add_the_launched_vllm_endpoints_to_every_config_they_read(tmp_path: Path) -> None:
     """`infercdn up --engine vllm --workers N`: the supervisor launched vLLM once; each worker
     adds its address to the pool at start and at every reload, after the command's preparation."""
-    from gateway.commands.up import vllm_default
     from gateway.config import EndpointCfg, load_config
+    from gateway.server import vllm_default
     from gateway.worker_proc import config_transform
     from gateway.workers import WorkerSpec
 

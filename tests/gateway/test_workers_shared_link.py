@@ -13,14 +13,13 @@ from aiohttp import web
 
 from gateway.admin import topology
 from gateway.app import build_app
-from gateway.canary import CANARY, clear
-from gateway.canary_share import CANARY_SHARE
+from gateway.canary import clear
 from gateway.config import load_config, parse_config
-from gateway.host_link import HOST_LINK, HostLink
+from gateway.host_link import HostLink
 from gateway.host_share import DrainBook, peer_inflight, share_drain, shared_drains, shared_traffic
 from gateway.snapshot import observation_params
-from gateway.state import OBSERVATIONS, SNAPSHOT, build_topology
-from gateway.traffic import TRAFFIC, Traffic
+from gateway.state import CANARY, CANARY_SHARE, HOST_LINK, OBSERVATIONS, SNAPSHOT, TRAFFIC, build_topology
+from gateway.traffic import Traffic
 from gateway.workers import Supervisor, WorkerSpec
 from routing.observations import Observations
 from tests.conftest import base_config

@@ -49,7 +49,7 @@ class WorkersGateway:
 @contextlib.asynccontextmanager
 async def workers_gateway(config: Path, workers: int = 2) -> AsyncIterator[WorkersGateway]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config), "--port", "0",
+        sys.executable, "-m", "infercdn.cli", "gateway", "--config", str(config), "--port", "0",
         "--workers", str(workers), cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:

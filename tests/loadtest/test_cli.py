@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.cli import build_parser
+from infercdn.cli import build_parser
 from loadtest import cli
 
 from .conftest import SSEServer, start_server

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from routing.budget import RetryBudget
@@ -53,11 +51,9 @@ def test_recovers_as_the_window_slides(clock) -> None:  # type: ignore[no-untype
     for _ in range(100):
         b.record_request()  # 200 requests in the window: 100 allowed, 50 spent
     assert spend_all(b) == 50
-    clock.advance(5.0)  # the first second's requests and retries slid out
-    assert b.snapshot()["requests_in_window"] == 100 and b.snapshot()["retries_in_window"] == 50
+    clock.advance(5.0)  # the first 100 requests and 50 retries slid out: 100 and 50 left, none to spend
     assert not b.try_spend()
     clock.advance(5.0)  # everything slid out
-    assert b.snapshot()["requests_in_window"] == 0
     for _ in range(10):
         b.record_request()
     assert spend_all(b) == 5
@@ -80,14 +76,3 @@ def test_fractional_window(clock) -> None:  # type: ignore[no-untyped-def]
     clock.advance(0.5)
     b.record_request()
     assert b.try_spend()
-
-
-def test_snapshot_is_json_ready(clock) -> None:  # type: ignore[no-untyped-def]
-    b = RetryBudget(ratio=0.5, min_per_s=0.1, window_s=10.0, clock=clock)
-    for _ in range(4):
-        b.record_request()
-    b.try_spend()
-    snap = json.loads(json.dumps(b.snapshot()))
-    assert snap["requests_in_window"] == 4 and snap["retries_in_window"] == 1
-    assert snap["limit"] == 2.0 and snap["available"] == 1
-    assert (snap["requests_total"], snap["spent_total"], snap["denied_total"]) == (4, 1, 0)

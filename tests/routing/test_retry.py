@@ -5,26 +5,7 @@ from email.utils import formatdate
 
 import pytest
 
-from routing.outcome import Outcome
-from routing.retry import backoff_delay, is_retryable, parse_retry_after
-
-
-@pytest.mark.parametrize("outcome", [Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.RESET,
-                                     Outcome.HTTP_5XX, Outcome.HTTP_429, Outcome.BAD_STREAM,
-                                     Outcome.UPSTREAM_TOO_LARGE])
-def test_retryable(outcome: Outcome) -> None:
-    assert is_retryable(outcome)
-
-
-@pytest.mark.parametrize("outcome", [Outcome.SUCCESS, Outcome.CLIENT_ERROR, Outcome.CANCELLED])
-def test_not_retryable(outcome: Outcome) -> None:
-    assert not is_retryable(outcome)
-
-
-def test_every_outcome_is_classified_consistently() -> None:
-    # whatever counts against an endpoint is worth another endpoint, and nothing else is
-    for outcome in Outcome:
-        assert is_retryable(outcome) == outcome.is_failure
+from routing.retry import backoff_delay, parse_retry_after
 
 
 def test_backoff_full_jitter_within_exponential_cap() -> None:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from multidict import CIMultiDict
 
-from gateway.commands import load_or_report
+from infercdn.commands import load_or_report
 from gateway.config import ConfigError, parse_config
 from gateway.reload import reload_on_signal
 from tests.conftest import LONDON, SINGAPORE, base_config

@@ -59,7 +59,7 @@ async def gateway_process(config: dict, tmp_path: Path) -> AsyncIterator[tuple[s
     path.write_text(yaml.safe_dump(config))
     errors = tmp_path / "gw.stderr"
     with open(errors, "wb") as err:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", "gateway", "--config",
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "infercdn.cli", "gateway", "--config",
                                                     str(path), "--port", "0", stdout=asyncio.subprocess.PIPE,
                                                     stderr=err)
     try:

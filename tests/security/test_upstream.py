@@ -176,7 +176,7 @@ async def test_probe_and_scrape_answers_are_read_within_bounds(gateway_factory) 
     unhealthy) after MAX_HEALTH_BYTES, the scrape gives no load, and neither is read whole."""
     import aiohttp
 
-    from gateway.background import MAX_HEALTH_BYTES, MAX_METRICS_BYTES, _probe, _scrape
+    from gateway.background import MAX_HEALTH_BYTES, MAX_METRICS_BYTES, _scrape, probe
     from routing.topology import Endpoint
 
     sent: dict[str, int] = {}
@@ -201,7 +201,7 @@ async def test_probe_and_scrape_answers_are_read_within_bounds(gateway_factory) 
     try:
         ep = Endpoint("e", url, "p")
         async with aiohttp.ClientSession() as session:
-            assert await _probe(session, ep, "/health", 10) == (False, None)
+            assert await probe(session, ep, "/health", 10, asyncio.get_running_loop().time) == (False, None)
             assert await _scrape(session, ep, 10) is None
     finally:
         server.close()

@@ -41,7 +41,7 @@ DIRECT = ("import argparse, sys\nfrom worker.sim import cli\np = argparse.Argume
           "cli.add_arguments(p)\nsys.exit(cli.main(p.parse_args(sys.argv[1:])))")
 
 
-@pytest.mark.parametrize("launcher", [["-m", "gateway.cli", "worker", "sim"], ["-c", DIRECT]],
+@pytest.mark.parametrize("launcher", [["-m", "infercdn.cli", "worker", "sim"], ["-c", DIRECT]],
                          ids=["infercdn-cli", "module-main"])
 async def test_process_serves_until_sigterm(launcher: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(

@@ -36,7 +36,7 @@ def test_two_builds_are_byte_identical(tmp_path: Path) -> None:
     builds = []
     for name in ("a", "b"):
         out = tmp_path / name
-        cmd = [sys.executable, "-m", "gateway.cli", "worker", "tiny-model", str(out)]
+        cmd = [sys.executable, "-m", "infercdn.cli", "worker", "tiny-model", str(out)]
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
         builds.append(digest(out))
     assert builds[0] == builds[1]

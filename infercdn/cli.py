@@ -1,4 +1,4 @@
-"""``infercdn`` command line: the composition root that wires routing, gateway and worker.
+"""``infercdn`` command line: the composition root that wires routing, gateway, worker and loadtest.
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and
 ``main(args) -> int``; this module only registers them (imports are lazy so that
@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 # command path -> (module, help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("up",): ("gateway.commands.up", "start the gateway and the simulated pools of the embedded default"),
-    ("gateway",): ("gateway.commands.serve", "run the gateway from a config file"),
-    ("check",): ("gateway.commands.check", "validate a config file (exit 1 with file, field path and reason)"),
-    ("route",): ("gateway.commands.route", "print the routing plan for a client IP and model, with its explanation"),
-    ("admin",): ("gateway.commands.admin", "act on a running gateway: topology, drain/undrain an endpoint or pool, reload"),
+    ("up",): ("infercdn.commands.up", "start the gateway and the simulated pools of the embedded default"),
+    ("gateway",): ("infercdn.commands.serve", "run the gateway from a config file"),
+    ("check",): ("infercdn.commands.check", "validate a config file (exit 1 with file, field path and reason)"),
+    ("route",): ("infercdn.commands.route", "print the routing plan for a client IP and model, with its explanation"),
+    ("admin",): ("infercdn.commands.admin", "act on a running gateway: topology, drain/undrain an endpoint or pool, reload"),
     ("worker", "sim"): ("worker.sim.cli", "run a vLLM-compatible simulator"),
     ("worker", "vllm"): ("worker.vllm.cli", "launch and supervise a real vLLM OpenAI server"),
     ("worker", "tiny-model"): ("worker.tiny_model", "build the deterministic tiny test model"),
@@ -30,7 +30,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     argv = list(argv)
     parser = argparse.ArgumentParser(prog="infercdn", description="geo-distributed inference CDN")
     top = parser.add_subparsers(dest="command", required=True)
-    groups: dict[str, argparse._SubParsersAction] = {}
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for path, (module, help_text) in COMMANDS.items():
         if len(path) == 2:
             group = groups.get(path[0])

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.commands.route import LOCAL_GATEWAY
+from infercdn.commands.route import LOCAL_GATEWAY
 
 ADMIN_HEADER = "X-Infercdn-Admin"  # as gateway.admin expects on POSTs (no import: keeps the CLI light)
 TIMEOUT_S = 5.0
@@ -51,7 +51,8 @@ def call(base: str, method: str, path: str) -> dict[str, Any]:
                                  headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
-            return orjson.loads(resp.read())
+            answer: dict[str, Any] = orjson.loads(resp.read())
+            return answer
     except urllib.error.HTTPError as exc:
         try:
             message = orjson.loads(exc.read())["error"]["message"]

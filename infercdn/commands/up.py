@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
 
-from gateway.config import DEFAULT_CONFIG, Config, ConfigError, LaunchCfg, load_config
-from gateway.server import LaunchError, LocalFleet, run, running_gateway, wait_for_signal
-from gateway.workers import running_workers, wait_for_stop
+from gateway.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from gateway.server import run, vllm_default, wait_for_signal
+from gateway.workers import wait_for_stop
+from infercdn.fleet import LaunchError, LocalFleet
+from infercdn.local import running_gateway, running_workers
 from routing.locate import EMBEDDED, embedded_db_notice
 
 
@@ -29,16 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="gateway serving processes on the port, as `infercdn gateway --workers` "
                              "(default 1; the pools still run once)")
-
-
-def vllm_default(cfg: Config) -> Config:
-    """The embedded default with the gateway region's simulated pool launched on real vLLM
-    instead (``configs/local-vllm.yaml`` spells out the same config)."""
-    pools = tuple(
-        p.model_copy(update={"name": f"{p.region}-vllm", "simulate": None, "launch": LaunchCfg()})
-        if p.region == cfg.gateway.region and p.simulate is not None else p
-        for p in cfg.pools)
-    return cfg.model_copy(update={"pools": pools})
 
 
 def banner(port: int, regions: list[str], pids: dict[str, list[int]],
@@ -119,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def serve_workers(args: argparse.Namespace, cfg: Config, config_path: Path) -> int:
-    """``--workers N``: the pools once, N gateway processes on the port (gateway/workers.py)."""
+    """``--workers N``: the pools once, N gateway processes on the port (infercdn/local.py)."""
     try:
         async with running_workers(cfg, config_path, args.host, args.port, args.workers,
                                    sim_processes=not args.in_process, engine=args.engine, model_dir=args.model_dir,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.commands import load_or_report
+from infercdn.commands import load_or_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.commands import load_or_report
 from gateway.config import Config
-from gateway.server import run, running_gateway, wait_for_signal
+from gateway.server import run, wait_for_signal
 from gateway.tuning import settle_gc
-from gateway.workers import default_workers, running_workers, wait_for_stop
+from gateway.workers import default_workers, wait_for_stop
+from infercdn.commands import load_or_report
+from infercdn.local import running_gateway, running_workers
 from routing.locate import EMBEDDED, embedded_db_notice
 
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "infercdn.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -68,7 +68,7 @@ async def start_up(*args: str) -> tuple[asyncio.subprocess.Process, list[str], s
     """`infercdn up --port 0 ARGS` in a subprocess: the process, its banner lines, the gateway URL."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "up", "--port", "0", *args, cwd=ROOT, env=env,
+        sys.executable, "-m", "infercdn.cli", "up", "--port", "0", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     lines: list[str] = []
     try:
@@ -175,7 +175,7 @@ async def test_gateway_drains_on_sigterm(tmp_path: Path, sim_factory) -> None:
     config = tmp_path / "gw.yaml"
     config.write_text(yaml.safe_dump(data))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config), "--port", "0", cwd=ROOT,
+        sys.executable, "-m", "infercdn.cli", "gateway", "--config", str(config), "--port", "0", cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(30):

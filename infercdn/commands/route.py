@@ -14,16 +14,21 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import orjson
 
+from gateway.background import probe
 from gateway.config import Config, ConfigError, load_config
 from gateway.deadlines import candidate_deadlines
+from gateway.snapshot import make_snapshot, observation_params
+from gateway.state import Runtime, routing_location
 from routing.locate import ClientLocator, open_geoip
 from routing.observations import Observations
 from routing.plan import RequestContext
-from routing.topology import Location
+from routing.topology import Topology
 
 LOCAL_GATEWAY = "http://127.0.0.1:8080"
 
@@ -38,30 +43,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def plan_from_config(cfg: Config, ip: str | None, model: str, probe: bool = False) -> dict[str, Any]:
-    from gateway.snapshot import make_snapshot, observation_params
-
-    obs = Observations(observation_params(cfg), time.monotonic)
+    runtime = Runtime(clock=time.monotonic, rng=random.Random(0))
+    obs = Observations(observation_params(cfg), runtime.clock)
     placeholders = {p.name: [f"http://simulated.invalid/{p.name}/{j}" for j in range(p.simulate.endpoints)]
                     for p in cfg.pools if p.simulate is not None}
-    snapshot = make_snapshot(cfg, obs, random.Random(0), placeholders)
+    snapshot = make_snapshot(cfg, obs, runtime, placeholders)
     if probe:
-        asyncio.run(_probe_once(snapshot.topology, obs, cfg))
+        asyncio.run(_probe_once(snapshot.topology, obs, cfg, runtime.clock))
     g = cfg.gateway
-    locator = ClientLocator(g.trusted_proxies, open_geoip(cfg.geoip.database), Location(g.location.lat, g.location.lon))
+    locator = ClientLocator(g.trusted_proxies, open_geoip(cfg.geoip.database), routing_location(g.location))
     location = locator.locate(ip)
     plan = snapshot.planner.plan(RequestContext(model=model, client=location))
     return {"source": "config", "ip": ip, **plan.explain(candidate_deadlines(cfg, model, obs))}
 
 
-async def _probe_once(topology: Any, obs: Observations, cfg: Config) -> None:
-    import aiohttp
-
-    from gateway.background import _probe
-
+async def _probe_once(topology: Topology, obs: Observations, cfg: Config, clock: Callable[[], float]) -> None:
     async with aiohttp.ClientSession() as session:
         eps = list(topology.endpoints.values())
         for _ in range(max(cfg.health.rise, cfg.health.fall)):
-            results = await asyncio.gather(*(_probe(session, ep, cfg.health.path, cfg.health.timeout_s) for ep in eps))
+            results = await asyncio.gather(*(probe(session, ep, cfg.health.path, cfg.health.timeout_s, clock)
+                                             for ep in eps))
             for ep, (ok, rtt) in zip(eps, results):
                 obs.record_probe(ep.id, ok, rtt)
 
