@@ -52,7 +52,7 @@ async def test_chat_stream_shape(sim: Simulator, http: aiohttp.ClientSession) ->
                                  "logprobs": None, "finish_reason": None}]
     assert len(content) == 6 and all(e["id"] == first["id"] for e in content)
     assert [e["choices"][0]["finish_reason"] for e in content] == [None] * 5 + ["length"]
-    assert "usage" not in content[-1] and "token_ids" not in content[0]["choices"][0]
+    assert "usage" not in content[-1] and content[0]["choices"][0]["token_ids"] is None  # null, as vLLM 0.32 sends
 
 
 async def test_completion_stream_with_usage_and_token_ids(sim: Simulator, http: aiohttp.ClientSession) -> None:
@@ -62,7 +62,7 @@ async def test_completion_stream_with_usage_and_token_ids(sim: Simulator, http: 
     *content, last = events
     assert all(e["object"] == "text_completion" for e in events)
     assert content[0]["choices"][0]["prompt_token_ids"] == sim.core.tokenizer.encode("the world was new")
-    assert "prompt_token_ids" not in content[1]["choices"][0]
+    assert content[1]["choices"][0]["prompt_token_ids"] is None  # only the first chunk carries them
     assert last["choices"] == [] and last["usage"] == {"prompt_tokens": 4, "total_tokens": 10, "completion_tokens": 6}
     ids = stream_token_ids(content)
     assert len(ids) == 6 and sim.core.tokenizer.decode(ids) == stream_text(content)

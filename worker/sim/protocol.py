@@ -6,7 +6,7 @@ server turns into ``{"error": {"message", "type", "param", "code"}}`` with that 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,12 +37,18 @@ class ApiError(Exception):
                                        "param": self.param, "code": self.code}})
 
 
+MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
+
+
 @dataclass(slots=True)
 class GenRequest:
-    """What the engine needs to know about one generation request."""
+    """What the engine needs to know about one generation request.
+
+    ``prompts`` holds one token-id list per prompt (chat: always one); the answer has
+    ``len(prompts) * n`` choices, choice ``p * n + i`` being sample ``i`` of prompt ``p``."""
 
     kind: str  # "chat" | "completion"
-    prompt_ids: list[int]
+    prompts: list[list[int]]
     max_tokens: int
     stream: bool
     include_usage: bool
@@ -52,6 +58,17 @@ class GenRequest:
     stop: tuple[str, ...]
     role: str  # the role of the answer (chat)
     continuation: bool  # continues an assistant message or a token-id prompt
+    n: int = 1
+    echo: bool = False
+    prompt_texts: list[str] = field(default_factory=list)  # for echo (completions)
+    logprobs: int | None = None  # completions: ``logprobs``; chat: ``top_logprobs`` when ``logprobs``
+    budgets: list[int] = field(default_factory=list)  # max_tokens of each prompt
+    raw: Mapping[str, Any] | None = None  # the request body, where the answer echoes it
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """The first (for chat, the only) prompt."""
+        return self.prompts[0]
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -81,31 +98,73 @@ def parse_chat(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) -> GenRe
     prompt = render_chat(messages, add_generation_prompt=add_gen, continue_final_message=cont)
     role = "assistant" if add_gen else messages[-1]["role"]
     continuation = cont and messages[-1]["role"] == "assistant"
-    return _finish(body, cfg, "chat", tok.encode(prompt), role, continuation,
-                   _opt_int(body, "max_completion_tokens") or _opt_int(body, "max_tokens"))
+    req = _finish(body, cfg, "chat", [tok.encode(prompt)], role, continuation,
+                  _opt_int(body, "max_completion_tokens") or _opt_int(body, "max_tokens"))
+    req.logprobs = _chat_logprobs(body, tok)
+    return req
 
 
 def parse_completion(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) -> GenRequest:
     check_model(body, cfg)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str) and prompt:
-        ids, continuation = tok.encode(prompt), False
-    elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-        if not all(tok.is_valid(t) for t in prompt):
-            raise ApiError(400, f"Token id out of vocabulary (size {tok.vocab_size}).", param="prompt")
-        ids, continuation = list(prompt), True
-    elif isinstance(prompt, list) and len(prompt) > 1:
-        raise ApiError(400, "The simulator serves one prompt per request.", param="prompt")
-    else:
-        raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.",
-                       param="prompt")
-    return _finish(body, cfg, "completion", ids, "assistant", continuation,
-                   _opt_int(body, "max_tokens"))
+    prompts = _prompts(body.get("prompt"), tok)
+    ids = [p for p, _ in prompts]
+    continuation = all(isinstance(p, list) for p in _as_batch(body.get("prompt")))
+    req = _finish(body, cfg, "completion", ids, "assistant", continuation, _opt_int(body, "max_tokens"))
+    req.echo = _flag(body, "echo", False)
+    req.prompt_texts = [text if text is not None else tok.decode(p) for p, text in prompts]
+    logprobs = body.get("logprobs")
+    if logprobs is not None:
+        if type(logprobs) is not int:
+            raise ApiError(400, "logprobs must be an integer.", param="logprobs")
+        req.logprobs = _logprobs_count(logprobs, tok)
+    return req
 
 
-def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, ids: list[int], role: str,
+def _as_batch(prompt: Any) -> list[Any]:
+    """A prompt or a batch of prompts, as a batch: ``"a"``, ``[1, 2]``, ``["a", "b"]``, ``[[1], [2]]``."""
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        return prompt
+    return [prompt]
+
+
+def _prompts(prompt: Any, tok: Tokenizer) -> list[tuple[list[int], str | None]]:
+    """Each prompt's token ids and text (None for a token-id prompt)."""
+    out: list[tuple[list[int], str | None]] = []
+    for one in _as_batch(prompt):
+        if isinstance(one, str) and one:
+            out.append((tok.encode(one), one))
+        elif isinstance(one, list) and one and all(type(t) is int for t in one):
+            if not all(tok.is_valid(t) for t in one):
+                raise ApiError(400, f"Token id out of vocabulary (size {tok.vocab_size}).", param="prompt")
+            out.append((list(one), None))
+        else:
+            raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.",
+                           param="prompt")
+    return out
+
+
+def _logprobs_count(k: int, tok: Tokenizer) -> int:
+    if k < 0:
+        k = tok.vocab_size  # -1: the whole vocabulary, as vLLM reads it
+    if k > MAX_LOGPROBS:
+        raise ApiError(400, f"Requested sample logprobs of {k}, which is greater than max allowed: "
+                            f"{MAX_LOGPROBS} (parameter=logprobs, value={k})", param="logprobs")
+    return k
+
+
+def _chat_logprobs(body: Mapping[str, Any], tok: Tokenizer) -> int | None:
+    """Chat asks with ``logprobs: true`` and ``top_logprobs: k`` (0 when absent)."""
+    want = _flag(body, "logprobs", False)
+    top = body.get("top_logprobs")
+    if top is not None and (type(top) is not int):
+        raise ApiError(400, "top_logprobs must be an integer.", param="top_logprobs")
+    if top is not None and not want:
+        raise ApiError(400, "when using `top_logprobs`, `logprobs` must be set to true. "
+                            "(parameter=top_logprobs)", param="top_logprobs")
+    return _logprobs_count(top or 0, tok) if want else None
+
+
+def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, prompts: list[list[int]], role: str,
             continuation: bool, max_tokens: int | None) -> GenRequest:
     stream = _flag(body, "stream", False)
     options = body.get("stream_options")
@@ -114,15 +173,23 @@ def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, ids: list[int], 
     if options and not stream:
         raise ApiError(400, "Stream options can only be defined when `stream=True`.",
                        param="stream_options")
-    n = body.get("n")
-    if n not in (None, 1):
-        raise ApiError(400, "The simulator supports n=1 only.", param="n")
+    temperature = _temperature(body)
+    n = body.get("n", 1)
+    if n is None:
+        n = 1
+    if type(n) is not int:
+        raise ApiError(400, "n must be an integer.", param="n")
+    if n < 1:
+        raise ApiError(400, f"n must be at least 1, got {n}.")
+    if n > 1 and temperature == 0.0:
+        raise ApiError(400, f"n must be 1 when using greedy sampling, got {n}.")
+    budgets = [_budget(cfg, len(ids), max_tokens) for ids in prompts]
     return GenRequest(
-        kind=kind, prompt_ids=ids, max_tokens=_budget(cfg, len(ids), max_tokens), stream=stream,
+        kind=kind, prompts=prompts, max_tokens=budgets[0], budgets=budgets, stream=stream,
         include_usage=bool(options and options.get("include_usage")),
         return_token_ids=_flag(body, "return_token_ids", False),
-        temperature=_temperature(body), seed=_opt_int(body, "seed", minimum=None),
-        stop=_stop(body.get("stop")), role=role, continuation=continuation,
+        temperature=temperature, seed=_opt_int(body, "seed", minimum=None),
+        stop=_stop(body.get("stop")), role=role, continuation=continuation, n=n,
     )
 
 
