@@ -194,7 +194,7 @@ async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: _P
             core.notify()
             if core.closing.is_set():
                 return abort(request)
-        if _reached(plan, sent) and not all(g.done for g in gens):
+        if _reached(plan, sent):
             return await _stop_stream(core, request, plan.kind)
         await _close_stream(resp, enc, req, choices, plan.done)
     _finished(core, gens, loop.time() - start)

@@ -49,9 +49,9 @@ class Logprobs:
             if texts[alt] != texts[token] and alt not in alts:
                 alts.append(alt)
         if prompt:
-            own = (token, best - 0.5 - ((h >> 12) % _SPREAD) / _SPREAD, k + 1 + (h >> 24) % 500)
-            return [own] + [(t, best - 0.01 * r, r + 1) for r, t in enumerate(alts)]
-        return [(token, best, 1)] + [(t, best - 0.01 * (r + 1), r + 2) for r, t in enumerate(alts)]
+            own = (token, round(best - 0.5 - ((h >> 12) % _SPREAD) / _SPREAD, 6), k + 1 + (h >> 24) % 500)
+            return [own] + [(t, round(best - 0.01 * r, 6), r + 1) for r, t in enumerate(alts)]
+        return [(token, best, 1)] + [(t, round(best - 0.01 * (r + 1), 6), r + 2) for r, t in enumerate(alts)]
 
     def completion(self, ctx: Sequence[int], start: int, end: int, k: int, offset: int,
                    n_prompt: int) -> tuple[dict[str, Any], int]:

@@ -67,7 +67,7 @@ class Encoder:
         self.req = req
         self.model = model
         self.chat = req.kind == "chat"
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:16]
         self.created = int(time.time())
         self.logprobs = logprobs
         self.fingerprint = fingerprint(version, model)

@@ -188,7 +188,7 @@ async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: _P
             core.notify()
             if core.closing.is_set():
                 return abort(request)
-        if _reached(plan, sent) and not gen.done:
+        if _reached(plan, sent):
             return await _stop_stream(core, request, plan.kind)
         await resp.write(enc.closing(gen, "".join(text)))
         await resp.write_eof()
