@@ -1,7 +1,6 @@
 """The simulator speaks vLLM's OpenAI API: shapes, usage, token ids, errors, metrics."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -13,18 +12,6 @@ from worker.sim.testing import parse_sse, running_sim, stream_text, stream_token
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "Hello there"}],
         "temperature": 0, "max_tokens": 6}
 COMPLETION = {"model": "tiny-chat", "prompt": "the world was new", "temperature": 0, "max_tokens": 6}
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with running_sim(ttft_ms=0, itl_ms=0) as s:
-        yield s
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, Any, aiohttp.ClientResponse]:

@@ -1,7 +1,6 @@
 """Answers with several choices (n > 1, lists of prompts), echo and logprobs on the simulator."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -9,17 +8,10 @@ import orjson
 import pytest
 
 from worker.sim import Simulator
-from worker.sim.testing import (choice_texts, choice_token_ids, parse_sse, running_sim, stream_text,
-                                stream_token_ids)
+from worker.sim.testing import choice_texts, choice_token_ids, parse_sse, stream_text, stream_token_ids
 
 SEEDED = {"model": "tiny-chat", "temperature": 1.0, "seed": 7, "max_tokens": 6}
 PROMPTS = ["Once upon a time", "Hello there", "the river"]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with running_sim(ttft_ms=0, itl_ms=0) as s:
-        yield s
 
 
 async def post(sim: Simulator, path: str, body: dict[str, Any]) -> Any:

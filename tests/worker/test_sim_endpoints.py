@@ -3,7 +3,6 @@ multi-choice requests on the simulator."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,18 +15,6 @@ from worker.sim.testing import choice_token_ids, parse_sse, parse_typed_sse, run
 MSGS = [{"role": "user", "content": "Hello there"}]
 N2 = {"model": "tiny-chat", "prompt": ["one", "two"], "n": 2, "temperature": 1.0, "seed": 1,
       "max_tokens": 5, "stream": True, "return_token_ids": True}
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with running_sim(ttft_ms=0, itl_ms=0) as s:
-        yield s
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, bytes]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,16 +17,9 @@ from tests.worker.record_vllm_fixtures import FIXTURES, parse_stream
 from tests.worker.vllm_shapes import answer_schema, check_invariants
 from tests.worker.vllm_table import TABLE
 from worker.sim import Simulator
-from worker.sim.testing import running_sim
 
 # where the simulated model's text cannot produce the same value types as the tiny model's
 PATHS_ONLY = {"completion_stop_n2_stream"}  # vLLM's first tokens carry no stop string: null and str
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with running_sim(ttft_ms=0, itl_ms=0) as s:
-        yield s
 
 
 async def ask(url: str, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
