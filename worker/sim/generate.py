@@ -20,8 +20,8 @@ from worker.sim.core import SimCore
 from worker.sim.engine import Generation
 from worker.sim.faults import FaultSpec
 from worker.sim.protocol import ApiError, GenRequest, context_message, parse_chat, parse_completion, parse_json
-from worker.sim.tokenizer import Tokenizer
 from worker.sim.responses import DONE, SSE_HEADERS, Choice, Encoder, choices_of
+from worker.sim.tokenizer import Tokenizer
 
 STREAM_KINDS = frozenset({"slow_first_token", "cut_after", "stall_after", "malformed_event", "no_done"})
 MALFORMED = b'data: {"id": "malformed", "choices": [{"index": 0, "delta": {"content": \n\n'
@@ -66,7 +66,7 @@ def abort(request: web.Request) -> web.Response:
 
 
 Parse = Callable[[dict[str, Any], SimConfig, Tokenizer], GenRequest]
-Run = Callable[[SimCore, web.Request, GenRequest, "_Plan"], Awaitable[web.StreamResponse]]
+Run = Callable[[SimCore, web.Request, GenRequest, "Plan"], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +129,12 @@ async def _handle(core: SimCore, request: web.Request, endpoint: Endpoint) -> we
         core.record_fault(late.kind)
         return error_response(fault_error(core, late, chat))
     if req.stream:
-        return await endpoint.stream(core, request, req, _Plan.of(fault, req))
-    return await endpoint.complete(core, request, req, _Plan.of(fault, req))
+        return await endpoint.stream(core, request, req, Plan.of(fault, req))
+    return await endpoint.complete(core, request, req, Plan.of(fault, req))
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
+class Plan:
     """What a stream-level fault does to this request."""
 
     kind: str | None = None
@@ -144,7 +144,7 @@ class _Plan:
     done: bool = True
 
     @classmethod
-    def of(cls, fault: FaultSpec | None, req: GenRequest) -> _Plan:
+    def of(cls, fault: FaultSpec | None, req: GenRequest) -> Plan:
         if fault is None:
             return cls()
         kind = fault.kind
@@ -157,7 +157,7 @@ class _Plan:
         return cls(kind, done=False)
 
 
-async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: _Plan) -> web.StreamResponse:
+async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: Plan) -> web.StreamResponse:
     """Each step sends one chunk per unfinished choice, in index order; ``cut_after`` and
     ``stall_after`` count the tokens of all choices together."""
     cfg, stats = core.config, core.stats
@@ -173,14 +173,14 @@ async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: _P
     async with core.running(gens):
         await asyncio.sleep(cfg.ttft_ms / 1000 + plan.extra_ttft)
         sent = 0
-        while not _reached(plan, sent) and not all(g.done for g in gens):
+        while not reached(plan, sent) and not all(g.done for g in gens):
             if sent:
                 await asyncio.sleep(cfg.itl_ms / 1000)
             data, step = b"" if sent else enc.opening(choices), 0
             for c in choices:
-                if c.gen.done or _reached(plan, sent + step):
+                if c.gen.done or reached(plan, sent + step):
                     continue
-                size = _chunk_size(cfg.tokens_per_chunk, plan, sent + step)
+                size = chunk_size(cfg.tokens_per_chunk, plan, sent + step)
                 ids, piece = _next_chunk(core, enc, c, size)
                 if plan.malformed_at is not None and sent + step <= plan.malformed_at < sent + step + len(ids):
                     piece = MALFORMED + piece
@@ -194,18 +194,18 @@ async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: _P
             core.notify()
             if core.closing.is_set():
                 return abort(request)
-        if _reached(plan, sent):
-            return await _stop_stream(core, request, plan.kind)
+        if reached(plan, sent):
+            return await stop_stream(core, request, plan.kind)
         await _close_stream(resp, enc, req, choices, plan.done)
-    _finished(core, gens, loop.time() - start)
+    finished(core, gens, loop.time() - start)
     return resp
 
 
-def _reached(plan: _Plan, sent: int) -> bool:
+def reached(plan: Plan, sent: int) -> bool:
     return plan.stop_at is not None and sent >= plan.stop_at
 
 
-def _chunk_size(tokens_per_chunk: int, plan: _Plan, sent: int) -> int:
+def chunk_size(tokens_per_chunk: int, plan: Plan, sent: int) -> int:
     return tokens_per_chunk if plan.stop_at is None else min(tokens_per_chunk, plan.stop_at - sent)
 
 
@@ -216,7 +216,7 @@ def _next_chunk(core: SimCore, enc: Encoder, c: Choice, k: int) -> tuple[list[in
     return ids, enc.chunk(c, ids, text)
 
 
-async def _stop_stream(core: SimCore, request: web.Request, kind: str | None) -> web.StreamResponse:
+async def stop_stream(core: SimCore, request: web.Request, kind: str | None) -> web.StreamResponse:
     """cut_after aborts the connection; stall_after keeps it open and silent."""
     if kind == "stall_after":
         await core.wait_closing(request.transport)
@@ -233,7 +233,7 @@ async def _close_stream(resp: web.StreamResponse, enc: Encoder, req: GenRequest,
     await resp.write_eof()
 
 
-def _finished(core: SimCore, gens: list[Generation], elapsed: float) -> None:
+def finished(core: SimCore, gens: list[Generation], elapsed: float) -> None:
     stats = core.stats
     stats.requests_completed += 1
     for gen in gens:
@@ -241,12 +241,12 @@ def _finished(core: SimCore, gens: list[Generation], elapsed: float) -> None:
     stats.e2e.observe(elapsed)
 
 
-async def _complete(core: SimCore, request: web.Request, req: GenRequest, plan: _Plan) -> web.StreamResponse:
+async def _complete(core: SimCore, request: web.Request, req: GenRequest, plan: Plan) -> web.StreamResponse:
     enc = core.encoder(req)
     return await complete_with(core, request, req, plan, enc.full)
 
 
-async def complete_with(core: SimCore, request: web.Request, req: GenRequest, plan: _Plan,
+async def complete_with(core: SimCore, request: web.Request, req: GenRequest, plan: Plan,
                         render: Callable[[list[Choice], list[str]], bytes]) -> web.StreamResponse:
     """Non-stream: the whole answer (``render(choices, texts)``) after the time the stream would
     have taken. cut_after and stall_after abort or stall before the body; malformed_event sends
@@ -268,7 +268,7 @@ async def complete_with(core: SimCore, request: web.Request, req: GenRequest, pl
         await asyncio.sleep(cfg.ttft_ms / 1000 + plan.extra_ttft + cfg.itl_ms / 1000 * max(0, steps - 1))
     core.stats.ttft.observe(loop.time() - start)
     if plan.stop_at is not None:
-        return await _stop_stream(core, request, plan.kind)
+        return await stop_stream(core, request, plan.kind)
     body = render(choices, texts)
     if plan.malformed_at is not None:
         body = body[: len(body) // 2]
@@ -276,7 +276,7 @@ async def complete_with(core: SimCore, request: web.Request, req: GenRequest, pl
     await resp.prepare(request)
     await resp.write_eof()
     core.stats.tokens_sent += sum(g.generated for g in gens)
-    _finished(core, gens, loop.time() - start)
+    finished(core, gens, loop.time() - start)
     return resp
 
 CHAT = Endpoint(parse_chat, _stream, _complete, chat=True)

@@ -89,9 +89,9 @@ def check_model(body: Mapping[str, Any], cfg: SimConfig) -> None:
 
 def parse_chat(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) -> GenRequest:
     check_model(body, cfg)
-    messages = _messages(body.get("messages"))
-    add_gen = _flag(body, "add_generation_prompt", True)
-    cont = _flag(body, "continue_final_message", False)
+    messages = messages_of(body.get("messages"))
+    add_gen = flag(body, "add_generation_prompt", True)
+    cont = flag(body, "continue_final_message", False)
     if add_gen and cont:
         raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` "
                             "to True.", param="continue_final_message")
@@ -110,7 +110,7 @@ def parse_completion(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) ->
     ids = [p for p, _ in prompts]
     continuation = all(isinstance(p, list) for p in _as_batch(body.get("prompt")))
     req = _finish(body, cfg, "completion", ids, "assistant", continuation, _opt_int(body, "max_tokens"))
-    req.echo = _flag(body, "echo", False)
+    req.echo = flag(body, "echo", False)
     req.prompt_texts = [text if text is not None else tok.decode(p) for p, text in prompts]
     logprobs = body.get("logprobs")
     if logprobs is not None:
@@ -154,7 +154,7 @@ def _logprobs_count(k: int, tok: Tokenizer) -> int:
 
 def _chat_logprobs(body: Mapping[str, Any], tok: Tokenizer) -> int | None:
     """Chat asks with ``logprobs: true`` and ``top_logprobs: k`` (0 when absent)."""
-    want = _flag(body, "logprobs", False)
+    want = flag(body, "logprobs", False)
     top = body.get("top_logprobs")
     if top is not None and (type(top) is not int):
         raise ApiError(400, "top_logprobs must be an integer.", param="top_logprobs")
@@ -166,7 +166,7 @@ def _chat_logprobs(body: Mapping[str, Any], tok: Tokenizer) -> int | None:
 
 def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, prompts: list[list[int]], role: str,
             continuation: bool, max_tokens: int | None) -> GenRequest:
-    stream = _flag(body, "stream", False)
+    stream = flag(body, "stream", False)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "stream_options must be an object.", param="stream_options")
@@ -187,7 +187,7 @@ def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, prompts: list[li
     return GenRequest(
         kind=kind, prompts=prompts, max_tokens=budgets[0], budgets=budgets, stream=stream,
         include_usage=bool(options and options.get("include_usage")),
-        return_token_ids=_flag(body, "return_token_ids", False),
+        return_token_ids=flag(body, "return_token_ids", False),
         temperature=temperature, seed=_opt_int(body, "seed", minimum=None),
         stop=_stop(body.get("stop")), role=role, continuation=continuation, n=n,
     )
@@ -213,7 +213,7 @@ def context_message(limit: int, n_prompt: int, max_tokens: int) -> str:
             "length of the input prompt or the number of requested output tokens.")
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def messages_of(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise ApiError(400, "messages must be a non-empty list.", param="messages")
     out = []
@@ -236,7 +236,7 @@ def _content(content: Any, i: int) -> str:
                    param="messages")
 
 
-def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
+def flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
     value = body.get(name, default)
     if value is None:
         return default

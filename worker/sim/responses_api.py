@@ -27,8 +27,8 @@ from aiohttp import web
 from worker.sim.config import SimConfig
 from worker.sim.core import SimCore
 from worker.sim.engine import Generation
-from worker.sim.generate import (MALFORMED, Endpoint, _chunk_size, _finished, _Plan, _reached, _stop_stream,
-                                 abort, complete_with)
+from worker.sim.generate import (MALFORMED, Endpoint, Plan, abort, chunk_size, complete_with, finished,
+                                 reached, stop_stream)
 from worker.sim.protocol import ApiError, GenRequest, check_model, parse_chat
 from worker.sim.responses import SSE_HEADERS
 from worker.sim.tokenizer import Tokenizer
@@ -44,7 +44,7 @@ USAGE_DETAILS = {
 def parse_responses(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) -> GenRequest:
     """The generation a Responses API request asks for (checked like a chat request)."""
     check_model(body, cfg)
-    messages = _messages(body.get("input"))
+    messages = input_messages(body.get("input"))
     instructions = body.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
@@ -61,7 +61,7 @@ def parse_responses(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) -> 
     return req
 
 
-def _messages(value: Any) -> list[dict[str, Any]]:
+def input_messages(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
@@ -158,7 +158,7 @@ class ResponsesEncoder:
         ])
 
 
-async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: _Plan) -> web.StreamResponse:
+async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: Plan) -> web.StreamResponse:
     cfg, loop = core.config, asyncio.get_running_loop()
     start = loop.time()
     resp = web.StreamResponse(headers=SSE_HEADERS)
@@ -170,10 +170,10 @@ async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: _P
     async with core.running(gen):
         await asyncio.sleep(cfg.ttft_ms / 1000 + plan.extra_ttft)
         sent, text = 0, []
-        while not _reached(plan, sent) and not gen.done:
+        while not reached(plan, sent) and not gen.done:
             if sent:
                 await asyncio.sleep(cfg.itl_ms / 1000)
-            ids, piece = gen.step(_chunk_size(cfg.tokens_per_chunk, plan, sent))
+            ids, piece = gen.step(chunk_size(cfg.tokens_per_chunk, plan, sent))
             core.stats.generation_tokens_total += len(ids)
             core.stats.kv_tokens += len(ids)
             data = (enc.opening() if sent == 0 else b"") + enc.delta(piece)
@@ -188,15 +188,15 @@ async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: _P
             core.notify()
             if core.closing.is_set():
                 return abort(request)
-        if _reached(plan, sent):
-            return await _stop_stream(core, request, plan.kind)
+        if reached(plan, sent):
+            return await stop_stream(core, request, plan.kind)
         await resp.write(enc.closing(gen, "".join(text)))
         await resp.write_eof()
-    _finished(core, [gen], loop.time() - start)
+    finished(core, [gen], loop.time() - start)
     return resp
 
 
-async def _complete(core: SimCore, request: web.Request, req: GenRequest, plan: _Plan) -> web.StreamResponse:
+async def _complete(core: SimCore, request: web.Request, req: GenRequest, plan: Plan) -> web.StreamResponse:
     enc = ResponsesEncoder(req.raw or {}, req, core.config.model)
     return await complete_with(core, request, req, plan,
                                lambda choices, texts: enc.full(choices[0].gen, texts[0]))

@@ -11,23 +11,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.sim.config import SimConfig
-from worker.sim.protocol import ApiError, _flag, _messages, check_model
+from worker.sim.protocol import ApiError, check_model, flag, messages_of
 from worker.sim.tokenizer import Tokenizer, render_chat
 
 
 def tokenize(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) -> dict[str, Any]:
     check_model(body, cfg)
     if "messages" in body:
-        add_gen = _flag(body, "add_generation_prompt", True)
-        cont = _flag(body, "continue_final_message", False)
-        text = render_chat(_messages(body.get("messages")), add_generation_prompt=add_gen and not cont,
+        add_gen = flag(body, "add_generation_prompt", True)
+        cont = flag(body, "continue_final_message", False)
+        text = render_chat(messages_of(body.get("messages")), add_generation_prompt=add_gen and not cont,
                            continue_final_message=cont)
     else:
         text = body.get("prompt")
         if not isinstance(text, str):
             raise ApiError(400, "prompt must be a string (or give messages).", param="prompt")
     ids = tok.encode(text)
-    strs = [tok.texts[t] for t in ids] if _flag(body, "return_token_strs", False) else None
+    strs = [tok.texts[t] for t in ids] if flag(body, "return_token_strs", False) else None
     return {"count": len(ids), "max_model_len": cfg.max_model_len, "tokens": ids, "token_strs": strs}
 
 
