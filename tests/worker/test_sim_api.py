@@ -98,7 +98,8 @@ async def test_default_max_tokens_and_stop(sim: Simulator, http: aiohttp.ClientS
 @pytest.mark.parametrize("path,body,status,etype,needle", [
     ("/v1/chat/completions", {**CHAT, "model": "nope"}, 404, "NotFoundError", "`nope` does not exist"),
     ("/v1/completions", {**COMPLETION, "max_tokens": 5000}, 400, "BadRequestError", "maximum context length"),
-    ("/v1/completions", {**COMPLETION, "prompt": "word " * 2048}, 400, "BadRequestError", "maximum context length"),
+    ("/v1/completions", {**COMPLETION, "prompt": "word " * 2100}, 400, "BadRequestError", "maximum context length"),
+    ("/v1/completions", {**COMPLETION, "prompt": [100] * 2048}, 400, "BadRequestError", "max_tokens must be at least 1"),
     ("/v1/completions", {**COMPLETION, "max_tokens": -1, "stream": True}, 400, "BadRequestError", "max_tokens"),
     ("/v1/chat/completions", {**CHAT, "messages": []}, 400, "BadRequestError", "messages"),
     ("/v1/completions", {**COMPLETION, "stream_options": {"include_usage": True}}, 400, "BadRequestError", "stream=True"),

@@ -153,7 +153,8 @@ async def test_logprobs_of_a_resumed_generation_match_the_uninterrupted_one(sim:
     ({"n": 2, "temperature": 0}, "n must be 1 when using greedy sampling, got 2."),
     ({"n": 0}, "n must be at least 1, got 0."),
     ({"logprobs": 21}, "Requested sample logprobs of 21, which is greater than max allowed: 20"),
-    ({"prompt": ["ok", ""]}, "Either prompt or prompt_embeds must be provided and non-empty."),
+    ({"prompt": ["ok", ""]}, "The decoder prompt cannot be empty"),
+    ({"prompt": [[1, 10 ** 6]]}, "Token id 1000000 is out of vocabulary"),
 ])
 async def test_bad_choice_parameters_are_400(sim: Simulator, body: dict[str, Any], message: str) -> None:
     async with aiohttp.ClientSession() as http, \

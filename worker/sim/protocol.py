@@ -129,14 +129,19 @@ def _as_batch(prompt: Any) -> list[Any]:
 
 def _prompts(prompt: Any, tok: Tokenizer) -> list[tuple[list[int], str | None]]:
     """Each prompt's token ids and text (None for a token-id prompt)."""
+    if not prompt:
+        raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.", param="prompt")
     out: list[tuple[list[int], str | None]] = []
     for one in _as_batch(prompt):
         if isinstance(one, str) and one:
             out.append((tok.encode(one), one))
         elif isinstance(one, list) and one and all(type(t) is int for t in one):
-            if not all(tok.is_valid(t) for t in one):
-                raise ApiError(400, f"Token id out of vocabulary (size {tok.vocab_size}).", param="prompt")
+            bad = next((t for t in one if not tok.is_valid(t)), None)
+            if bad is not None:
+                raise ApiError(400, f"Token id {bad} is out of vocabulary")
             out.append((list(one), None))
+        elif one == "" or one == []:
+            raise ApiError(400, "The decoder prompt cannot be empty")
         else:
             raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.",
                            param="prompt")
@@ -194,16 +199,24 @@ def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, prompts: list[li
 
 
 def _budget(cfg: SimConfig, n_prompt: int, max_tokens: int | None) -> int:
+    """The tokens a prompt may get, as vLLM 0.32 decides: a prompt longer than the context is
+    refused; ``max_tokens`` is lowered to what fits after the prompt (an error if nothing fits).
+    One difference: ``max_tokens`` above the context length is refused with the older "maximum
+    context length" message (vLLM 0.32: "max_tokens=N cannot be greater than max_model_len=M"),
+    which the gateway's tests match."""
     limit = cfg.max_model_len
-    if max_tokens is None:
-        if n_prompt >= limit:
-            raise ApiError(400, f"This model's maximum context length is {limit} tokens. However, "
-                                f"your request has {n_prompt} input tokens. Please reduce the "
-                                "length of the input messages.", param="input_tokens")
-        return min(cfg.default_max_tokens, limit - n_prompt)
-    if n_prompt + max_tokens > limit:
+    if n_prompt > limit:
+        raise ApiError(400, f"This model's maximum context length is {limit} tokens. However, your prompt "
+                            f"contains {n_prompt} input tokens, which exceeds this limit even without any "
+                            f"output tokens. Please reduce the length of the input prompt. "
+                            f"(parameter=input_tokens, value={n_prompt})", param="input_tokens")
+    if max_tokens is not None and max_tokens > limit:
         raise ApiError(400, context_message(limit, n_prompt, max_tokens), param="max_tokens")
-    return max_tokens
+    budget = min(limit - n_prompt, cfg.default_max_tokens if max_tokens is None else max_tokens)
+    if budget < 1:
+        raise ApiError(400, f"max_tokens must be at least 1, got {budget}. (parameter=max_tokens, "
+                            f"value={budget})", param="max_tokens")
+    return budget
 
 
 def context_message(limit: int, n_prompt: int, max_tokens: int) -> str:
