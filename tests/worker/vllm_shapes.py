@@ -55,7 +55,8 @@ def check_invariants(answer: dict[str, Any], request: dict[str, Any]) -> None:
         body = answer["body"]
         assert [c["index"] for c in body["choices"]] == list(range(n_choices))
         assert all(c["finish_reason"] in ("length", "stop") for c in body["choices"])
-        _check_usage(body["usage"], [c.get("token_ids") for c in body["choices"]])
+        _check_usage(body["usage"], [c.get("token_ids") for c in body["choices"]],
+                     [c.get("prompt_token_ids") for c in body["choices"]], request.get("n", 1))
         return
     events = [e["data"] for e in answer["events"]]
     assert answer["done"], "a completions/chat stream ends with data: [DONE]"
@@ -73,14 +74,25 @@ def check_invariants(answer: dict[str, Any], request: dict[str, Any]) -> None:
         assert [e["choices"][0]["delta"].get("role") for e in events[:n_choices]] == ["assistant"] * n_choices
     if usage_chunk:
         ids: dict[int, list[int]] = {}
+        prompts: dict[int, list[int] | None] = dict.fromkeys(range(n_choices))
         for e in events[:-1]:
             c = e["choices"][0]
             if c.get("token_ids") is not None:
                 ids.setdefault(c["index"], []).extend(c["token_ids"])
-        _check_usage(events[-1]["usage"], list(ids.values()) if ids else [None])
+            if c.get("prompt_token_ids") is not None:  # completions: in each choice's first chunk
+                prompts[c["index"]] = c["prompt_token_ids"]
+            elif e.get("prompt_token_ids") is not None:  # chat: at the top of each role chunk
+                prompts[c["index"]] = e["prompt_token_ids"]
+        _check_usage(events[-1]["usage"], list(ids.values()) if ids else [None],
+                     [prompts[i] for i in range(n_choices)], request.get("n", 1))
 
 
-def _check_usage(usage: dict[str, Any], token_ids: list[list[int] | None]) -> None:
+def _check_usage(usage: dict[str, Any], token_ids: list[list[int] | None],
+                 prompt_ids: list[list[int] | None], n: int) -> None:
+    """Totals add up; completion tokens are all choices' tokens, prompt tokens each prompt's
+    once (choices ``p * n .. p * n + n - 1`` share prompt ``p``), where the ids are known."""
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     if all(t is not None for t in token_ids):
         assert usage["completion_tokens"] == sum(len(t) for t in token_ids)  # type: ignore[arg-type]
+    if all(p is not None for p in prompt_ids):
+        assert usage["prompt_tokens"] == sum(len(p) for p in prompt_ids[::n])  # type: ignore[arg-type]
