@@ -79,3 +79,13 @@ async def test_simulator_answers_like_vllm(sim: Simulator, name: str) -> None:
     if real["status"] >= 400 and "error" in (real.get("body") or {}) and name not in OTHER_MESSAGE:
         assert digits_out(mine["body"]["error"]["message"]) == digits_out(real["body"]["error"]["message"])
         assert mine["body"]["error"]["param"] == real["body"]["error"]["param"]
+
+
+async def test_sample_i_is_seeded_seed_plus_i_in_vllm_and_the_simulator(sim: Simulator) -> None:
+    """vLLM seeds choice ``i`` of ``n`` with ``seed + i``; the simulator does the same."""
+    for answer in (fixture("completion_n2"), fixture("completion_seed8")):
+        assert answer["request"]["body"]["prompt"] == fixture("completion_n2")["request"]["body"]["prompt"]
+    assert (fixture("completion_n2")["body"]["choices"][1]["text"]
+            == fixture("completion_seed8")["body"]["choices"][0]["text"])
+    mine = [await ask(sim.url, *TABLE[name][:3]) for name in ("completion_n2", "completion_seed8")]
+    assert mine[0]["body"]["choices"][1]["text"] == mine[1]["body"]["choices"][0]["text"]

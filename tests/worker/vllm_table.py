@@ -44,6 +44,7 @@ TABLE: dict[str, tuple[str, str, dict[str, Any] | None, bool]] = {
     "completion_echo_logprobs": ("POST", "/v1/completions", _cmpl(echo=True, logprobs=1), False),
     "completion_echo_logprobs_stream": ("POST", "/v1/completions",
                                         _cmpl(echo=True, logprobs=1, stream=True), True),
+    "completion_seed8": ("POST", "/v1/completions", _cmpl(temperature=1.0, seed=8), False),
     "completion_greedy_n2": ("POST", "/v1/completions", _cmpl(n=2), False),
     "chat_n2": ("POST", "/v1/chat/completions", _chat(n=2, return_token_ids=True, **SEEDED), False),
     "chat_n2_stream": ("POST", "/v1/chat/completions",

@@ -62,12 +62,15 @@ class SimCore:
         return self.new_generations(req)[0]
 
     def new_generations(self, req: GenRequest) -> list[Generation]:
-        """One generation per choice, in choice-index order (prompt-major: index ``p * n + i``)."""
+        """One generation per choice, in choice-index order (prompt-major: index ``p * n + i``).
+        With a ``seed``, sample ``i`` is seeded ``seed + i`` as in vLLM, so it is what ``n = 1``
+        with ``seed + i`` gives (and resumes like it)."""
         gens = []
         for p, prompt in enumerate(req.prompts):
             for i in range(req.n):
                 draw = self.rng.getrandbits(64) if req.temperature > 0 and req.seed is None else 0
-                salt = sampling_salt(self.config.model_seed, req.temperature, req.seed, draw, i)
+                seed = None if req.seed is None else req.seed + i  # vLLM seeds sample i with seed + i
+                salt = sampling_salt(self.config.model_seed, req.temperature, seed, draw)
                 budget = req.budgets[p] if req.budgets else req.max_tokens
                 gens.append(Generation(self.model, self.tokenizer, prompt, budget, salt, req.stop))
         return gens

@@ -56,15 +56,12 @@ class Model:
         return self.words[(h >> 8) % len(self.words)]
 
 
-def sampling_salt(model_seed: int, temperature: float, seed: int | None, draw: int, sample: int = 0) -> int:
-    """The salt of a request: greedy, seeded sampling, or an rng draw.  ``sample`` is the
-    choice's number among the ``n`` of its prompt: with a seed, sample ``i`` of every prompt
-    shares a sampler (as vLLM's seeded children do), and sample 0 is what ``n=1`` gives."""
+def sampling_salt(model_seed: int, temperature: float, seed: int | None, draw: int) -> int:
+    """The salt of a request: greedy, seeded sampling, or an rng draw."""
     if temperature == 0.0:
         return mix64(model_seed)
     if seed is not None:
-        salt = mix64(mix64(model_seed) ^ mix64(seed & _MASK) ^ 0x5EED)
-        return salt if sample == 0 else mix64(salt ^ mix64(sample))
+        return mix64(mix64(model_seed) ^ mix64(seed & _MASK) ^ 0x5EED)
     return mix64(mix64(model_seed) ^ draw)
 
 
