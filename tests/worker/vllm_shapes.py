@@ -72,6 +72,7 @@ def check_invariants(answer: dict[str, Any], request: dict[str, Any]) -> None:
     assert sorted(set(seen)) == list(range(n_choices))
     if "delta" in (events[0]["choices"] or [{}])[0]:  # chat: one role chunk per choice first
         assert [e["choices"][0]["delta"].get("role") for e in events[:n_choices]] == ["assistant"] * n_choices
+    _check_continuous_usage(events, usage_chunk)
     if usage_chunk:
         ids: dict[int, list[int]] = {}
         prompts: dict[int, list[int] | None] = dict.fromkeys(range(n_choices))
@@ -85,6 +86,19 @@ def check_invariants(answer: dict[str, Any], request: dict[str, Any]) -> None:
                 prompts[c["index"]] = e["prompt_token_ids"]
         _check_usage(events[-1]["usage"], list(ids.values()) if ids else [None],
                      [prompts[i] for i in range(n_choices)], request.get("n", 1))
+
+
+def _check_continuous_usage(events: list[dict[str, Any]], usage_chunk: bool) -> None:
+    """``continuous_usage_stats``: each chunk's usage is its choice's so far, growing to the end."""
+    so_far: dict[int, int] = {}
+    for e in events:
+        if e["choices"] and "usage" in e:
+            index, usage = e["choices"][0]["index"], e["usage"]
+            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+            assert usage["completion_tokens"] >= so_far.get(index, 0)
+            so_far[index] = usage["completion_tokens"]
+    if so_far and usage_chunk:
+        assert sum(so_far.values()) == events[-1]["usage"]["completion_tokens"]
 
 
 def _check_usage(usage: dict[str, Any], token_ids: list[list[int] | None],

@@ -88,6 +88,11 @@ TABLE: dict[str, tuple[str, str, dict[str, Any] | None, bool]] = {
     "error_prompt_too_long": ("POST", "/v1/completions", _cmpl(prompt=[11] * 2100), False),
     "error_prompt_fills_context": ("POST", "/v1/completions", _cmpl(prompt=[11] * 2048), False),
     "completion_max_tokens_clamped": ("POST", "/v1/completions", _cmpl(prompt=[11] * 2040, max_tokens=16), False),
+    "completion_list_stream_continuous_usage": ("POST", "/v1/completions", _cmpl(
+        prompt=TWO_PROMPTS, n=2, stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True},
+        **SEEDED), True),
+    "chat_stream_continuous_usage": ("POST", "/v1/chat/completions", _chat(
+        stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True}), True),
     "models_post": ("POST", "/v1/models", {}, False),
     "tokenize_get": ("GET", "/tokenize", None, False),
     "embeddings": ("POST", "/v1/embeddings", {"model": MODEL, "input": "Hello there"}, False),

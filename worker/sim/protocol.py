@@ -64,6 +64,7 @@ class GenRequest:
     logprobs: int | None = None  # completions: ``logprobs``; chat: ``top_logprobs`` when ``logprobs``
     budgets: list[int] = field(default_factory=list)  # max_tokens of each prompt
     raw: Mapping[str, Any] | None = None  # the request body, where the answer echoes it
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats (with include_usage)
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -192,6 +193,7 @@ def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, prompts: list[li
     return GenRequest(
         kind=kind, prompts=prompts, max_tokens=budgets[0], budgets=budgets, stream=stream,
         include_usage=bool(options and options.get("include_usage")),
+        continuous_usage=bool(options and options.get("include_usage") and options.get("continuous_usage_stats")),
         return_token_ids=flag(body, "return_token_ids", False),
         temperature=temperature, seed=_opt_int(body, "seed", minimum=None),
         stop=_stop(body.get("stop")), role=role, continuation=continuation, n=n,

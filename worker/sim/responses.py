@@ -9,6 +9,8 @@ completion streams carry ``prompt_token_ids`` in each choice's first chunk (with
 vLLM sends as null are sent as null.  ``stream_options.include_usage`` adds a final
 ``"choices": []`` chunk whose usage sums all choices (each prompt's tokens counted once, whatever
 ``n``); ``system_fingerprint`` is on that chunk, or without it on each choice's finishing chunk.
+``continuous_usage_stats`` adds to every chunk the usage of its choice so far (its prompt, its
+tokens).
 """
 from __future__ import annotations
 
@@ -88,6 +90,8 @@ class Encoder:
             chunk = self._head()
             chunk["choices"] = [{"index": c.index, "delta": {"role": self.req.role, "content": ""},
                                  "logprobs": None, "finish_reason": None}]
+            if self.req.continuous_usage:
+                chunk["usage"] = self._choice_usage(c)
             chunk["prompt_text"] = None
             chunk["prompt_token_ids"] = self._prompt_ids(c) if self.req.return_token_ids else None
             out.append(sse(chunk))
@@ -118,6 +122,8 @@ class Encoder:
         c.pos = end
         chunk = self._head()
         chunk["choices"] = [choice]
+        if req.continuous_usage:
+            chunk["usage"] = self._choice_usage(c)
         if gen.finish_reason is not None and not req.include_usage:
             chunk["system_fingerprint"] = self.fingerprint
         return sse(chunk)
@@ -136,6 +142,13 @@ class Encoder:
         chunk["system_fingerprint"] = self.fingerprint
         chunk["usage"] = self._usage(choices)
         return sse(chunk)
+
+    def _choice_usage(self, c: Choice) -> dict[str, Any]:
+        """``continuous_usage_stats``: this choice's prompt and its tokens so far."""
+        out: dict[str, Any] = usage(len(self._prompt_ids(c)), c.gen.generated)
+        if self.chat:
+            out["completion_tokens_details"] = None
+        return out
 
     def _usage(self, choices: list[Choice]) -> dict[str, int]:
         return usage(sum(len(p) for p in self.req.prompts), sum(c.gen.generated for c in choices))
