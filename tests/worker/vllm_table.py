@@ -23,6 +23,8 @@ def _chat(**extra: Any) -> dict[str, Any]:
 
 TWO_PROMPTS = ["Once upon a time", "Hello there"]
 SEEDED = {"temperature": 1.0, "seed": 7}
+TOOLS = [{"type": "function", "function": {"name": "add", "description": "Add two numbers.",
+                                           "parameters": {"type": "object", "properties": {"a": {"type": "number"}}}}}]
 
 TABLE: dict[str, tuple[str, str, dict[str, Any] | None, bool]] = {
     "completion": ("POST", "/v1/completions", _cmpl(), False),
@@ -93,6 +95,9 @@ TABLE: dict[str, tuple[str, str, dict[str, Any] | None, bool]] = {
         **SEEDED), True),
     "chat_stream_continuous_usage": ("POST", "/v1/chat/completions", _chat(
         stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True}), True),
+    "chat_tools_auto": ("POST", "/v1/chat/completions", _chat(tools=TOOLS), False),
+    "chat_tools_required": ("POST", "/v1/chat/completions", _chat(tools=TOOLS, tool_choice="required"), False),
+    "chat_tools_none": ("POST", "/v1/chat/completions", _chat(tools=TOOLS, tool_choice="none"), False),
     "models_post": ("POST", "/v1/models", {}, False),
     "tokenize_get": ("GET", "/tokenize", None, False),
     "embeddings": ("POST", "/v1/embeddings", {"model": MODEL, "input": "Hello there"}, False),

@@ -102,7 +102,21 @@ def parse_chat(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) -> GenRe
     req = _finish(body, cfg, "chat", [tok.encode(prompt)], role, continuation,
                   _opt_int(body, "max_completion_tokens") or _opt_int(body, "max_tokens"))
     req.logprobs = _chat_logprobs(body, tok)
+    _check_tools(body)
     return req
+
+
+def _check_tools(body: Mapping[str, Any]) -> None:
+    """The simulator plays a pool started without a tool-call parser (as the tiny model is):
+    with ``tools``, ``tool_choice`` "auto" (the default) and "required" are refused as vLLM
+    refuses them; "none" answers with text; a named function is not simulated (text too)."""
+    if not body.get("tools"):
+        return
+    choice = body.get("tool_choice", "auto")
+    if choice == "auto":
+        raise ApiError(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
+    if choice == "required":
+        raise ApiError(400, 'tool_choice="required" requires --tool-call-parser to be set')
 
 
 def parse_completion(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) -> GenRequest:
