@@ -175,3 +175,13 @@ async def test_stream_token_helpers_still_work_for_one_choice(sim: Simulator) ->
     events, _ = await post(sim, "/v1/completions", {**SEEDED, "prompt": "x", "stream": True,
                                                    "return_token_ids": True})
     assert sim.tokenizer.decode(stream_token_ids(events)) == stream_text(events)
+
+
+async def test_return_token_ids_drops_the_echo_as_vllm_does(sim: Simulator) -> None:
+    """vLLM 0.32 (recorded in fixtures/vllm/completion_echo_return_token_ids*.json)."""
+    body = {**SEEDED, "prompt": PROMPTS[1], "echo": True, "return_token_ids": True}
+    plain = await post(sim, "/v1/completions", {**SEEDED, "prompt": PROMPTS[1]})
+    answer = await post(sim, "/v1/completions", body)
+    assert answer["choices"][0]["text"] == plain["choices"][0]["text"]
+    events, _ = await post(sim, "/v1/completions", {**body, "stream": True})
+    assert stream_text(events) == plain["choices"][0]["text"]

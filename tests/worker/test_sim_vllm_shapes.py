@@ -89,3 +89,16 @@ async def test_sample_i_is_seeded_seed_plus_i_in_vllm_and_the_simulator(sim: Sim
             == fixture("completion_seed8")["body"]["choices"][0]["text"])
     mine = [await ask(sim.url, *TABLE[name][:3]) for name in ("completion_n2", "completion_seed8")]
     assert mine[0]["body"]["choices"][1]["text"] == mine[1]["body"]["choices"][0]["text"]
+
+
+async def test_return_token_ids_drops_the_echo_in_vllm_and_the_simulator(sim: Simulator) -> None:
+    """vLLM 0.32 leaves the prompt out of an echo when token ids are returned."""
+    def text(answer: dict[str, Any]) -> str:
+        return answer["body"]["choices"][0]["text"]
+
+    assert text(fixture("completion_echo_return_token_ids")) == text(fixture("completion"))
+    assert text(fixture("completion_echo")) == "Once upon a time" + text(fixture("completion"))
+    mine = {name: await ask(sim.url, *TABLE[name][:3])
+            for name in ("completion", "completion_echo", "completion_echo_return_token_ids")}
+    assert text(mine["completion_echo_return_token_ids"]) == text(mine["completion"])
+    assert text(mine["completion_echo"]) == "Once upon a time" + text(mine["completion"])

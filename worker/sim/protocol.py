@@ -125,7 +125,8 @@ def parse_completion(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) ->
     ids = [p for p, _ in prompts]
     continuation = all(isinstance(p, list) for p in _as_batch(body.get("prompt")))
     req = _finish(body, cfg, "completion", ids, "assistant", continuation, _opt_int(body, "max_tokens"))
-    req.echo = flag(body, "echo", False)
+    # vLLM 0.32 drops the echo when token ids are returned (recorded: stream and non-stream)
+    req.echo = flag(body, "echo", False) and not req.return_token_ids
     req.prompt_texts = [text if text is not None else tok.decode(p) for p, text in prompts]
     logprobs = body.get("logprobs")
     if logprobs is not None:
