@@ -160,3 +160,20 @@ async def test_a_request_holds_one_slot_per_choice(http: aiohttp.ClientSession) 
         for task in (first, second, big):
             task.cancel()
         await sim.wait_for(lambda s: s.running == 0 and s.waiting == 0 and s.requests_cancelled == 3)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"prompt": [10 ** 6]}, "Token id 1000000 is out of vocabulary"),
+    ({"prompt": ["ok", ""]}, "The decoder prompt cannot be empty"),
+    ({"logprobs": 21}, "Requested sample logprobs of 21"),
+])
+async def test_engine_errors_reach_a_stream_as_an_error_event(sim: Simulator, http: aiohttp.ClientSession,
+                                                              extra: dict[str, Any], message: str) -> None:
+    """As vLLM 0.32: status 200, one error event, [DONE] (a non-stream request gets a 400)."""
+    body = {"model": "tiny-chat", "prompt": "hi", "max_tokens": 4, **extra}
+    status, raw = await post(http, sim.url + "/v1/completions", {**body, "stream": True})
+    events, done = parse_sse(raw)
+    assert status == 200 and done and len(events) == 1
+    assert events[0]["error"]["message"].startswith(message) and events[0]["error"]["code"] == 400
+    status, raw = await post(http, sim.url + "/v1/completions", body)
+    assert status == 400 and orjson.loads(raw)["error"]["message"].startswith(message)

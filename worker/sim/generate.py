@@ -32,6 +32,16 @@ def error_response(err: ApiError) -> web.Response:
                         headers=err.headers)
 
 
+async def error_stream(request: web.Request, err: ApiError) -> web.StreamResponse:
+    """An error the engine finds, sent to a stream request as vLLM does: a 200 stream holding
+    one ``data: {"error": ...}`` event, then ``data: [DONE]``."""
+    resp = web.StreamResponse(headers=SSE_HEADERS)
+    await resp.prepare(request)
+    await resp.write(b"data: " + err.body() + b"\n\n" + DONE)
+    await resp.write_eof()
+    return resp
+
+
 def fault_error(core: SimCore, fault: FaultSpec, chat: bool) -> ApiError:
     """The error response of a fault that answers with an HTTP status."""
     kind, retry = fault.kind, fault.get("retry_after")
@@ -119,10 +129,13 @@ async def _handle(core: SimCore, request: web.Request, endpoint: Endpoint) -> we
             await core.wait_closing(request.transport)
             return web.Response()
         return error_response(fault_error(core, fault, chat))
+    body: dict[str, Any] = {}
     try:
         body = parse_json(await request.read())
         req = endpoint.parse(body, core.config, core.tokenizer)
     except ApiError as err:
+        if err.in_stream and body.get("stream") is True:
+            return await error_stream(request, err)
         return error_response(err)
     late = core.faults.after_parse(req.continuation)
     if late is not None:

@@ -23,8 +23,11 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
                  err_type: str | None = None, code: int | str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, in_stream: bool = False) -> None:
         super().__init__(message)
+        # found by the engine rather than the request's validation: a stream request gets it as
+        # an error event in a 200 stream, as vLLM sends it
+        self.in_stream = in_stream
         self.status = status
         self.message = message
         self.param = param
@@ -124,7 +127,8 @@ def parse_completion(body: Mapping[str, Any], cfg: SimConfig, tok: Tokenizer) ->
     prompts = _prompts(body.get("prompt"), tok)
     ids = [p for p, _ in prompts]
     continuation = all(isinstance(p, list) for p in _as_batch(body.get("prompt")))
-    req = _finish(body, cfg, "completion", ids, "assistant", continuation, _opt_int(body, "max_tokens"))
+    req = _finish(body, cfg, "completion", ids, "assistant", continuation, _opt_int(body, "max_tokens"),
+                  exact=[text is None for _, text in prompts])
     # vLLM 0.32 drops the echo when token ids are returned (recorded: stream and non-stream)
     req.echo = flag(body, "echo", False) and not req.return_token_ids
     req.prompt_texts = [text if text is not None else tok.decode(p) for p, text in prompts]
@@ -154,10 +158,10 @@ def _prompts(prompt: Any, tok: Tokenizer) -> list[tuple[list[int], str | None]]:
         elif isinstance(one, list) and one and all(type(t) is int for t in one):
             bad = next((t for t in one if not tok.is_valid(t)), None)
             if bad is not None:
-                raise ApiError(400, f"Token id {bad} is out of vocabulary")
+                raise ApiError(400, f"Token id {bad} is out of vocabulary", in_stream=True)
             out.append((list(one), None))
         elif one == "" or one == []:
-            raise ApiError(400, "The decoder prompt cannot be empty")
+            raise ApiError(400, "The decoder prompt cannot be empty", in_stream=True)
         else:
             raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.",
                            param="prompt")
@@ -169,7 +173,7 @@ def _logprobs_count(k: int, tok: Tokenizer) -> int:
         k = tok.vocab_size  # -1: the whole vocabulary, as vLLM reads it
     if k > MAX_LOGPROBS:
         raise ApiError(400, f"Requested sample logprobs of {k}, which is greater than max allowed: "
-                            f"{MAX_LOGPROBS} (parameter=logprobs, value={k})", param="logprobs")
+                            f"{MAX_LOGPROBS} (parameter=logprobs, value={k})", param="logprobs", in_stream=True)
     return k
 
 
@@ -186,7 +190,7 @@ def _chat_logprobs(body: Mapping[str, Any], tok: Tokenizer) -> int | None:
 
 
 def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, prompts: list[list[int]], role: str,
-            continuation: bool, max_tokens: int | None) -> GenRequest:
+            continuation: bool, max_tokens: int | None, exact: list[bool] | None = None) -> GenRequest:
     stream = flag(body, "stream", False)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -204,7 +208,8 @@ def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, prompts: list[li
         raise ApiError(400, f"n must be at least 1, got {n}.")
     if n > 1 and temperature == 0.0:
         raise ApiError(400, f"n must be 1 when using greedy sampling, got {n}.")
-    budgets = [_budget(cfg, len(ids), max_tokens) for ids in prompts]
+    counted = exact or [False] * len(prompts)
+    budgets = [_budget(cfg, len(ids), max_tokens, exact=e) for ids, e in zip(prompts, counted, strict=True)]
     return GenRequest(
         kind=kind, prompts=prompts, max_tokens=budgets[0], budgets=budgets, stream=stream,
         include_usage=bool(options and options.get("include_usage")),
@@ -215,18 +220,21 @@ def _finish(body: Mapping[str, Any], cfg: SimConfig, kind: str, prompts: list[li
     )
 
 
-def _budget(cfg: SimConfig, n_prompt: int, max_tokens: int | None) -> int:
+def _budget(cfg: SimConfig, n_prompt: int, max_tokens: int | None, *, exact: bool = True) -> int:
     """The tokens a prompt may get, as vLLM 0.32 decides: a prompt longer than the context is
     refused; ``max_tokens`` is lowered to what fits after the prompt (an error if nothing fits).
     One difference: ``max_tokens`` above the context length is refused with the older "maximum
     context length" message (vLLM 0.32: "max_tokens=N cannot be greater than max_model_len=M"),
-    which the gateway's tests match."""
+    which the gateway's tests match.  vLLM tokenizes a text prompt only up to one token past the
+    context, so it counts "at least" that many (``exact``: a token-id prompt, counted whole)."""
     limit = cfg.max_model_len
     if n_prompt > limit:
+        count = n_prompt if exact else f"at least {limit + 1}"
         raise ApiError(400, f"This model's maximum context length is {limit} tokens. However, your prompt "
-                            f"contains {n_prompt} input tokens, which exceeds this limit even without any "
+                            f"contains {count} input tokens, which exceeds this limit even without any "
                             f"output tokens. Please reduce the length of the input prompt. "
-                            f"(parameter=input_tokens, value={n_prompt})", param="input_tokens")
+                            f"(parameter=input_tokens, value={n_prompt if exact else limit + 1})",
+                       param="input_tokens")
     if max_tokens is not None and max_tokens > limit:
         raise ApiError(400, context_message(limit, n_prompt, max_tokens), param="max_tokens")
     budget = min(limit - n_prompt, cfg.default_max_tokens if max_tokens is None else max_tokens)
