@@ -110,6 +110,8 @@ TABLE: dict[str, tuple[str, str, dict[str, Any] | None, bool]] = {
     "error_chat_prompt_too_long_stream": ("POST", "/v1/chat/completions",
                                           _chat(messages=[{"role": "user", "content": "x " * 2100}], stream=True),
                                           True),
+    "models": ("GET", "/v1/models", None, False),
+    "version": ("GET", "/version", None, False),
     "models_post": ("POST", "/v1/models", {}, False),
     "tokenize_get": ("GET", "/tokenize", None, False),
     "embeddings": ("POST", "/v1/embeddings", {"model": MODEL, "input": "Hello there"}, False),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -176,10 +177,14 @@ class Simulator:
         return _json({"version": self.config.version})
 
     async def _models(self, request: web.Request) -> web.Response:
-        name = self.config.model
-        card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+        name, now = self.config.model, int(time.time())
+        permission = {"id": "modelperm-" + uuid.uuid4().hex[:16], "object": "model_permission", "created": now,
+                      "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                      "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                      "organization": "*", "group": None, "is_blocking": False}
+        card = {"id": name, "object": "model", "created": now, "owned_by": "vllm",
                 "root": name, "parent": None, "max_model_len": self.config.max_model_len,
-                "permission": []}
+                "permission": [permission]}
         return _json({"object": "list", "data": [card]})
 
     async def _metrics(self, request: web.Request) -> web.Response:
