@@ -65,6 +65,7 @@ def test_every_table_entry_has_a_fixture() -> None:
 async def test_simulator_answers_like_vllm(sim: Simulator, name: str) -> None:
     real = fixture(name)
     method, path, body, _ = TABLE[name]
+    assert real["request"] == {"method": method, "path": path, "body": body}, "re-record: the table changed"
     mine = await ask(sim.url, method, path, body)
     assert (mine["status"], mine.get("allow")) == (real["status"], real.get("allow"))
     assert mine["content_type"].split(";")[0] == real["content_type"].split(";")[0]
