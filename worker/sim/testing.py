@@ -1,10 +1,12 @@
 """Helpers for tests that drive a simulator (this package's tests and the gateway's)."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import orjson
 
 from worker.sim.config import SimConfig
@@ -84,3 +86,14 @@ def parse_typed_sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
             raise ValueError(f"unexpected SSE block {block[:80]!r}")
         out.append((head[len(b"event: "):].decode(), orjson.loads(data[len(b"data: "):])))
     return out
+
+
+async def read_stalled(resp: aiohttp.ClientResponse, events: int, quiet: float = 0.2) -> list[bytes]:
+    """The ``events`` SSE events a stalled stream sent (``stall_after``), read line by line (5 s
+    at most per line); raises AssertionError if anything more arrives within ``quiet`` seconds."""
+    lines = [await asyncio.wait_for(resp.content.readline(), 5) for _ in range(2 * events)]
+    try:
+        extra = await asyncio.wait_for(resp.content.readline(), quiet)
+    except asyncio.TimeoutError:
+        return [line for line in lines if line.startswith(b"data: ")]
+    raise AssertionError(f"the stream was not stalled: {extra[:80]!r}")
