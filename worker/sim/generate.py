@@ -189,17 +189,9 @@ async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: Pl
         while not reached(plan, sent) and not all(g.done for g in gens):
             if sent:
                 await asyncio.sleep(cfg.itl_ms / 1000)
-            data, step = b"" if sent else enc.opening(choices), 0
-            for c in choices:
-                if c.gen.done or reached(plan, sent + step):
-                    continue
-                size = chunk_size(cfg.tokens_per_chunk, plan, sent + step)
-                ids, piece = _next_chunk(core, enc, c, size)
-                if plan.malformed_at is not None and sent + step <= plan.malformed_at < sent + step + len(ids):
-                    piece = MALFORMED + piece
-                data += piece
-                step += len(ids)
+            data, step = _step(core, enc, choices, plan, sent)
             if sent == 0:
+                data = enc.opening(choices) + data
                 stats.ttft.observe(loop.time() - start)
             await resp.write(data)
             sent += step
@@ -212,6 +204,21 @@ async def _stream(core: SimCore, request: web.Request, req: GenRequest, plan: Pl
         await _close_stream(resp, enc, req, choices, plan.done)
     finished(core, gens, loop.time() - start)
     return resp
+
+
+def _step(core: SimCore, enc: Encoder, choices: list[Choice], plan: Plan, sent: int) -> tuple[bytes, int]:
+    """One engine step: a chunk for each unfinished choice, in index order, until a fault's
+    token count is reached; the events and how many tokens they hold."""
+    data, step = b"", 0
+    for c in choices:
+        if c.gen.done or reached(plan, sent + step):
+            continue
+        ids, piece = _next_chunk(core, enc, c, chunk_size(core.config.tokens_per_chunk, plan, sent + step))
+        if plan.malformed_at is not None and sent + step <= plan.malformed_at < sent + step + len(ids):
+            piece = MALFORMED + piece
+        data += piece
+        step += len(ids)
+    return data, step
 
 
 def reached(plan: Plan, sent: int) -> bool:
