@@ -96,8 +96,9 @@ class Splicer:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         if finish or self.st.kind != "chat":
             choice["stop_reason"] = stop_reason
-        if self.keep_ids and ids is not None:
-            choice["token_ids"] = ids
+        if self.st.kind != "chat":
+            choice["prompt_token_ids"] = None  # vLLM sends both fields, null unless ids were asked for
+        choice["token_ids"] = ids if self.keep_ids else None
         return choice
 
     def _frame(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """After the first token: relay the stream, watch it, and resume it elsewhere if it breaks.
 
-The hot path (``StreamTracker.feed``) cuts complete events, drops malformed ones, removes the
-token ids the gateway asked for, and keeps the raw bytes it relayed (for a resume): byte
-searches only, no JSON.  A watchdog timer (re-armed per stall period, not per token) ends a
+The hot path (``StreamTracker.feed``) cuts complete events, drops malformed ones, sets the
+token ids the gateway asked for back to the nulls vLLM sends unasked, and keeps the raw bytes
+it relayed (for a resume): byte searches only, no JSON.  A watchdog timer (re-armed per stall period, not per token) ends a
 silent stream or one past its total deadline."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import re
 
 from aiohttp import web
 
-from gateway.sse import strip_token_ids
+from gateway.sse import null_token_ids
 from gateway.upstream import Ready, UpstreamTooLarge
 
 DEFAULT_MAX_EVENT = 4 * 1024 * 1024
@@ -120,9 +120,9 @@ class StreamTracker:
             # one event after the first: its only id field is choice 0's "token_ids", near the end
             at = chunk.rfind(b',"token_ids":[')
             if at >= 0:
-                return chunk[:at] + chunk[chunk.index(b"]", at) + 1:]
+                return chunk[:at + 13] + b"null" + chunk[chunk.index(b"]", at) + 1:]
         self.raw_events = True
-        return strip_token_ids(chunk)
+        return null_token_ids(chunk)
 
     def _reserve(self, n: int) -> None:
         """Room for ``n`` more retained bytes, taken from the budget a block at a time."""
