@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import Unavailable
+from gateway.resume import choices_of
 from gateway.resume_loop import StreamSession
 from gateway.sse import events, parse_event
 from gateway.upstream import Ready, UpstreamTooLarge
@@ -30,8 +31,9 @@ _OWN_SHAPE = ("tools", "functions", "tool_choice", "logprobs", "top_logprobs", "
 
 
 def can_assemble(body: Mapping[str, Any]) -> bool:
-    """Whether a non-stream request's answer can be assembled from its stream exactly."""
-    if body.get("n", 1) not in (1, None):
+    """Whether a non-stream request's answer can be assembled from its stream exactly: one
+    choice only (``n`` and a list of prompts both make several; issue 10, defect 1)."""
+    if choices_of(dict(body)) != 1:
         return False
     return not any(body.get(k) not in (None, False) for k in _OWN_SHAPE)
 
@@ -86,6 +88,20 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
     if fingerprint is not None:
         out["system_fingerprint"] = fingerprint
     return out
+
+
+def stream_error(raw: bytes) -> tuple[int, bytes] | None:
+    """The pool's own error when its stream carried one in place of an answer (vLLM sends
+    errors its engine finds after the head as one ``{"error": ...}`` event): the status and
+    body its non-stream answer has for the same request (issue 10, defect 3)."""
+    for payload in events(raw):
+        doc = parse_event(payload)
+        if doc is None or not isinstance(doc.get("error"), dict):
+            continue
+        code = doc["error"].get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+        return status, orjson.dumps({"error": doc["error"]})
+    return None
 
 
 class _Buffer:
@@ -144,8 +160,14 @@ class AssembledSession(StreamSession):
 
     async def _finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
         # the first attempt's events, then what a resume spliced on (or an ending written)
-        doc = assemble(bytes(self.buffer.data), self.ex.req.kind)
+        raw = bytes(self.buffer.data)
+        doc = assemble(raw, self.ex.req.kind)
         if doc is None:
+            error = stream_error(raw)
+            if error is not None:
+                self.proxy.count(self.ex, cand.region, str(error[0]))
+                return web.Response(status=error[0], body=error[1], headers={
+                    "Content-Type": "application/json", **self.ex.headers(cand, self.ex.served_model)})
             return await self._give_up(cand, "the upstream stream ended without an answer")
         try:
             body = orjson.dumps(doc)

@@ -24,6 +24,7 @@ from gateway.exchange import Exchange, Tried
 from gateway.metrics import GatewayMetrics
 from gateway.relay import find_usage
 from gateway.request import ParsedRequest
+from gateway.resume import resumable
 from gateway.resume_loop import StreamSession
 from gateway.state import Runtime
 from gateway.streaming import ByteBudget
@@ -83,7 +84,9 @@ class Proxy:
     async def _route(self, ex: Exchange, planner: object, ctx: RequestContext,
                      allowed_models: frozenset[str]) -> web.StreamResponse:
         req, mcfg = ex.req, ex.mcfg
-        resume = req.stream and mcfg.resume == "token_ids" and not req.body.get("return_token_ids")
+        # the ids are asked for only where a resume may use them (never for echo: vLLM would drop it)
+        resume = req.stream and mcfg.resume == "token_ids" and not req.body.get("return_token_ids") \
+            and resumable(req.body)
         last_refusal: tuple[Candidate, Refused] | None = None
         plan: Plan | None = None
         fallbacks = [m for m in mcfg.fallbacks if not allowed_models or m in allowed_models]

@@ -13,7 +13,8 @@ from gateway.errors import sse_error_event
 from gateway.exchange import Exchange, Tried
 from gateway.quota import STREAM_EVENTS
 from gateway.relay import find_usage
-from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay
+from gateway.resume import (Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay,
+                            resumable)
 from gateway.splice import Splicer
 from gateway.sse import DONE_EVENT, UnencodableEvent, encode_event
 from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
@@ -56,7 +57,8 @@ class StreamSession:
         ex = self.ex
         notice = await self._open(cand, ready)
         lim = ex.cfg.upstream_limits
-        tracker = StreamTracker(self.strip_ids, ex.mcfg.resume != "off", lim.max_event_bytes, lim.resume_buffer_bytes,
+        retain = ex.mcfg.resume != "off" and resumable(ex.req.body)  # else relayed as is, in-band error if cut
+        tracker = StreamTracker(self.strip_ids, retain, lim.max_event_bytes, lim.resume_buffer_bytes,
                                 self.proxy.retained, lim.resume_buffer_total_bytes)
         try:
             outcome, detail = await self._pump(cand, ready, tracker, notice)
