@@ -123,13 +123,13 @@ def choices_of(body: dict[str, Any]) -> int:
     return n
 
 
-def resumable(body: dict[str, Any]) -> bool:
+def resumable(body: dict[str, Any], kind: str = "completions") -> bool:
     """Whether a cut stream of this request can be continued exactly as the client sees it.
-    Not: several choices (only one generation is tracked and continued), echo (the echoed
+    Only chat and completions streams are (a Responses API stream is relayed).  Not: several choices (only one generation is tracked and continued), echo (the echoed
     prompt and ``return_token_ids`` exclude each other in vLLM), logprobs (a continuation's
     events would lose them).  Those are relayed as they are and end with the in-band error
     if cut (docs/failover.md)."""
-    if choices_of(body) != 1 or body.get("echo"):
+    if kind not in ("chat", "completions") or choices_of(body) != 1 or body.get("echo"):
         return False
     return body.get("logprobs") in (None, False) and body.get("prompt_logprobs") is None
 
@@ -156,7 +156,7 @@ def plan_continuation(req: ParsedRequest, st: StreamState, upstream_model: str, 
         remaining = limit - st.generated
         if remaining <= 0:
             return None
-    if not resumable(body):
+    if not resumable(body, req.kind):
         return None
     constrained = any(k in body for k in _CONSTRAINED) or seeded_sampling(body)
     if can_continue and not constrained and want != "off":

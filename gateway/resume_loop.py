@@ -57,7 +57,7 @@ class StreamSession:
         ex = self.ex
         notice = await self._open(cand, ready)
         lim = ex.cfg.upstream_limits
-        retain = ex.mcfg.resume != "off" and resumable(ex.req.body)  # else relayed as is, in-band error if cut
+        retain = ex.mcfg.resume != "off" and resumable(ex.req.body, ex.req.kind)  # else relayed as is, in-band error if cut
         tracker = StreamTracker(self.strip_ids, retain, lim.max_event_bytes, lim.resume_buffer_bytes,
                                 self.proxy.retained, lim.resume_buffer_total_bytes)
         try:

@@ -17,6 +17,7 @@ from gateway.upstream import Ready, UpstreamTooLarge
 DEFAULT_MAX_EVENT = 4 * 1024 * 1024
 DEFAULT_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
 RESERVE_BLOCK = 64 * 1024
+_RESPONSE_ENDS = (b"event: response.completed\n", b"event: response.incomplete\n", b"event: response.failed\n")
 _WELL_FORMED = re.compile(rb"(?:data: \{[^\n]*\}\n\n)+").fullmatch  # JSON data events only
 
 
@@ -142,13 +143,18 @@ class StreamTracker:
         self.raw = bytearray()
 
     def _sanitize(self, data: bytes) -> bytes:
-        """Keep well-formed events (JSON objects, [DONE], comments); note the end of stream."""
+        """Keep well-formed events (JSON objects, [DONE], comments, named events as the
+        Responses API sends them); note the end of stream ([DONE], or a Responses API stream's
+        last event: it sends no [DONE])."""
         kept = []
         for block in data.split(b"\n\n")[:-1]:
             if block == b"data: [DONE]":
                 self.done = True
             elif block.startswith(b"data: {") and block.endswith(b"}") or block.startswith(b":"):
                 pass
+            elif block.startswith(b"event: ") and b"\ndata: {" in block and block.endswith(b"}"):
+                if block.startswith(_RESPONSE_ENDS):
+                    self.done = True
             elif block:
                 self.dropped += 1
                 continue
