@@ -73,8 +73,12 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
     if head is None or not seen:
         return None
     text = "".join(texts)
+    vllm = isinstance(fingerprint, str) and fingerprint.startswith("vllm")
     if kind == "chat":
         message: dict[str, Any] = {"role": role, "content": text}
+        if vllm:
+            message.update(refusal=None, annotations=None, audio=None, function_call=None)
+            message.setdefault("reasoning", None)
         if reasoning:
             message[reasoning_key] = "".join(reasoning)
         choice_out: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
@@ -82,12 +86,32 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
         obj = "chat.completion"
     else:
         choice_out = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": stop}
+        if vllm:
+            choice_out.update(prompt_logprobs=None, prompt_token_ids=None)
         obj = "text_completion"
+    if vllm:
+        choice_out.update(token_ids=None, routed_experts=None)
     out = {"id": head.get("id"), "object": obj, "created": head.get("created"), "model": head.get("model"),
            "choices": [choice_out], "usage": usage}
     if fingerprint is not None:
         out["system_fingerprint"] = fingerprint
+    if vllm:
+        _vllm_fields(out, kind)
     return out
+
+
+def _vllm_fields(out: dict[str, Any], kind: str) -> None:
+    """The fields vLLM's own non-stream answer has that its stream does not carry (all null
+    for a request served this way: nothing that asks for them is assembled), as vLLM 0.32 sends
+    them: what the client would have got from the pool directly (issue 10, field fidelity)."""
+    out["service_tier"] = None
+    if kind == "chat":
+        out.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
+    out.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
+    usage = out.get("usage")
+    if isinstance(usage, dict):
+        out["usage"] = {**usage, "prompt_tokens_details": usage.get("prompt_tokens_details"),
+                        "completion_tokens_details": usage.get("completion_tokens_details")}
 
 
 def stream_error(raw: bytes) -> tuple[int, bytes] | None:

@@ -130,3 +130,27 @@ async def test_a_seeded_sampled_stream_resumes_with_the_same_text(cut_region, pa
     async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
         text = await r.text()
     assert 'infercdn_stream_resumes_total{result="ok",strategy="regenerate"} 1.0' in text
+
+
+# --- field fidelity: an assembled answer has every field of the pool's own --------------------------
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"model": "tiny-chat", "messages": [{"role": "user", "content": "Hello there"}],
+                              "max_tokens": 6, "temperature": 0}),
+    ("/v1/completions", {"model": "tiny-chat", "prompt": "Once upon a time", "max_tokens": 6, "temperature": 0}),
+])
+async def test_an_assembled_answer_is_the_pools_own(healthy, path: str, body: dict) -> None:
+    gw, sim = healthy
+    _, direct = await post(sim.url, path, body)
+    status, relayed = await post(gw.url, path, body)
+    assert status == 200
+    assert normal(orjson.loads(relayed)) == normal(orjson.loads(direct))  # nulls included
+
+
+async def test_a_resumed_assembled_answer_is_the_pools_own(cut_region) -> None:
+    gw, _, us = cut_region
+    body = {"model": "tiny-chat", "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}
+    _, direct = await post(us.url, "/v1/completions", body)
+    status, relayed = await post(gw.url, "/v1/completions", body)
+    assert status == 200
+    assert normal(orjson.loads(relayed)) == normal(orjson.loads(direct))
