@@ -158,6 +158,10 @@ class StreamSession:
             if outcome is Outcome.SUCCESS:
                 return True
             ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+            if st.finish_reason is not None:  # the continuation finished, then lost its end
+                if splicer.held is not None:
+                    await self._write(encode_event(splicer.held))
+                return await self._complete_ending(st)
         return False
 
     async def _open_continuation(self, cand: Candidate, st: StreamState) -> tuple[Ready | Failed | Refused | None, Continuation | None]:

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from tests.conftest import LONDON, base_config
+from tests.e2e_vllm.conformance_table import digest
 from tests.gateway.test_resume import COMPLETION, content, stream
 
 HEADERS = {"X-Forwarded-For": LONDON}
@@ -154,3 +155,21 @@ async def test_a_resumed_assembled_answer_is_the_pools_own(cut_region) -> None:
     status, relayed = await post(gw.url, "/v1/completions", body)
     assert status == 200
     assert normal(orjson.loads(relayed)) == normal(orjson.loads(direct))
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/completions", {**COMPLETION, "stream_options": None}),
+    ("/v1/completions", {**COMPLETION, "seed": 11, "temperature": 1.0}),
+    ("/v1/completions", COMPLETION),
+    ("/v1/chat/completions", {k: v for k, v in COMPLETION.items() if k != "prompt"}
+     | {"messages": [{"role": "user", "content": "a story"}]}),
+])
+async def test_a_resumed_stream_loses_no_field(cut_region, path: str, body: dict) -> None:
+    """What the client gets after a resume adds up to the pool's own stream, field by field."""
+    gw, _, us = cut_region
+    body = {k: v for k, v in body.items() if v is not None}
+    _, direct = await post(us.url, path, body)
+    _, relayed = await post(gw.url, path, body)
+    got, want = digest(relayed), digest(direct)
+    assert got["fields"] == want["fields"]
+    assert got == want
