@@ -109,7 +109,7 @@ def normal(doc: Any) -> Any:
     return doc
 
 
-def _events(raw: bytes) -> list[tuple[str | None, bytes]]:
+def sse_events(raw: bytes) -> list[tuple[str | None, bytes]]:
     out = []
     for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
         name, data = None, None
@@ -145,7 +145,7 @@ def digest(raw: bytes) -> dict[str, Any]:
     fields its events carry (top level, choice, delta); for named events (the Responses API) the
     names in order with the deltas merged and the final document."""
     out: dict[str, Any] = {"done": False, "choices": {}, "usage": None, "errors": [], "fields": set(), "named": []}
-    for name, data in _events(raw):
+    for name, data in sse_events(raw):
         if data == b"[DONE]":
             out["done"] = True
             continue

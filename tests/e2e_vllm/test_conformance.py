@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import LONDON
 from tests.e2e_vllm.conformance_table import TABLE, Case, digest, normal
 from tests.e2e_vllm.cutproxy import CutProxy
-from tests.e2e_vllm.helpers import MARKS, vllm_config, wait_idle
+from tests.e2e_vllm.helpers import MARKS, cut_first_pool, vllm_config, wait_idle
 from tests.vllm_fixture import VllmServer
 
 pytestmark = MARKS
@@ -63,9 +63,7 @@ async def test_cut_mid_answer(vllm_server: VllmServer, gateway_factory, case: Ca
     proxy = CutProxy("127.0.0.1", vllm_server.port, cut_after_events=CUT_AFTER)
     await proxy.start()
     try:
-        data = vllm_config(vllm_server, {"us-east": [vllm_server.url]})
-        data["pools"][0]["endpoints"][0]["url"] = proxy.url  # eu-west-0: vLLM through the cutting proxy
-        gw = await gateway_factory(data)
+        gw = await gateway_factory(cut_first_pool(vllm_server, proxy.url))
         status, relayed, headers = await call(gw.url, case)
     finally:
         await proxy.stop()

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from tests.conftest import LONDON, base_config
-from tests.e2e_vllm.conformance_table import digest
-from tests.gateway.test_resume import COMPLETION, content, stream
+from tests.e2e_vllm.conformance_table import digest, normal
+from tests.gateway.test_resume import COMPLETION, content, cut_region, stream  # noqa: F401 - a fixture
 
 HEADERS = {"X-Forwarded-For": LONDON}
 
@@ -20,15 +20,6 @@ async def post(url: str, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
     async with aiohttp.ClientSession() as session:
         async with session.post(url + path, json=body, headers=HEADERS) as r:
             return r.status, await r.read()
-
-
-def normal(doc: Any) -> Any:
-    """A document without what differs per request (ids, timestamps)."""
-    if isinstance(doc, dict):
-        return {k: normal(v) for k, v in doc.items() if k not in ("id", "created")}
-    if isinstance(doc, list):
-        return [normal(v) for v in doc]
-    return doc
 
 
 def by_choice(docs: list[dict]) -> dict[int, str]:
@@ -44,14 +35,6 @@ async def healthy(sim_factory, gateway_factory):
     sim = await sim_factory()
     gw = await gateway_factory(base_config({"eu-west": [sim.url]}))
     return gw, sim
-
-
-@pytest.fixture
-async def cut_region(sim_factory, gateway_factory):
-    eu = await sim_factory(fault="cut_after:tokens=7")
-    us = await sim_factory()
-    gw = await gateway_factory(base_config({"eu-west": [eu.url], "us-east": [us.url]}))
-    return gw, eu, us
 
 
 # --- defect 1: several choices ---------------------------------------------------------------------

@@ -11,7 +11,8 @@ import pytest
 
 from gateway.model_cards import MODEL_CARDS, cards_round
 from tests.conftest import base_config
-from tests.gateway.test_answer_fidelity import HEADERS, normal, post
+from tests.e2e_vllm.conformance_table import normal, sse_events
+from tests.gateway.test_answer_fidelity import HEADERS, post
 
 
 @pytest.fixture
@@ -28,26 +29,7 @@ async def get(url: str, path: str, method: str = "GET") -> tuple[int, bytes, Any
 
 
 def sse(raw: bytes) -> list[list[Any]]:
-    out = []
-    for block in raw.split(b"\n\n"):
-        name, data = None, None
-        for line in block.split(b"\n"):
-            if line.startswith(b"event: "):
-                name = line[7:].decode()
-            elif line.startswith(b"data: "):
-                data = line[6:]
-        if data is not None:
-            out.append([name, normal(orjson.loads(data)) if data.startswith(b"{") else data])
-    return out
-
-
-def _no_ids(doc: Any) -> Any:
-    """Responses API documents: their item ids and timestamps are per request too."""
-    if isinstance(doc, dict):
-        return {k: _no_ids(v) for k, v in doc.items() if k not in ("item_id", "created_at")}
-    if isinstance(doc, list):
-        return [_no_ids(v) for v in doc]
-    return doc
+    return [[name, normal(orjson.loads(data)) if data.startswith(b"{") else data] for name, data in sse_events(raw)]
 
 
 @pytest.mark.parametrize(("path", "body"), [
@@ -61,7 +43,7 @@ async def test_routed_endpoints_answer_as_the_pool(healthy, path: str, body: dic
     direct_status, direct = await post(sim.url, path, body)
     status, relayed = await post(gw.url, path, body)
     assert status == direct_status == 200
-    assert _no_ids(normal(orjson.loads(relayed))) == _no_ids(normal(orjson.loads(direct)))
+    assert normal(orjson.loads(relayed)) == normal(orjson.loads(direct))
 
 
 async def test_a_responses_stream_is_relayed_with_its_named_events(healthy) -> None:
@@ -73,7 +55,7 @@ async def test_a_responses_stream_is_relayed_with_its_named_events(healthy) -> N
     events = sse(relayed)
     assert [name for name, _ in events] == [name for name, _ in sse(direct)]
     assert events[-1][0] == "response.completed"
-    assert _no_ids(events) == _no_ids(sse(direct))
+    assert events == sse(direct)
 
 
 async def test_a_responses_stream_cut_ends_with_the_in_band_error(sim_factory, gateway_factory) -> None:
