@@ -67,7 +67,10 @@ def vllm_python(given: str | None) -> str:
 
 
 def start_vllm(python: str, model_dir: Path, work: Path) -> tuple[subprocess.Popen, str]:
-    port, control = free_port(), free_port()
+    port = free_port()
+    control = free_port()
+    while control == port:  # the kernel may hand the same free port out twice
+        control = free_port()
     cmd = [sys.executable, "-m", "worker.vllm.cli", "--model", str(model_dir), "--served-model-name", "tiny-chat",
            "--port", str(port), "--control-port", str(control), "--python", python, "--work-dir", str(work / "vllm"),
            "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
