@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                 gateway.stop()
             stop(vllm_proc, grace=30)
     now = dt.datetime.now(dt.timezone.utc)
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=ROOT).stdout.strip()
     vllm_version = subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
                                   text=True, env={**os.environ, **OFFLINE}).stdout.strip().splitlines()[-1:]
     meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "rev": rev or "?", "vllm": "".join(vllm_version) or "?",

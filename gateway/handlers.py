@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 from ipaddress import ip_network
 from typing import Any
@@ -29,7 +28,6 @@ from gateway.state import ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS, 
 from routing.locate import parse_ip
 from routing.plan import RequestContext
 from routing.topology import Location
-
 
 
 def _json(data: object, status: int = 200) -> web.Response:

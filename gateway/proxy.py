@@ -45,6 +45,8 @@ def not_served(path: str, refused: Refused) -> bool:
     """A pool's 404 for a path it has no route for (FastAPI's bare ``{"detail": "Not Found"}``,
     as vLLM answers an endpoint its model does not serve), not its 404 for a model."""
     return refused.status == 404 and path in _OPTIONAL_PATHS and b'"error"' not in refused.body
+
+
 log = logging.getLogger("infercdn.proxy")
 
 

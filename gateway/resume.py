@@ -125,9 +125,10 @@ def choices_of(body: dict[str, Any]) -> int:
 
 def resumable(body: dict[str, Any], kind: str = "completions") -> bool:
     """Whether a cut stream of this request can be continued exactly as the client sees it.
-    Only chat and completions streams are (a Responses API stream is relayed).  Not: several choices (only one generation is tracked and continued), echo (the echoed
-    prompt and ``return_token_ids`` exclude each other in vLLM), logprobs (a continuation's
-    events would lose them).  Those are relayed as they are and end with the in-band error
+    Only chat and completions streams are (a Responses API stream is relayed), and not with
+    several choices (only one generation is tracked and continued), echo (the echoed prompt
+    and ``return_token_ids`` exclude each other in vLLM), logprobs (a continuation's events
+    would lose them).  Those are relayed as they are and end with the in-band error
     if cut (docs/failover.md)."""
     if kind not in ("chat", "completions") or choices_of(body) != 1 or body.get("echo"):
         return False

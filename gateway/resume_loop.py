@@ -57,7 +57,8 @@ class StreamSession:
         ex = self.ex
         notice = await self._open(cand, ready)
         lim = ex.cfg.upstream_limits
-        retain = ex.mcfg.resume != "off" and resumable(ex.req.body, ex.req.kind)  # else relayed as is, in-band error if cut
+        # a request that cannot be resumed is relayed as it is (the in-band error if it is cut)
+        retain = ex.mcfg.resume != "off" and resumable(ex.req.body, ex.req.kind)
         tracker = StreamTracker(self.strip_ids, retain, lim.max_event_bytes, lim.resume_buffer_bytes,
                                 self.proxy.retained, lim.resume_buffer_total_bytes)
         try:

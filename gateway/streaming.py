@@ -2,8 +2,8 @@
 
 The hot path (``StreamTracker.feed``) cuts complete events, drops malformed ones, sets the
 token ids the gateway asked for back to the nulls vLLM sends unasked, and keeps the raw bytes
-it relayed (for a resume): byte searches only, no JSON.  A watchdog timer (re-armed per stall period, not per token) ends a
-silent stream or one past its total deadline."""
+it relayed (for a resume): byte searches only, no JSON.  A watchdog timer (re-armed per stall
+period, not per token) ends a silent stream or one past its total deadline."""
 from __future__ import annotations
 
 import asyncio

@@ -26,7 +26,8 @@ def by_choice(docs: list[dict]) -> dict[int, str]:
     texts: dict[int, str] = {}
     for d in docs:
         for c in d.get("choices", []):
-            texts[c["index"]] = texts.get(c["index"], "") + ((c.get("delta") or {}).get("content") or c.get("text") or "")
+            text = (c.get("delta") or {}).get("content") or c.get("text") or ""
+            texts[c["index"]] = texts.get(c["index"], "") + text
     return texts
 
 
