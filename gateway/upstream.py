@@ -275,6 +275,7 @@ class Failed:
     status: int | None = None
     body: bytes = b""
     retry_after: str | None = None
+    local_stall: bool = False  # the deadline fired late: the gateway's loop stalled, not the endpoint
 
 
 @dataclass(slots=True)
