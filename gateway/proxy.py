@@ -241,6 +241,9 @@ class Proxy:
             return
         # only counts are kept (and logged): a pool's usage block is not trusted to be small
         ex.usage = usage = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+        for theirs, ours in (("input_tokens", "prompt_tokens"), ("output_tokens", "completion_tokens")):
+            if theirs in usage and ours not in usage:  # the Responses API's names
+                usage[ours] = usage[theirs]
         for kind in ("prompt_tokens", "completion_tokens"):
             value = usage.get(kind)
             if isinstance(value, int) and value > 0:

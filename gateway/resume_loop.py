@@ -57,16 +57,17 @@ class StreamSession:
         ex = self.ex
         notice = await self._open(cand, ready)
         lim = ex.cfg.upstream_limits
-        # a request that cannot be resumed is relayed as it is (the in-band error if it is cut)
-        retain = ex.mcfg.resume != "off" and resumable(ex.req.body, ex.req.kind)
-        tracker = StreamTracker(self.strip_ids, retain, lim.max_event_bytes, lim.resume_buffer_bytes,
+        tracker = StreamTracker(self.strip_ids, ex.mcfg.resume != "off", lim.max_event_bytes, lim.resume_buffer_bytes,
                                 self.proxy.retained, lim.resume_buffer_total_bytes)
         try:
             outcome, detail = await self._pump(cand, ready, tracker, notice)
             ex.request[STREAM_EVENTS] = tracker.raw.count(b"data: {")  # for token budgets (gateway.quota)
             if outcome is Outcome.SUCCESS:
                 return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
-            st = replay(bytes(tracker.raw), ex.req.kind) if tracker.retain else None
+            # a request that cannot be resumed is relayed as it is (the in-band error if it is cut);
+            # what was retained still serves the accounting (usage, events streamed)
+            resume = tracker.retain and resumable(ex.req.body, ex.req.kind)
+            st = replay(bytes(tracker.raw), ex.req.kind) if resume else None
         finally:
             tracker.free()  # nothing of the stream outlives it, whatever ended it
         ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))

@@ -117,3 +117,23 @@ async def test_models_carry_what_the_pools_report(healthy) -> None:
     assert status == 200 and orjson.loads(body) == entry
     status, body, _ = await get(gw.url, "/v1/models/nope")
     assert status == 404 and orjson.loads(body)["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_tokens_are_counted(healthy, stream: bool) -> None:
+    gw, _ = healthy
+    body = {"model": "tiny-chat", "input": "Hello there", "max_output_tokens": 5, "temperature": 0, "stream": stream}
+    status, _ = await post(gw.url, "/v1/responses", body)
+    assert status == 200
+    _, text, _ = await get(gw.url, "/metrics")
+    assert b'infercdn_tokens_total{kind="completion",model="tiny-chat"} 5.0' in text
+
+
+async def test_tokens_of_a_stream_that_is_never_resumed_are_counted(healthy) -> None:
+    gw, _ = healthy
+    body = {"model": "tiny-chat", "prompt": "Once upon a time", "max_tokens": 5, "n": 2, "seed": 1,
+            "stream": True, "stream_options": {"include_usage": True}}
+    status, _ = await post(gw.url, "/v1/completions", body)
+    assert status == 200
+    _, text, _ = await get(gw.url, "/metrics")
+    assert b'infercdn_tokens_total{kind="completion",model="tiny-chat"} 10.0' in text
