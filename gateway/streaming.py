@@ -107,7 +107,7 @@ class StreamTracker:
         if cut != len(chunk):
             self.pending.keep(chunk[cut:])
             chunk = chunk[:cut]
-        single = chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == cut - 2
+        single = chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == cut - 2 and chunk.startswith(b"data: {")
         if not single and _WELL_FORMED(chunk) is None:
             chunk = self._sanitize(chunk)  # [DONE], comments or a malformed event
         if self.retain:

@@ -107,3 +107,14 @@ def test_the_resume_buffer_stops_at_its_bound() -> None:
     assert t.retain and len(t.raw) == len(CHAT_NEXT) * 3
     t.feed(CHAT_NEXT)
     assert not t.retain and len(t.raw) == 0  # this stream can no longer be resumed; the memory is free
+
+
+def test_a_responses_stream_ends_with_its_last_named_event_whatever_the_reads() -> None:
+    """The Responses API sends no [DONE]: its stream is complete at ``response.completed``, also
+    when each event arrives in a read of its own."""
+    created = b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n'
+    completed = b'event: response.completed\ndata: {"type":"response.completed","sequence_number":1}\n\n'
+    for reads in ([created, completed], [created + completed], [created, completed[:20], completed[20:]]):
+        t = StreamTracker(strip_ids=False, retain=True)
+        out = b"".join(t.feed(r) for r in reads)
+        assert out == created + completed and t.done and t.dropped == 0
