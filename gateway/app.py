@@ -18,6 +18,7 @@ from gateway.edge import server_header
 from gateway.handlers import admin_guard, routes
 from gateway.limits import SharedLimits
 from gateway.metrics import build_metrics
+from gateway.model_cards import model_cards
 from gateway.proxy import Proxy
 from gateway.registry import registry_watcher
 from gateway.quota import add_quota_headers
@@ -80,6 +81,7 @@ def build_app(cfg: Config, *, simulated: Mapping[str, list[str]] | None = None,
     app.cleanup_ctx.append(canary_loop(rt.clock))  # before the sources: it holds what they add
     app.cleanup_ctx.append(dns_watcher(resolver))
     app.cleanup_ctx.append(registry_watcher())
+    app.cleanup_ctx.append(model_cards)  # what pools report of their models, for /v1/models
     app.add_routes(fleet_routes())
     app.on_response_prepare.append(add_quota_headers)  # x-ratelimit-* on every answer
     built = geoip_build_time(reader)

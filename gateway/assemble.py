@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import Unavailable
+from gateway.resume import choices_of
 from gateway.resume_loop import StreamSession
 from gateway.sse import events, parse_event
 from gateway.upstream import Ready, UpstreamTooLarge
@@ -30,8 +31,9 @@ _OWN_SHAPE = ("tools", "functions", "tool_choice", "logprobs", "top_logprobs", "
 
 
 def can_assemble(body: Mapping[str, Any]) -> bool:
-    """Whether a non-stream request's answer can be assembled from its stream exactly."""
-    if body.get("n", 1) not in (1, None):
+    """Whether a non-stream request's answer can be assembled from its stream exactly: one
+    choice only (``n`` and a list of prompts both make several; issue 10, defect 1)."""
+    if choices_of(dict(body)) != 1:
         return False
     return not any(body.get(k) not in (None, False) for k in _OWN_SHAPE)
 
@@ -71,8 +73,12 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
     if head is None or not seen:
         return None
     text = "".join(texts)
+    vllm = isinstance(fingerprint, str) and fingerprint.startswith("vllm")
     if kind == "chat":
         message: dict[str, Any] = {"role": role, "content": text}
+        if vllm:
+            message.update(refusal=None, annotations=None, audio=None, function_call=None)
+            message.setdefault("reasoning", None)
         if reasoning:
             message[reasoning_key] = "".join(reasoning)
         choice_out: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
@@ -80,12 +86,46 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
         obj = "chat.completion"
     else:
         choice_out = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": stop}
+        if vllm:
+            choice_out.update(prompt_logprobs=None, prompt_token_ids=None)
         obj = "text_completion"
+    if vllm:
+        choice_out.update(token_ids=None, routed_experts=None)
     out = {"id": head.get("id"), "object": obj, "created": head.get("created"), "model": head.get("model"),
            "choices": [choice_out], "usage": usage}
     if fingerprint is not None:
         out["system_fingerprint"] = fingerprint
+    if vllm:
+        _vllm_fields(out, kind)
     return out
+
+
+def _vllm_fields(out: dict[str, Any], kind: str) -> None:
+    """The fields vLLM's own non-stream answer has that its stream does not carry (all null
+    for a request served this way: nothing that asks for them is assembled), as vLLM 0.32 sends
+    them: what the client would have got from the pool directly (issue 10, field fidelity)."""
+    out["service_tier"] = None
+    if kind == "chat":
+        out.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
+    out.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
+    usage = out.get("usage")
+    if isinstance(usage, dict):
+        out["usage"] = {**usage, "prompt_tokens_details": usage.get("prompt_tokens_details"),
+                        "completion_tokens_details": usage.get("completion_tokens_details")}
+
+
+def stream_error(raw: bytes) -> tuple[int, bytes] | None:
+    """The pool's own error when its stream carried one in place of an answer (vLLM sends
+    errors its engine finds after the head as one ``{"error": ...}`` event): the status and
+    body its non-stream answer has for the same request (issue 10, defect 3)."""
+    for payload in events(raw):
+        doc = parse_event(payload)
+        if doc is None or not isinstance(doc.get("error"), dict):
+            continue
+        code = doc["error"].get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+        return status, orjson.dumps({"error": doc["error"]})
+    return None
 
 
 class _Buffer:
@@ -144,8 +184,14 @@ class AssembledSession(StreamSession):
 
     async def _finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
         # the first attempt's events, then what a resume spliced on (or an ending written)
-        doc = assemble(bytes(self.buffer.data), self.ex.req.kind)
+        raw = bytes(self.buffer.data)
+        doc = assemble(raw, self.ex.req.kind)
         if doc is None:
+            error = stream_error(raw)
+            if error is not None:
+                self.proxy.count(self.ex, cand.region, str(error[0]))
+                return web.Response(status=error[0], body=error[1], headers={
+                    "Content-Type": "application/json", **self.ex.headers(cand, self.ex.served_model)})
             return await self._give_up(cand, "the upstream stream ended without an answer")
         try:
             body = orjson.dumps(doc)

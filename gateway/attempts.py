@@ -179,7 +179,9 @@ class FirstToken:
     def _failed(self, cand: Candidate, failed: Failed) -> None:
         ex = self.ex
         ex.tried.append(Tried(cand, failed.outcome, failed.detail, ex.req.model))
-        self.proxy.record(cand, failed.outcome)
+        # a deadline the gateway's own stalled loop fired late says nothing about the endpoint:
+        # it must not feed outlier detection or the breaker (issue 10, defect 5)
+        self.proxy.record(cand, Outcome.CANCELLED if failed.local_stall else failed.outcome)
         if failed.outcome is Outcome.HTTP_429:
             delay = parse_retry_after(failed.retry_after, time.time())
             if delay is not None:

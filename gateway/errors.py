@@ -60,6 +60,12 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
 
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 from ipaddress import ip_network
 from typing import Any
@@ -17,7 +16,9 @@ from gateway.access import line as access_line
 from gateway.auth import check_model
 from gateway.config import ConfigError
 from gateway.deadlines import candidate_deadlines
+from gateway.endpoints import ROUTED, allowed_methods, method_not_allowed, own_routes
 from gateway.errors import GatewayError, ModelNotFound, RateLimited, error_body
+from gateway.model_cards import cards
 from gateway.quota import QUOTA_HEADERS, count_usage, estimate_prompt_tokens
 from gateway.reload import CONFIG_PATH, reload_config
 from gateway.request import ParsedRequest, parse, read_body, request_id
@@ -28,8 +29,6 @@ from gateway.state import (ACCESS_LOG, DRAINING, LOCATOR, METRICS, OBSERVATIONS,
 from routing.locate import parse_ip
 from routing.plan import RequestContext
 from routing.topology import Location
-
-_CREATED = int(time.time())
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -136,6 +135,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, "completions", "/v1/completions")
 
 
+def _routed(kind: str, path: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await _generate(request, kind, path)
+    return handler
+
+
 def _healthy_models(request: web.Request, allowed: tuple[str, ...] = ()) -> list[str]:
     snapshot, obs = request.app[SNAPSHOT].current, request.app[OBSERVATIONS]
     models: set[str] = set()
@@ -151,16 +156,24 @@ def _usable(view: object) -> bool:
     return bool(view.healthy) and not view.ejected and not view.drained
 
 
-async def list_models(request: web.Request) -> web.Response:
-    """GET /v1/models: the models this caller may use (a key is needed where one is required)."""
+def allowed_models(request: web.Request) -> list[str]:
+    """The models this caller may use now (raises the auth error where a key is needed)."""
     try:
         tenant = request.app[SNAPSHOT].current.auth.tenant(request.headers.get("Authorization"))
     except GatewayError as exc:
         _count_rejection(request, exc, "-")
+        raise
+    return _healthy_models(request, tenant.cfg.models)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the models this caller may use (a key is needed where one is required),
+    with what their pools report of them (gateway.model_cards)."""
+    try:
+        models = allowed_models(request)
+    except GatewayError as exc:
         return exc.response()
-    data = [{"id": m, "object": "model", "created": _CREATED, "owned_by": "infercdn"}
-            for m in _healthy_models(request, tenant.cfg.models)]
-    return _json({"object": "list", "data": data})
+    return _json({"object": "list", "data": cards(request.app, models)})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -239,6 +252,9 @@ async def admin_observations(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
+    allowed = await allowed_methods(request)
+    if allowed:
+        return method_not_allowed(request, allowed)
     return _json(error_body(f"unknown path {request.path}", "invalid_request_error", None, "not_found"), 404)
 
 
@@ -247,6 +263,8 @@ def routes() -> list[web.AbstractRouteDef]:
         web.post("/v1/chat/completions", chat_completions),
         web.post("/v1/completions", completions),
         web.get("/v1/models", list_models),
+        *(web.post(path, _routed(kind, path)) for kind, path in ROUTED),
+        *own_routes(),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),

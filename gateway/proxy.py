@@ -19,11 +19,12 @@ from gateway.assemble import AssembledSession, can_assemble
 from gateway.attempts import FirstToken, Won
 from gateway.config import Config
 from gateway.config import UpstreamLimitsCfg
-from gateway.errors import GatewayError, ModelNotFound, RateLimited, Unavailable, openai_error_bytes
+from gateway.errors import GatewayError, ModelNotFound, NotFound, RateLimited, Unavailable, openai_error_bytes
 from gateway.exchange import Exchange, Tried
 from gateway.metrics import GatewayMetrics
 from gateway.relay import find_usage
 from gateway.request import ParsedRequest
+from gateway.resume import resumable
 from gateway.resume_loop import StreamSession
 from gateway.state import Runtime
 from gateway.streaming import ByteBudget
@@ -35,6 +36,17 @@ from routing.outcome import Outcome
 from routing.plan import Candidate, Plan, RequestContext
 
 CONTEXT_MARKERS = (b"maximum context length", b"context_length_exceeded")
+NOT_SERVED = "does not serve"
+_OPTIONAL_PATHS = frozenset({"/v1/responses", "/tokenize", "/detokenize", "/v1/embeddings", "/v1/score",
+                             "/v1/rerank"})
+
+
+def not_served(path: str, refused: Refused) -> bool:
+    """A pool's 404 for a path it has no route for (FastAPI's bare ``{"detail": "Not Found"}``,
+    as vLLM answers an endpoint its model does not serve), not its 404 for a model."""
+    return refused.status == 404 and path in _OPTIONAL_PATHS and b'"error"' not in refused.body
+
+
 log = logging.getLogger("infercdn.proxy")
 
 
@@ -57,7 +69,8 @@ class Proxy:
         comments), any failure ends it with the in-band error event, never a second response."""
         mcfg = cfg.model_cfg(req.model)
         loop = asyncio.get_running_loop()
-        assembled = not req.stream and mcfg.non_stream == "stream" and can_assemble(req.body)
+        assembled = not req.stream and mcfg.non_stream == "stream" and req.kind in ("chat", "completions") \
+            and can_assemble(req.body)
         if assembled:
             req = req.as_stream()
         ex = Exchange(request, req, cfg, mcfg, loop.time() + mcfg.total_deadline_s, assembled=assembled)
@@ -83,7 +96,9 @@ class Proxy:
     async def _route(self, ex: Exchange, planner: object, ctx: RequestContext,
                      allowed_models: frozenset[str]) -> web.StreamResponse:
         req, mcfg = ex.req, ex.mcfg
-        resume = req.stream and mcfg.resume == "token_ids" and not req.body.get("return_token_ids")
+        # the ids are asked for only where a resume may use them (never for echo: vLLM would drop it)
+        resume = req.stream and mcfg.resume == "token_ids" and not req.body.get("return_token_ids") \
+            and resumable(req.body, req.kind)
         last_refusal: tuple[Candidate, Refused] | None = None
         plan: Plan | None = None
         fallbacks = [m for m in mcfg.fallbacks if not allowed_models or m in allowed_models]
@@ -133,6 +148,10 @@ class Proxy:
         except BaseException:
             self.obs.release(cand.endpoint.id)
             raise
+        if isinstance(result, Refused) and not_served(path, result):
+            # this pool does not serve the endpoint (an embeddings path on a generation model):
+            # the next candidate may; not the endpoint's fault, nor the request's
+            return Failed(Outcome.CLIENT_ERROR, f"{NOT_SERVED} {path} (404)", 404, result.body)
         if isinstance(result, Ready):
             result.endpoint_id = cand.endpoint.id
             if stream:
@@ -190,6 +209,9 @@ class Proxy:
             wait = min(ex.retry_after_s if ex.retry_after_s is not None else 1.0, ex.cfg.retry.client_retry_after_max_s)
             return RateLimited(f"every pool serving {ex.req.model!r} is throttling requests; retry later",
                                headers={"Retry-After": str(max(1, round(wait))), **ids})
+        if ex.tried and all(t.detail.startswith(NOT_SERVED) for t in ex.tried):
+            self.count(ex, region, "404")
+            return NotFound(f"no pool serving model {ex.req.model!r} serves {ex.req.path}", headers=ids)
         self.count(ex, region, "503")
         if not ex.tried:
             reasons = sorted({r.reason for r in plan.rejected}) if plan else []
@@ -219,6 +241,9 @@ class Proxy:
             return
         # only counts are kept (and logged): a pool's usage block is not trusted to be small
         ex.usage = usage = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+        for theirs, ours in (("input_tokens", "prompt_tokens"), ("output_tokens", "completion_tokens")):
+            if theirs in usage and ours not in usage:  # the Responses API's names
+                usage[ours] = usage[theirs]
         for kind in ("prompt_tokens", "completion_tokens"):
             value = usage.get(kind)
             if isinstance(value, int) and value > 0:

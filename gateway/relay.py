@@ -17,7 +17,10 @@ def find_usage(data: bytes) -> dict[str, Any] | None:
     if end >= 0:
         body = body[:end]
     try:
-        usage = orjson.loads(body).get("usage")
+        doc = orjson.loads(body)
+        usage = doc.get("usage")
+        if usage is None and isinstance(doc.get("response"), dict):  # a Responses API event
+            usage = doc["response"].get("usage")
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return usage if isinstance(usage, dict) else None

@@ -18,7 +18,7 @@ from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unsuppor
 
 @dataclass(slots=True)
 class ParsedRequest:
-    kind: str  # "chat" | "completions"
+    kind: str  # "chat" | "completions" | "responses" | one of PASSTHROUGH_KINDS
     path: str  # upstream path, e.g. "/v1/chat/completions"
     raw: bytes
     body: dict[str, Any]
@@ -60,7 +60,10 @@ def id_factory() -> Callable[[], str]:
     return lambda: f"{prefix}{next(counter):010x}"
 
 
-_REQUIRED = {"chat": ("messages", list), "completions": ("prompt", (str, list))}
+_REQUIRED = {"chat": ("messages", list), "completions": ("prompt", (str, list)), "responses": ("input", (str, list)),
+             "detokenize": ("tokens", list), "embeddings": ("input", (str, list))}
+# endpoints whose answer is one JSON object (never a stream), relayed as the pool sends it
+PASSTHROUGH_KINDS = ("tokenize", "detokenize", "embeddings", "score", "rerank")
 MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,%d}" % MAX_REQUEST_ID).fullmatch
 MAX_JSON_DEPTH = 64  # nesting of a request body's arrays and objects
@@ -137,9 +140,12 @@ def parse(kind: str, path: str, raw: bytes, request_id: str, new_id: Callable[[]
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", param="stream")
-    name, types = _REQUIRED[kind]
-    if name not in body:
-        raise BadRequest(f"missing required parameter: '{name}'", param=name)
-    if not isinstance(body[name], types):
-        raise BadRequest(f"'{name}' has the wrong type", param=name)
+    if kind in PASSTHROUGH_KINDS:
+        stream = False  # these answer JSON whatever the body says (the pool validates the rest)
+    if kind in _REQUIRED:
+        name, types = _REQUIRED[kind]
+        if name not in body:
+            raise BadRequest(f"missing required parameter: '{name}'", param=name)
+        if not isinstance(body[name], types):
+            raise BadRequest(f"'{name}' has the wrong type", param=name)
     return ParsedRequest(kind, path, raw, body, model, stream, request_id)

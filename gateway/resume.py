@@ -105,6 +105,36 @@ def deterministic(body: dict[str, Any]) -> bool:
     return body.get("temperature") == 0 or body.get("seed") is not None
 
 
+def seeded_sampling(body: dict[str, Any]) -> bool:
+    """A seed with sampling (temperature absent or above 0): the seeded sampler's state lives
+    in the pool, so only regenerating with the same seed reproduces the text; a continuation
+    from token ids or text samples the rest from a fresh state (issue 10, defect 4)."""
+    return body.get("seed") is not None and body.get("temperature") != 0
+
+
+def choices_of(body: dict[str, Any]) -> int:
+    """How many choices the answer has: ``n`` per prompt, times the prompts of a list
+    (a list of token ids is one prompt; a list of strings or of id lists is several)."""
+    n = body.get("n")
+    n = n if isinstance(n, int) and n > 0 else 1
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        n *= len(prompt)
+    return n
+
+
+def resumable(body: dict[str, Any], kind: str = "completions") -> bool:
+    """Whether a cut stream of this request can be continued exactly as the client sees it.
+    Only chat and completions streams are (a Responses API stream is relayed), and not with
+    several choices (only one generation is tracked and continued), echo (the echoed prompt
+    and ``return_token_ids`` exclude each other in vLLM), logprobs (a continuation's events
+    would lose them).  Those are relayed as they are and end with the in-band error
+    if cut (docs/failover.md)."""
+    if kind not in ("chat", "completions") or choices_of(body) != 1 or body.get("echo"):
+        return False
+    return body.get("logprobs") in (None, False) and body.get("prompt_logprobs") is None
+
+
 def _max_tokens(body: dict[str, Any]) -> int | None:
     value = body.get("max_completion_tokens", body.get("max_tokens"))
     return value if isinstance(value, int) else None
@@ -127,7 +157,9 @@ def plan_continuation(req: ParsedRequest, st: StreamState, upstream_model: str, 
         remaining = limit - st.generated
         if remaining <= 0:
             return None
-    constrained = any(k in body for k in _CONSTRAINED) or body.get("n", 1) != 1
+    if not resumable(body, req.kind):
+        return None
+    constrained = any(k in body for k in _CONSTRAINED) or seeded_sampling(body)
     if can_continue and not constrained and want != "off":
         if want == "token_ids" and st.prompt_ids is not None and st.gen_ids is not None:
             return Continuation("tokens", "/v1/completions", _tokens_body(body, st, upstream_model, remaining))

@@ -13,7 +13,8 @@ from gateway.errors import sse_error_event
 from gateway.exchange import Exchange, Tried
 from gateway.quota import STREAM_EVENTS
 from gateway.relay import find_usage
-from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay
+from gateway.resume import (Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay,
+                            resumable)
 from gateway.splice import Splicer
 from gateway.sse import DONE_EVENT, UnencodableEvent, encode_event
 from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
@@ -63,7 +64,10 @@ class StreamSession:
             ex.request[STREAM_EVENTS] = tracker.raw.count(b"data: {")  # for token budgets (gateway.quota)
             if outcome is Outcome.SUCCESS:
                 return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
-            st = replay(bytes(tracker.raw), ex.req.kind) if tracker.retain else None
+            # a request that cannot be resumed is relayed as it is (the in-band error if it is cut);
+            # what was retained still serves the accounting (usage, events streamed)
+            resume = tracker.retain and resumable(ex.req.body, ex.req.kind)
+            st = replay(bytes(tracker.raw), ex.req.kind) if resume else None
         finally:
             tracker.free()  # nothing of the stream outlives it, whatever ended it
         ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
@@ -156,6 +160,10 @@ class StreamSession:
             if outcome is Outcome.SUCCESS:
                 return True
             ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+            if st.finish_reason is not None:  # the continuation finished, then lost its end
+                if splicer.held is not None:
+                    await self._write(encode_event(splicer.held))
+                return await self._complete_ending(st)
         return False
 
     async def _open_continuation(self, cand: Candidate, st: StreamState) -> tuple[Ready | Failed | Refused | None, Continuation | None]:

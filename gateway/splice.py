@@ -20,6 +20,9 @@ class Splicer:
         self.skip = cont.skip  # regenerate: text the client already has, still to be reproduced
         self.base_generated = 0 if cont.strategy == "regenerate" else st.generated
         self.done = False
+        # without a usage block for the client, the finish waits for the continuation's usage
+        # event: vLLM names its build (system_fingerprint) with the finish then, as it would have
+        self.held: dict[str, Any] | None = None
 
     def feed(self, data: bytes) -> bytes:
         """Complete upstream events in, bytes for the client out."""
@@ -29,6 +32,9 @@ class Splicer:
                 self.done = True
                 if self.skip:
                     raise ResumeMismatch("the regenerated stream ended before reproducing what was sent")
+                if self.held is not None:
+                    out.append(encode_event(self.held))
+                    self.held = None
                 out.append(DONE_EVENT)
                 continue
             doc = parse_event(payload)
@@ -42,7 +48,12 @@ class Splicer:
             usage = self._usage(doc["usage"])
             self.st.usage = usage
             if not self.include_usage:
-                return []
+                held, self.held = self.held, None
+                if held is None:
+                    return []
+                if doc.get("system_fingerprint") is not None:
+                    held["system_fingerprint"] = doc["system_fingerprint"]
+                return [encode_event(held)]
             frame = self._frame([], usage=usage)
             if doc.get("system_fingerprint") is not None:  # vLLM names its build with the usage
                 frame["system_fingerprint"] = doc["system_fingerprint"]
@@ -51,12 +62,12 @@ class Splicer:
         for choice in doc.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            ev = self._choice(choice)
+            ev = self._choice(choice, doc.get("system_fingerprint"))
             if ev is not None:
                 out.append(ev)
         return out
 
-    def _choice(self, choice: dict[str, Any]) -> bytes | None:
+    def _choice(self, choice: dict[str, Any], fingerprint: Any = None) -> bytes | None:
         delta = choice.get("delta")
         text = (delta or {}).get("content") if delta is not None else choice.get("text")
         text = text or ""
@@ -69,7 +80,13 @@ class Splicer:
         if not text and not finish:
             return None  # e.g. the continuation's own role chunk
         self.st.add(text, ids, finish, choice.get("stop_reason"))
-        return encode_event(self._frame([self._client_choice(text, ids, finish, choice.get("stop_reason"))]))
+        frame = self._frame([self._client_choice(text, ids, finish, choice.get("stop_reason"))])
+        if fingerprint is not None:  # vLLM names its build with the finish (without usage)
+            frame["system_fingerprint"] = fingerprint
+        elif finish and not self.include_usage:
+            self.held = frame
+            return None
+        return encode_event(frame)
 
     def _skip(self, text: str, ids: list[int] | None) -> tuple[str, list[int] | None]:
         n = min(len(text), len(self.skip))
@@ -96,8 +113,9 @@ class Splicer:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         if finish or self.st.kind != "chat":
             choice["stop_reason"] = stop_reason
-        if self.keep_ids and ids is not None:
-            choice["token_ids"] = ids
+        if self.st.kind != "chat":
+            choice["prompt_token_ids"] = None  # vLLM sends both fields, null unless ids were asked for
+        choice["token_ids"] = ids if self.keep_ids else None
         return choice
 
     def _frame(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:

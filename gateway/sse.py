@@ -1,8 +1,8 @@
 """Byte-level helpers for OpenAI/vLLM server-sent events.
 
-The hot path never parses JSON: events are cut at ``\\n\\n`` and the token-id fields that the
-gateway asked for (for exact resume) are removed with byte searches.  Full parsing happens
-only when a stream must be resumed."""
+The hot path never parses JSON: events are cut at ``\\n\\n`` and the token ids that the
+gateway asked for (for exact resume) are set back to the nulls vLLM sends unasked, with byte
+searches.  Full parsing happens only when a stream must be resumed."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -15,13 +15,12 @@ DONE_EVENT = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 
 
-_WS = b" \t\r\n"
-
-
-def strip_token_ids(data: bytes) -> bytes:
-    """Remove ``"prompt_token_ids": [...] | null`` and ``"token_ids": [...] | null`` fields,
-    whatever whitespace the pool's JSON has around separators (``", "``, ``": "``), leaving
-    valid JSON: a field's own comma goes with it (the one before it, else the one after)."""
+def null_token_ids(data: bytes) -> bytes:
+    """Set the lists of ``"prompt_token_ids"`` and ``"token_ids"`` fields to ``null``, whatever
+    whitespace the pool's JSON has around separators: what vLLM sends when nobody asked for
+    ids (it always sends both fields, null unless ``return_token_ids`` is set), so a client
+    gets its own request's answer although the gateway asked for the ids.  Any other value
+    (null, a string) is left as it is."""
     at = data.find(b'token_ids"')
     if at < 0:
         return data
@@ -29,26 +28,18 @@ def strip_token_ids(data: bytes) -> bytes:
     start = 0
     while at >= 0:
         # '"token_ids"' or '"prompt_token_ids"', else the text of some other key or value
-        begin = at - 1 if data[at - 1:at] == b'"' else at - 8 if data[at - 8:at] == b'"prompt_' else -1
+        named = data[at - 1:at] == b'"' or data[at - 8:at] == b'"prompt_'
         colon = _skip_ws(data, at + 10)
-        if begin < 0 or data[colon:colon + 1] != b":":
+        if not named or data[colon:colon + 1] != b":":
             at = data.find(b'token_ids"', at + 10)  # the text of a value, not a field name
             continue
         value = _skip_ws(data, colon + 1)
-        end = value + 4 if data.startswith(b"null", value) else _array_end(data, value)
+        end = _array_end(data, value)
         if end <= 0:
-            at = data.find(b'token_ids"', colon)  # not a list of ids: left as it is
+            at = data.find(b'token_ids"', colon)  # null or not a list of ids: left as it is
             continue
-        before = begin
-        while before > start and data[before - 1] in _WS:
-            before -= 1
-        if before > start and data[before - 1:before] == b",":  # not a comma the last field took
-            begin = before - 1
-        else:
-            after = _skip_ws(data, end)
-            if data[after:after + 1] == b",":
-                end = _skip_ws(data, after + 1)
-        out.append(data[start:begin])
+        out.append(data[start:value])
+        out.append(b"null")
         start = end
         at = data.find(b'token_ids"', end)
     out.append(data[start:])

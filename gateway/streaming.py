@@ -1,9 +1,9 @@
 """After the first token: relay the stream, watch it, and resume it elsewhere if it breaks.
 
-The hot path (``StreamTracker.feed``) cuts complete events, drops malformed ones, removes the
-token ids the gateway asked for, and keeps the raw bytes it relayed (for a resume): byte
-searches only, no JSON.  A watchdog timer (re-armed per stall period, not per token) ends a
-silent stream or one past its total deadline."""
+The hot path (``StreamTracker.feed``) cuts complete events, drops malformed ones, sets the
+token ids the gateway asked for back to the nulls vLLM sends unasked, and keeps the raw bytes
+it relayed (for a resume): byte searches only, no JSON.  A watchdog timer (re-armed per stall
+period, not per token) ends a silent stream or one past its total deadline."""
 from __future__ import annotations
 
 import asyncio
@@ -11,12 +11,13 @@ import re
 
 from aiohttp import web
 
-from gateway.sse import strip_token_ids
+from gateway.sse import null_token_ids
 from gateway.upstream import Ready, UpstreamTooLarge
 
 DEFAULT_MAX_EVENT = 4 * 1024 * 1024
 DEFAULT_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
 RESERVE_BLOCK = 64 * 1024
+_RESPONSE_ENDS = (b"event: response.completed\n", b"event: response.incomplete\n", b"event: response.failed\n")
 _WELL_FORMED = re.compile(rb"(?:data: \{[^\n]*\}\n\n)+").fullmatch  # JSON data events only
 
 
@@ -106,7 +107,7 @@ class StreamTracker:
         if cut != len(chunk):
             self.pending.keep(chunk[cut:])
             chunk = chunk[:cut]
-        single = chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == cut - 2
+        single = chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == cut - 2 and chunk.startswith(b"data: {")
         if not single and _WELL_FORMED(chunk) is None:
             chunk = self._sanitize(chunk)  # [DONE], comments or a malformed event
         if self.retain:
@@ -120,9 +121,9 @@ class StreamTracker:
             # one event after the first: its only id field is choice 0's "token_ids", near the end
             at = chunk.rfind(b',"token_ids":[')
             if at >= 0:
-                return chunk[:at] + chunk[chunk.index(b"]", at) + 1:]
+                return chunk[:at + 13] + b"null" + chunk[chunk.index(b"]", at) + 1:]
         self.raw_events = True
-        return strip_token_ids(chunk)
+        return null_token_ids(chunk)
 
     def _reserve(self, n: int) -> None:
         """Room for ``n`` more retained bytes, taken from the budget a block at a time."""
@@ -142,13 +143,18 @@ class StreamTracker:
         self.raw = bytearray()
 
     def _sanitize(self, data: bytes) -> bytes:
-        """Keep well-formed events (JSON objects, [DONE], comments); note the end of stream."""
+        """Keep well-formed events (JSON objects, [DONE], comments, named events as the
+        Responses API sends them); note the end of stream ([DONE], or a Responses API stream's
+        last event: it sends no [DONE])."""
         kept = []
         for block in data.split(b"\n\n")[:-1]:
             if block == b"data: [DONE]":
                 self.done = True
             elif block.startswith(b"data: {") and block.endswith(b"}") or block.startswith(b":"):
                 pass
+            elif block.startswith(b"event: ") and b"\ndata: {" in block and block.endswith(b"}"):
+                if block.startswith(_RESPONSE_ENDS):
+                    self.done = True
             elif block:
                 self.dropped += 1
                 continue

@@ -12,6 +12,7 @@ with :class:`UpstreamTooLarge` and closes the connection."""
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 from collections.abc import Callable
@@ -274,6 +275,7 @@ class Failed:
     status: int | None = None
     body: bytes = b""
     retry_after: str | None = None
+    local_stall: bool = False  # the deadline fired late: the gateway's loop stalled, not the endpoint
 
 
 @dataclass(slots=True)
@@ -284,6 +286,62 @@ class Refused:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: str | None = None  # as sent; parsed and capped before it reaches a client
+
+
+class ConnectTimer:
+    """``timeouts.connect_s`` measured on the connect, not on the gateway's own loop (issue 10,
+    defect 5): when the time is up, the kernel is asked whether the handshake completed (a
+    zero-timeout poll of the socket) and, if the loop itself lagged (the timer fired late), the
+    connect gets the time the loop took from it.  Only a handshake that the kernel has not
+    completed within ``connect_s`` of loop time the connect had is a connect timeout: a starved
+    loop does not blame an endpoint (nor feed its outlier detection or breaker).  The request's
+    first-token deadline still bounds the whole wait."""
+
+    __slots__ = ("loop", "task", "connect_s", "sock", "handle", "fired", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connect_s: float) -> None:
+        self.loop = loop
+        self.task = asyncio.current_task()
+        self.connect_s = connect_s
+        self.sock: socket.socket | None = None
+        self.fired = False
+        self.when = loop.time() + connect_s
+        self.handle = loop.call_at(self.when, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        late = now - self.when
+        if self.sock is not None and _connected(self.sock):
+            self.when = now + min(self.connect_s, 0.05)  # done in the kernel: the loop has work left
+        elif late > max(0.01, self.connect_s * 0.1):
+            self.when = now + min(self.connect_s, late)  # the loop stalled: the connect gets that time
+        else:
+            self.fired = True
+            assert self.task is not None
+            self.task.cancel()
+            return
+        self.handle = self.loop.call_at(self.when, self._check)
+
+    def expired(self) -> bool:
+        if self.fired and self.task is not None:
+            self.task.uncancel()
+        return self.fired
+
+    def handed_over(self) -> bool:
+        """The socket belongs to a transport now (which closes it)."""
+        return self.sock is not None and self.sock.fileno() < 0
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+
+def _connected(sock: socket.socket) -> bool:
+    """Whether a non-blocking connect has completed in the kernel (writable, no error)."""
+    try:
+        _, writable, _ = select.select((), (sock,), (), 0)
+        return bool(writable) and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    except (OSError, ValueError):
+        return False
 
 
 class UpstreamPool:
@@ -315,9 +373,26 @@ class UpstreamPool:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         tls = self._tls() if scheme == "https" else None
-        async with asyncio.timeout(self.connect_s):
-            _, conn = await loop.create_connection(lambda: UpstreamConn(self, key), host, port, ssl=tls,
+        timer = ConnectTimer(loop, self.connect_s)
+        try:
+            family, kind, proto, _, addr = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+            sock = timer.sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+            _, conn = await loop.create_connection(lambda: UpstreamConn(self, key), sock=sock, ssl=tls,
                                                    server_hostname=host if tls else None)
+        except asyncio.CancelledError:
+            if timer.sock is not None and not timer.handed_over():
+                timer.sock.close()
+            if timer.expired():
+                raise TimeoutError() from None
+            raise
+        except BaseException:
+            if timer.sock is not None and not timer.handed_over():
+                timer.sock.close()
+            raise
+        finally:
+            timer.stop()
         return conn, False
 
     def _tls(self) -> ssl.SSLContext:

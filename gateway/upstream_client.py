@@ -13,6 +13,7 @@ from gateway.upstream import (DEFAULT_LIMITS, Failed, Ready, Refused, UpstreamCo
 from routing.outcome import Outcome
 from routing.retry import parse_retry_after
 
+STALL_S = 0.05  # how late a deadline may fire before the gateway blames its own loop
 # what of an upstream's head reaches the client: OpenAI's informational headers; never cookies,
 # CORS grants, hop-by-hop or caching headers of someone else's server.  The gateway sets the
 # Content-Type itself (JSON, or an event stream): a pool cannot make a client render HTML.
@@ -42,9 +43,11 @@ class UpstreamClient:
         key, path = _key(url)
         head = _request_head(path, key, headers, len(body))
         t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        due = loop.time() + first_token_s
         conn: UpstreamConn | None = None
         try:
-            async with asyncio.timeout(first_token_s):
+            async with asyncio.timeout_at(due):
                 for _ in range(2):  # a reused connection the server had closed: once more, fresh
                     conn, reused = await self.pool.acquire(key)
                     conn.limits, conn.stream = limits, stream
@@ -60,8 +63,13 @@ class UpstreamClient:
                 conn.abort()
             # the connect timeout (timeouts.connect_s) or the first-token deadline, whichever fired
             what = "connect" if conn is None else "first token"
+            # a deadline that fired well after its time says the gateway's loop stalled (a burst
+            # starving it): the endpoint may have answered in time, so it is not blamed for it
+            late = loop.time() - due
+            stall = late > max(STALL_S, first_token_s * 0.25)
             return Failed(Outcome.TIMEOUT if conn is not None else Outcome.CONNECT_ERROR,
-                          f"no {what} within {time.monotonic() - t0:.3g} s")
+                          f"no {what} within {time.monotonic() - t0:.3g} s"
+                          + (f" (the gateway's loop ran {late:.3g} s late)" if stall else ""), local_stall=stall)
         except UpstreamLost as exc:
             if conn is not None:
                 conn.abort()

@@ -88,3 +88,10 @@ async def observations(gw_url: str) -> dict[str, Any]:
 async def healthy(gw_url: str, endpoint_id: str) -> bool:
     view = (await observations(gw_url)).get(endpoint_id) or {}
     return bool(view.get("healthy")) and not view.get("ejected")
+
+
+def cut_first_pool(vllm: VllmServer, proxy_url: str) -> dict[str, Any]:
+    """A config with vLLM twice: eu-west-0 through a cutting proxy at ``proxy_url``, us-east-0 directly."""
+    data = vllm_config(vllm, {"us-east": [vllm.url]})
+    data["pools"][0]["endpoints"][0]["url"] = proxy_url
+    return data

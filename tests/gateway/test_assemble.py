@@ -39,11 +39,18 @@ def test_chat_events_add_up_to_one_message() -> None:
                {**head, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop", "stop_reason": 42}]},
                {**head, "choices": [], "usage": {"prompt_tokens": 3, "total_tokens": 6, "completion_tokens": 3},
                 "system_fingerprint": "vllm-x"})
+    # a vLLM pool (its fingerprint says so): every field of vLLM's own non-stream answer, nulls included
     assert assemble(raw, "chat") == {
         "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello", "reasoning": "hmm "},
-                     "logprobs": None, "finish_reason": "stop", "stop_reason": 42}],
-        "usage": {"prompt_tokens": 3, "total_tokens": 6, "completion_tokens": 3}, "system_fingerprint": "vllm-x"}
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello", "reasoning": "hmm ",
+                                             "refusal": None, "annotations": None, "audio": None,
+                                             "function_call": None},
+                     "logprobs": None, "finish_reason": "stop", "stop_reason": 42, "token_ids": None,
+                     "routed_experts": None}],
+        "usage": {"prompt_tokens": 3, "total_tokens": 6, "completion_tokens": 3, "prompt_tokens_details": None,
+                  "completion_tokens_details": None},
+        "system_fingerprint": "vllm-x", "service_tier": None, "prompt_logprobs": None, "prompt_token_ids": None,
+        "prompt_text": None, "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
 
 
 def test_completion_events_add_up_to_one_text() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sse import strip_token_ids
+from gateway.sse import null_token_ids
 from gateway.streaming import StreamTracker
 from gateway.upstream import UpstreamTooLarge
 
@@ -22,20 +22,22 @@ COMPLETION_NEXT = (b'data: {"choices":[{"index":0,"text":" x","logprobs":null,"f
                    b'"stop_reason":null,"prompt_token_ids":null,"token_ids":[5,6]}]}\n\n')
 
 
-def test_strip_token_ids_everywhere_they_appear() -> None:
+def test_null_token_ids_everywhere_they_appear() -> None:
+    """Issue 10: the fields stay, null, as vLLM sends them to a client that asked for no ids."""
     for event in (CHAT_FIRST, CHAT_NEXT, COMPLETION_FIRST, COMPLETION_NEXT):
-        out = strip_token_ids(event)
-        assert b"token_ids" not in out
-        assert out.count(b"{") == out.count(b"}") and b",}" not in out and b"{," not in out
-    assert strip_token_ids(b'{"token_ids":[1],"a":1}') == b'{"a":1}'
-    assert strip_token_ids(b'{"content":"say \\"token_ids\\": [1]"}') == b'{"content":"say \\"token_ids\\": [1]"}'
+        out = null_token_ids(event)
+        assert out == event.replace(b"[1,2,3]", b"null").replace(b"[7]", b"null").replace(
+            b"[107,108]", b"null").replace(b"[539]", b"null").replace(b"[5,6]", b"null")
+        assert b"token_ids\":null" in out
+    assert null_token_ids(b'{"token_ids":[1],"a":1}') == b'{"token_ids":null,"a":1}'
+    assert null_token_ids(b'{"content":"say \\"token_ids\\": [1]"}') == b'{"content":"say \\"token_ids\\": [1]"}'
 
 
 def test_tracker_strips_cuts_and_retains() -> None:
     for first, nxt in ((CHAT_FIRST, CHAT_NEXT), (COMPLETION_FIRST, COMPLETION_NEXT)):
         t = StreamTracker(strip_ids=True, retain=True)
         out = t.feed(first) + t.feed(nxt[:30]) + t.feed(nxt[30:]) + t.feed(nxt + b"data: [DONE]\n\n")
-        assert b"token_ids" not in out
+        assert b"token_ids\":[" not in out and b"token_ids\":null" in out
         assert out.count(b"\n\n") == 4 and out.endswith(b"data: [DONE]\n\n")
         assert t.done
         assert bytes(t.raw) == first + nxt + nxt + b"data: [DONE]\n\n"  # ids kept for a resume
@@ -51,16 +53,18 @@ def test_tracker_drops_malformed_events() -> None:
 # --- defect 10: any separators the pool's JSON uses ------------------------------------------------
 
 @pytest.mark.parametrize(("data", "want"), [
-    (b'{"a": 1, "token_ids": [1, 2], "b": null}', {"a": 1, "b": None}),
-    (b'{"token_ids": null, "x": 1}', {"x": 1}),
-    (b'{"x": 1, "token_ids": null}', {"x": 1}),
-    (b'{"x": 1 , "token_ids" : [3] }', {"x": 1}),
-    (b'{"token_ids": [1]}', {}),
-    (b'{"a":[{"token_ids":null,"prompt_token_ids":null,"a":null}]}', {"a": [{"a": None}]}),
-    (b'{"choices": [{"index": 0, "token_ids": [5]}], "prompt_token_ids": [1, 2]}', {"choices": [{"index": 0}]}),
+    (b'{"a": 1, "token_ids": [1, 2], "b": null}', {"a": 1, "token_ids": None, "b": None}),
+    (b'{"token_ids": null, "x": 1}', {"token_ids": None, "x": 1}),
+    (b'{"x": 1, "token_ids": null}', {"x": 1, "token_ids": None}),
+    (b'{"x": 1 , "token_ids" : [3] }', {"x": 1, "token_ids": None}),
+    (b'{"token_ids": [1]}', {"token_ids": None}),
+    (b'{"a":[{"token_ids":[2],"prompt_token_ids":null,"a":null}]}',
+     {"a": [{"token_ids": None, "prompt_token_ids": None, "a": None}]}),
+    (b'{"choices": [{"index": 0, "token_ids": [5]}], "prompt_token_ids": [1, 2]}',
+     {"choices": [{"index": 0, "token_ids": None}], "prompt_token_ids": None}),
 ])
-def test_strip_token_ids_leaves_valid_json_whatever_the_separators(data: bytes, want: dict) -> None:
-    assert json.loads(strip_token_ids(data)) == want
+def test_null_token_ids_leaves_valid_json_whatever_the_separators(data: bytes, want: dict) -> None:
+    assert json.loads(null_token_ids(data)) == want
 
 
 _KEYS = st.sampled_from(["a", "text", "token_ids", "prompt_token_ids", "index", "say token_ids"])
@@ -71,8 +75,8 @@ _DOCS = st.recursive(_LEAF, lambda kids: st.lists(kids, max_size=3) | st.diction
 
 def _without_ids(doc: object) -> object:
     if isinstance(doc, dict):
-        return {k: _without_ids(v) for k, v in doc.items()
-                if not (k in ("token_ids", "prompt_token_ids") and (v is None or isinstance(v, list)))}
+        return {k: None if k in ("token_ids", "prompt_token_ids") and isinstance(v, list) else _without_ids(v)
+                for k, v in doc.items()}
     if isinstance(doc, list):
         return [_without_ids(v) for v in doc]
     return doc
@@ -80,11 +84,11 @@ def _without_ids(doc: object) -> object:
 
 @settings(max_examples=1000, deadline=None)
 @given(doc=st.dictionaries(_KEYS, _DOCS, max_size=5), compact=st.booleans())
-def test_strip_token_ids_property(doc: dict, compact: bool) -> None:
+def test_null_token_ids_property(doc: dict, compact: bool) -> None:
     """For any JSON object, compact or with ", " / ": " separators: the result is valid JSON,
-    equal to the object without its id fields (lists or null; any other value is left)."""
+    equal to the object with its id lists set to null (any other value is left)."""
     data = orjson.dumps(doc) if compact else json.dumps(doc).encode()
-    assert json.loads(strip_token_ids(data)) == _without_ids(doc)
+    assert json.loads(null_token_ids(data)) == _without_ids(doc)
 
 
 def test_an_event_over_the_bound_is_an_error_after_what_came_before() -> None:
@@ -103,3 +107,14 @@ def test_the_resume_buffer_stops_at_its_bound() -> None:
     assert t.retain and len(t.raw) == len(CHAT_NEXT) * 3
     t.feed(CHAT_NEXT)
     assert not t.retain and len(t.raw) == 0  # this stream can no longer be resumed; the memory is free
+
+
+def test_a_responses_stream_ends_with_its_last_named_event_whatever_the_reads() -> None:
+    """The Responses API sends no [DONE]: its stream is complete at ``response.completed``, also
+    when each event arrives in a read of its own."""
+    created = b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n'
+    completed = b'event: response.completed\ndata: {"type":"response.completed","sequence_number":1}\n\n'
+    for reads in ([created, completed], [created + completed], [created, completed[:20], completed[20:]]):
+        t = StreamTracker(strip_ids=False, retain=True)
+        out = b"".join(t.feed(r) for r in reads)
+        assert out == created + completed and t.done and t.dropped == 0

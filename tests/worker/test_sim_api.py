@@ -1,7 +1,6 @@
 """The simulator speaks vLLM's OpenAI API: shapes, usage, token ids, errors, metrics."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -13,18 +12,6 @@ from worker.sim.testing import parse_sse, running_sim, stream_text, stream_token
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "Hello there"}],
         "temperature": 0, "max_tokens": 6}
 COMPLETION = {"model": "tiny-chat", "prompt": "the world was new", "temperature": 0, "max_tokens": 6}
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with running_sim(ttft_ms=0, itl_ms=0) as s:
-        yield s
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, Any, aiohttp.ClientResponse]:
@@ -52,7 +39,7 @@ async def test_chat_stream_shape(sim: Simulator, http: aiohttp.ClientSession) ->
                                  "logprobs": None, "finish_reason": None}]
     assert len(content) == 6 and all(e["id"] == first["id"] for e in content)
     assert [e["choices"][0]["finish_reason"] for e in content] == [None] * 5 + ["length"]
-    assert "usage" not in content[-1] and "token_ids" not in content[0]["choices"][0]
+    assert "usage" not in content[-1] and content[0]["choices"][0]["token_ids"] is None  # null, as vLLM 0.32 sends
 
 
 async def test_completion_stream_with_usage_and_token_ids(sim: Simulator, http: aiohttp.ClientSession) -> None:
@@ -62,7 +49,7 @@ async def test_completion_stream_with_usage_and_token_ids(sim: Simulator, http: 
     *content, last = events
     assert all(e["object"] == "text_completion" for e in events)
     assert content[0]["choices"][0]["prompt_token_ids"] == sim.core.tokenizer.encode("the world was new")
-    assert "prompt_token_ids" not in content[1]["choices"][0]
+    assert content[1]["choices"][0]["prompt_token_ids"] is None  # only the first chunk carries them
     assert last["choices"] == [] and last["usage"] == {"prompt_tokens": 4, "total_tokens": 10, "completion_tokens": 6}
     ids = stream_token_ids(content)
     assert len(ids) == 6 and sim.core.tokenizer.decode(ids) == stream_text(content)
@@ -111,7 +98,8 @@ async def test_default_max_tokens_and_stop(sim: Simulator, http: aiohttp.ClientS
 @pytest.mark.parametrize("path,body,status,etype,needle", [
     ("/v1/chat/completions", {**CHAT, "model": "nope"}, 404, "NotFoundError", "`nope` does not exist"),
     ("/v1/completions", {**COMPLETION, "max_tokens": 5000}, 400, "BadRequestError", "maximum context length"),
-    ("/v1/completions", {**COMPLETION, "prompt": "word " * 2048}, 400, "BadRequestError", "maximum context length"),
+    ("/v1/completions", {**COMPLETION, "prompt": "word " * 2100}, 400, "BadRequestError", "maximum context length"),
+    ("/v1/completions", {**COMPLETION, "prompt": [100] * 2048}, 400, "BadRequestError", "max_tokens must be at least 1"),
     ("/v1/completions", {**COMPLETION, "max_tokens": -1, "stream": True}, 400, "BadRequestError", "max_tokens"),
     ("/v1/chat/completions", {**CHAT, "messages": []}, 400, "BadRequestError", "messages"),
     ("/v1/completions", {**COMPLETION, "stream_options": {"include_usage": True}}, 400, "BadRequestError", "stream=True"),

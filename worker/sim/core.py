@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from worker.sim.config import SimConfig
 from worker.sim.engine import Generation, Model, PrefixCache, Scheduler, sampling_salt
 from worker.sim.faults import FAILING_KINDS, FaultController
+from worker.sim.logprobs import Logprobs
 from worker.sim.metrics import SimStats
 from worker.sim.protocol import GenRequest
+from worker.sim.responses import Encoder
 from worker.sim.tokenizer import Tokenizer
 
 
@@ -22,6 +24,7 @@ class SimCore:
         self.clock = clock
         self.tokenizer = Tokenizer()
         self.model = Model(self.tokenizer)
+        self.logprobs = Logprobs(self.model, self.tokenizer)
         self.scheduler = Scheduler(config.max_num_seqs)
         self.stats = SimStats(self.scheduler)
         self.faults = FaultController(clock, config.seed)
@@ -51,29 +54,48 @@ class SimCore:
                 self._watchers.append(fut)
                 await fut
 
+    def encoder(self, req: GenRequest) -> Encoder:
+        return Encoder(req, self.config.model, self.logprobs, self.config.version)
+
     def new_generation(self, req: GenRequest) -> Generation:
-        draw = self.rng.getrandbits(64) if req.temperature > 0 and req.seed is None else 0
-        salt = sampling_salt(self.config.model_seed, req.temperature, req.seed, draw)
-        return Generation(self.model, self.tokenizer, req.prompt_ids, req.max_tokens, salt, req.stop)
+        """The generation of a one-choice request (the first choice of any other)."""
+        return self.new_generations(req)[0]
+
+    def new_generations(self, req: GenRequest) -> list[Generation]:
+        """One generation per choice, in choice-index order (prompt-major: index ``p * n + i``).
+        With a ``seed``, sample ``i`` is seeded ``seed + i`` as in vLLM, so it is what ``n = 1``
+        with ``seed + i`` gives (and resumes like it)."""
+        gens = []
+        for p, prompt in enumerate(req.prompts):
+            for i in range(req.n):
+                draw = self.rng.getrandbits(64) if req.temperature > 0 and req.seed is None else 0
+                seed = None if req.seed is None else req.seed + i  # vLLM seeds sample i with seed + i
+                salt = sampling_salt(self.config.model_seed, req.temperature, seed, draw)
+                budget = req.budgets[p] if req.budgets else req.max_tokens
+                gens.append(Generation(self.model, self.tokenizer, prompt, budget, salt, req.stop))
+        return gens
 
     @asynccontextmanager
-    async def running(self, gen: Generation) -> AsyncIterator[None]:
-        """Hold a scheduler slot (waiting for one if all are taken) while ``gen`` runs;
-        account its prompt, its KV usage and its queue time."""
+    async def running(self, gens: Generation | list[Generation]) -> AsyncIterator[None]:
+        """Hold one scheduler slot per generation (waiting for them if taken) while they run;
+        account their prompts, their KV usage and their queue time."""
+        gens = gens if isinstance(gens, list) else [gens]
         loop = asyncio.get_running_loop()
         queued = loop.time()
-        await self.scheduler.acquire()
+        await self.scheduler.acquire(len(gens))
         stats = self.stats
         try:
             stats.queue_time.observe(loop.time() - queued)
-            stats.prompt_tokens_total += gen.n_prompt
-            stats.prefix_queries += gen.n_prompt
-            stats.prefix_hits += self.prefix_cache.query(gen.ctx[: gen.n_prompt])
-            stats.kv_tokens += gen.n_prompt
+            for gen in gens:
+                stats.prompt_tokens_total += gen.n_prompt
+                stats.prefix_queries += gen.n_prompt
+                stats.prefix_hits += self.prefix_cache.query(gen.ctx[: gen.n_prompt])
+                stats.kv_tokens += gen.n_prompt
             yield
         finally:
-            stats.kv_tokens -= gen.n_prompt + gen.generated
-            self.scheduler.release()
+            for gen in gens:
+                stats.kv_tokens -= gen.n_prompt + gen.generated
+            self.scheduler.release(len(gens))
 
     def record_fault(self, kind: str, *, health: bool = False) -> None:
         self.stats.faults[f"health:{kind}" if health else kind] += 1

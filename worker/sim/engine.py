@@ -128,46 +128,60 @@ class Generation:
 
 
 class Scheduler:
-    """At most ``max_num_seqs`` sequences run; the rest wait in arrival order."""
+    """At most ``max_num_seqs`` sequences run; the rest wait in arrival order.  A request with
+    several choices takes one slot per choice (at most ``max_num_seqs``), all at once."""
 
     def __init__(self, max_num_seqs: int) -> None:
         self.max_num_seqs = max_num_seqs
         self.running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[None], int]] = deque()
         self.on_change: Callable[[], None] = lambda: None
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(k for _, k in self._waiters)
 
-    async def acquire(self) -> None:
-        if self.running < self.max_num_seqs and not self._waiters:
-            self.running += 1
+    def weight(self, seqs: int) -> int:
+        return max(1, min(seqs, self.max_num_seqs))
+
+    async def acquire(self, seqs: int = 1) -> None:
+        k = self.weight(seqs)
+        if self.running + k <= self.max_num_seqs and not self._waiters:
+            self.running += k
             self.on_change()
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        entry = (fut, k)
+        self._waiters.append(entry)
         self.on_change()
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed to us just as we were cancelled
-            elif fut in self._waiters:  # release() may have dropped it already
-                self._waiters.remove(fut)
+                self.release(seqs)  # the slots were handed to us just as we were cancelled
+            elif entry in self._waiters:  # release() may have dropped it already
+                self._waiters.remove(entry)
+                self._grant()
                 self.on_change()
             raise
 
-    def release(self) -> None:
-        """Hand the slot to the next waiter, or free it."""
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                self.on_change()
-                return
-        self.running -= 1
+    def release(self, seqs: int = 1) -> None:
+        """Free the slots and hand them to the waiters first in line that fit."""
+        self.running -= self.weight(seqs)
+        self._grant()
         self.on_change()
+
+    def _grant(self) -> None:
+        while self._waiters:
+            fut, k = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if self.running + k > self.max_num_seqs:
+                return
+            self._waiters.popleft()
+            self.running += k
+            fut.set_result(None)
 
 
 class PrefixCache:

@@ -5,7 +5,9 @@ kind's main parameter (``cut_after:5`` = ``cut_after:tokens=5``). Every kind als
 ``prob=P`` (hit each request with probability P, drawn from an rng seeded by the simulator's
 ``seed``), ``times=N`` (hit only the next N requests, then behave) and ``health=0|1``.
 
-Faults hit the generation endpoints (``/v1/chat/completions``, ``/v1/completions``). The kinds in
+Faults hit the generation endpoints (``/v1/chat/completions``, ``/v1/completions``,
+``/v1/responses``); ``cut_after``/``stall_after``/``malformed_event`` count the tokens of all the
+choices of a multi-choice answer together (``n > 1``, lists of prompts). The kinds in
 :data:`HEALTH_KINDS` (503, flap, hang, reset_before_headers) also hit ``/health`` and ``/ping`` —
 unless the fault has ``prob`` or ``times`` (a per-request fault) or ``health=0``; ``health=1``
 forces it (then ``/health`` follows whether the fault is still active, without drawing).

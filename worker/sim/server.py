@@ -1,7 +1,11 @@
 """The simulator's aiohttp server: vLLM's endpoints plus a small control API.
 
 vLLM endpoints: ``GET /health``, ``GET|POST /ping``, ``GET /version``, ``GET /v1/models``,
-``GET /metrics``, ``POST /v1/chat/completions``, ``POST /v1/completions``.
+``GET /metrics``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (``n``, lists of
+prompts, ``echo``, ``logprobs``), ``POST /v1/responses``, ``POST /tokenize``, ``POST /detokenize``.
+Like vLLM 0.32 (FastAPI) an unknown path is a 404 ``{"detail": "Not Found"}`` (so are
+``/v1/models/{id}`` and ``/v1/embeddings``, which vLLM does not serve for a chat model) and a
+method not allowed is a 405 ``{"detail": "Method Not Allowed"}`` with ``Allow``.
 Control (not part of vLLM, never delayed by ``rtt_ms`` nor hit by faults):
 ``GET /sim/stats`` (counters as JSON), ``GET /sim/fault``, ``POST /sim/fault`` with
 ``{"fault": "SPEC"}`` or ``{"fault": null}``.
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +26,9 @@ from worker.sim.config import SimConfig
 from worker.sim.core import SimCore
 from worker.sim.faults import FaultSpec
 from worker.sim.metrics import SimStats, render_metrics
-from worker.sim.protocol import ApiError
+from worker.sim.protocol import ApiError, parse_json
+from worker.sim.responses_api import RESPONSES
+from worker.sim.tokenize import detokenize, tokenize
 from worker.sim.tokenizer import Tokenizer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -78,6 +85,9 @@ class Simulator:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._detokenize)
         app.router.add_get("/sim/stats", self._sim_stats)
         app.router.add_get("/sim/fault", self._get_fault)
         app.router.add_post("/sim/fault", self._post_fault)
@@ -114,7 +124,13 @@ class Simulator:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         control = request.path.startswith("/sim/")
-        if request.match_info.http_exception is None and not control:
+        missing = request.match_info.http_exception
+        if isinstance(missing, web.HTTPMethodNotAllowed):
+            allow = ", ".join(sorted(missing.allowed_methods - {"HEAD"}))
+            return web.json_response({"detail": "Method Not Allowed"}, status=405, headers={"Allow": allow})
+        if isinstance(missing, web.HTTPNotFound):
+            return web.json_response({"detail": "Not Found"}, status=404)
+        if missing is None and not control:
             self.core.stats.paths[request.path] += 1
         if self.config.rtt_ms > 0 and not control:
             await asyncio.sleep(self.config.rtt_ms / 1000)
@@ -125,6 +141,22 @@ class Simulator:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await generate.handle(self.core, request, chat=False)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        return await generate.handle_endpoint(self.core, request, RESPONSES)
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        return await self._tokens(request, tokenize)
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        return await self._tokens(request, detokenize)
+
+    async def _tokens(self, request: web.Request,
+                      run: Callable[[dict[str, Any], SimConfig, Tokenizer], dict[str, Any]]) -> web.Response:
+        try:
+            return _json(run(parse_json(await request.read()), self.config, self.tokenizer))
+        except ApiError as err:
+            return generate.error_response(err)
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         fault = self.core.faults.for_health()
@@ -145,10 +177,14 @@ class Simulator:
         return _json({"version": self.config.version})
 
     async def _models(self, request: web.Request) -> web.Response:
-        name = self.config.model
-        card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+        name, now = self.config.model, int(time.time())
+        permission = {"id": "modelperm-" + uuid.uuid4().hex[:16], "object": "model_permission", "created": now,
+                      "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                      "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                      "organization": "*", "group": None, "is_blocking": False}
+        card = {"id": name, "object": "model", "created": now, "owned_by": "vllm",
                 "root": name, "parent": None, "max_model_len": self.config.max_model_len,
-                "permission": []}
+                "permission": [permission]}
         return _json({"object": "list", "data": [card]})
 
     async def _metrics(self, request: web.Request) -> web.Response:
