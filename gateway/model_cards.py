@@ -9,7 +9,6 @@ only."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,20 +17,18 @@ import orjson
 from aiohttp import web
 
 from gateway.background import every, read_capped
-from gateway.state import SNAPSHOT
+from gateway.state import MODEL_CARDS, RUNTIME, SNAPSHOT
 
-MODEL_CARDS = web.AppKey("model_cards", dict)
 CARDS_INTERVAL_S = 60.0
 MAX_MODELS_BYTES = 1024 * 1024
 MAX_CARD_BYTES = 16 * 1024
 KEPT = ("root", "parent", "max_model_len", "permission")
-_CREATED = int(time.time())
 
 
 def card_for(app: web.Application, model: str) -> dict[str, Any]:
     """The ``/v1/models`` entry of ``model``."""
     reported = app.get(MODEL_CARDS, {}).get(model, {})
-    return {"id": model, "object": "model", "created": _CREATED, "owned_by": "infercdn", **reported}
+    return {"id": model, "object": "model", "created": int(app[RUNTIME].wall()), "owned_by": "infercdn", **reported}
 
 
 def cards(app: web.Application, models: list[str]) -> list[dict[str, Any]]:
@@ -89,5 +86,5 @@ async def model_cards(app: web.Application) -> AsyncIterator[None]:
     app[MODEL_CARDS] = {}
     connector = aiohttp.TCPConnector(limit=8)
     async with aiohttp.ClientSession(connector=connector) as session, \
-            every(CARDS_INTERVAL_S, lambda: cards_round(app, session), "model cards"):
+            every(CARDS_INTERVAL_S, lambda: cards_round(app, session), "model cards", clock=app[RUNTIME].clock):
         yield

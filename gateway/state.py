@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -121,6 +121,7 @@ CANARY_SHARE: web.AppKey[CanaryShare] = web.AppKey("canary_share")
 HOST_LINK: web.AppKey[HostLink] = web.AppKey("host_link")  # --workers: this worker's link to the supervisor
 DRAIN_BOOK: web.AppKey[DrainBook] = web.AppKey("drain_book")
 PEER_TRAFFIC: web.AppKey[PeerTraffic] = web.AppKey("peer_traffic")
+MODEL_CARDS: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("model_cards")  # what pools report of our models
 CONFIG_PATH = web.AppKey("config_path", Path)  # the file reloads read (absent: no reloads)
 SIMULATED: web.AppKey[dict[str, list[str]]] = web.AppKey("simulated")  # pool -> local simulator URLs
 # what each config read from the file goes through (infercdn up --engine vllm, launched endpoints)
