@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gateway.exchange import Exchange, Tried
 from gateway.sse import KEEPALIVE
 from gateway.upstream import Failed, Ready, Refused
+from routing.deadlines import Deadlines
 from routing.outcome import Outcome
 from routing.plan import Candidate
 from routing.retry import backoff_delay, parse_retry_after
@@ -43,11 +44,13 @@ class Won:
 class FirstToken:
     """One race for a first token over ``candidates`` (an iterator the caller controls)."""
 
-    def __init__(self, proxy: object, ex: Exchange, body_for: object, path: str) -> None:
+    def __init__(self, proxy: object, ex: Exchange, body_for: object, path: str,
+                 deadlines: Callable[[Candidate], Deadlines]) -> None:
         self.proxy = proxy
         self.ex = ex
         self.body_for = body_for  # Callable[[Candidate], bytes]
         self.path = path
+        self.deadlines = deadlines  # the model's (gateway.deadlines.candidate_deadlines)
         self.pending: dict[asyncio.Task[Ready | Failed | Refused], Candidate] = {}
         self.keepalive_task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -173,8 +176,7 @@ class FirstToken:
     def _ttft(self, cand: Candidate) -> float:
         if not self.ex.req.stream:
             return self.ex.time_left()
-        own = self.ex.cfg.pool_cfg(cand.pool.name)
-        return own.ttft_deadline_s if own is not None and own.ttft_deadline_s else self.ex.mcfg.ttft_deadline_s
+        return self.deadlines(cand).ttft_s
 
     def _failed(self, cand: Candidate, failed: Failed) -> None:
         ex = self.ex
@@ -186,7 +188,9 @@ class FirstToken:
             delay = parse_retry_after(failed.retry_after, time.time())
             if delay is not None:
                 ex.retry_after_s = delay if ex.retry_after_s is None else min(ex.retry_after_s, delay)
-                self.proxy.obs.throttle(cand.endpoint.id, min(delay, ex.cfg.retry.max_retry_after_s))
+                # only the model that answered 429: the endpoint's other models keep their traffic
+                self.proxy.obs.throttle_model(cand.endpoint.id, cand.upstream_model,
+                                              min(delay, ex.cfg.retry.max_retry_after_s))
 
     async def _keepalive(self, inflight: int = 0) -> None:
         ex = self.ex

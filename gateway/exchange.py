@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from multidict import CIMultiDict
 from gateway.config import Config, ModelCfg
 from gateway.errors import sse_error_event
 from gateway.request import ParsedRequest
+from routing.deadlines import Deadlines
 from routing.outcome import Outcome
 from routing.plan import Candidate
 
@@ -41,6 +43,8 @@ class Exchange:
     ttft_s: float | None = None  # the answering attempt's time to first token
     usage: dict | None = None
     resumes: int = 0  # times the stream was continued on another endpoint after its first token
+    # the deadlines of the model being tried (gateway.deadlines.candidate_deadlines), per candidate
+    deadlines: Callable[[Candidate], Deadlines] | None = None
 
     @property
     def client_stream(self) -> bool:

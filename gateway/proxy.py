@@ -19,6 +19,7 @@ from gateway.assemble import AssembledSession, can_assemble
 from gateway.attempts import FirstToken, Won
 from gateway.config import Config
 from gateway.config import UpstreamLimitsCfg
+from gateway.deadlines import candidate_deadlines
 from gateway.errors import GatewayError, ModelNotFound, NotFound, RateLimited, Unavailable, openai_error_bytes
 from gateway.exchange import Exchange, Tried
 from gateway.metrics import GatewayMetrics
@@ -104,8 +105,9 @@ class Proxy:
         fallbacks = [m for m in mcfg.fallbacks if not allowed_models or m in allowed_models]
         for model in (req.model, *fallbacks):
             plan = planner.plan(replace(ctx, model=model))
+            ex.deadlines = candidate_deadlines(ex.cfg, model, self.obs)
             won = await FirstToken(self, ex, lambda c: self._body(req, c, resume),
-                                   req.path).run(self._candidates(ex, plan, model), ex.client_stream)
+                                   req.path, ex.deadlines).run(self._candidates(ex, plan, model), ex.client_stream)
             if won is None:
                 continue
             if isinstance(won.result, Refused):
@@ -173,7 +175,7 @@ class Proxy:
             return None
         ex.tried.append(Tried(won.cand, Outcome.CLIENT_ERROR, "context too long for this pool", ex.req.model))
         self.record(won.cand, Outcome.CLIENT_ERROR)
-        return await FirstToken(self, ex, lambda c: self._body(ex.req, c, resume), ex.req.path).run(
+        return await FirstToken(self, ex, lambda c: self._body(ex.req, c, resume), ex.req.path, ex.deadlines).run(
             iter(cands), ex.client_stream)
 
     async def _deliver(self, ex: Exchange, cand: Candidate, ready: Ready, resume: bool, plan: Plan) -> web.StreamResponse:

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.deadlines import candidate_deadlines
 from gateway.errors import sse_error_event
 from gateway.exchange import Exchange, Tried
 from gateway.quota import STREAM_EVENTS
@@ -19,6 +20,7 @@ from gateway.splice import Splicer
 from gateway.sse import DONE_EVENT, UnencodableEvent, encode_event
 from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
 from gateway.upstream import Failed, Ready, Refused, UpstreamLost, UpstreamTooLarge
+from routing.deadlines import Deadlines, GapMeter
 from routing.outcome import Outcome
 from routing.plan import Candidate, Plan
 
@@ -98,10 +100,12 @@ class StreamSession:
     async def _pump(self, cand: Candidate, ready: Ready, feeder: StreamTracker | SpliceFeed,
                     prefix: bytes = b"") -> tuple[Outcome, str]:
         ex = self.ex
-        wd = Watchdog(ex.mcfg.stall_timeout_s, ex.deadline)
+        stall_s = self._deadlines(cand).stall_s
+        wd = Watchdog(stall_s, ex.deadline)
+        meter = GapMeter()
         outcome, detail = Outcome.BAD_STREAM, "the upstream stream ended before [DONE]"
         try:
-            await pump(self.response, self.transport, ready, feeder, wd, prefix)
+            await pump(self.response, self.transport, ready, feeder, wd, prefix, meter)
             if feeder.done:
                 outcome, detail = Outcome.SUCCESS, "ok"
             elif isinstance(feeder, StreamTracker) and feeder.dropped:
@@ -111,7 +115,7 @@ class StreamSession:
                 outcome, detail = Outcome.CANCELLED, "client disconnected"
                 raise
             outcome = Outcome.TIMEOUT
-            detail = (f"no data for {ex.mcfg.stall_timeout_s:g} s (stalled)" if wd.fired == "stall"
+            detail = (f"no data for {stall_s:.3g} s (stalled)" if wd.fired == "stall"
                       else "total deadline exceeded")
         except UpstreamLost as exc:
             exc.__traceback__ = None  # its frames hold the connection
@@ -129,6 +133,8 @@ class StreamSession:
             wd.stop()
             ready.release() if outcome is Outcome.SUCCESS else ready.close()
             self.proxy.obs.release(cand.endpoint.id)
+            if outcome is Outcome.SUCCESS:  # a cut stream's gaps say nothing of healthy silences
+                self.proxy.obs.record_stream_gaps(cand.endpoint.id, meter.max_ms, meter.gaps)
             self.proxy.record(cand, outcome,
                               ready.headers_s * 1000 if ready.headers_s is not None and outcome is Outcome.SUCCESS else None)
         return outcome, detail
@@ -171,7 +177,7 @@ class StreamSession:
         cont = plan_continuation(ex.req, st, cand.upstream_model, cand.pool.can_continue, ex.mcfg.resume)
         if cont is None:
             return None, None
-        ttft = min(ex.mcfg.ttft_deadline_s, ex.time_left())
+        ttft = min(self._deadlines(cand).ttft_s, ex.time_left())
         limits = ex.cfg.upstream_limits
         result = await self.proxy.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True, limits)
         if isinstance(result, Refused) and cont.strategy != "regenerate" and (deterministic(ex.req.body) or not st.text):
@@ -180,6 +186,13 @@ class StreamSession:
                                                               "stream": True}, st.text)
             return await self.proxy.attempt(cand, orjson.dumps(again.body), again.path, ttft, True, limits), again
         return result, cont
+
+    def _deadlines(self, cand: Candidate) -> Deadlines:
+        """The deadlines of an attempt on ``cand`` for the model being served."""
+        ex = self.ex
+        if ex.deadlines is None:
+            ex.deadlines = candidate_deadlines(ex.cfg, ex.served_model or ex.req.model, self.proxy.obs)
+        return ex.deadlines(cand)
 
     def _next_candidate(self) -> Candidate | None:
         tried = self.ex.endpoints_tried()
