@@ -48,6 +48,19 @@ def not_served(path: str, refused: Refused) -> bool:
     return refused.status == 404 and path in _OPTIONAL_PATHS and b'"error"' not in refused.body
 
 
+CONTENT_POLICY_MARKERS = (b"content_policy",)
+REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
+
+
+def may_fall_back(refused: Refused, fallback_on: tuple[str, ...]) -> bool:
+    """Whether a refusal may be tried on the fallback models: not one that is the request's fault
+    (a content-policy refusal, a 400/413/422), unless ``models.<m>.fallback_on: [content_policy]``
+    opts a content-policy refusal in.  Other 4xx (401, 403, 404: the pool's set-up) may."""
+    if any(m in refused.body for m in CONTENT_POLICY_MARKERS):
+        return "content_policy" in fallback_on
+    return refused.status not in REQUEST_FAULT_STATUSES
+
+
 log = logging.getLogger("infercdn.proxy")
 
 
@@ -116,6 +129,8 @@ class Proxy:
                     last_refusal = (won.cand, won.result)
                     self.record(won.cand, Outcome.CLIENT_ERROR)
                     ex.tried.append(Tried(won.cand, Outcome.CLIENT_ERROR, f"refused ({won.result.status})", model))
+                    if not may_fall_back(won.result, mcfg.fallback_on):
+                        break  # the request's fault: another model would refuse it too, or answer what it must not
                     continue
             ex.served_by, ex.served_model = won.cand, model
             return await self._deliver(ex, won.cand, won.result, resume, plan)

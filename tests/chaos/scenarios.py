@@ -300,22 +300,40 @@ async def content_policy(env: Env) -> Row:
     return out
 
 
-@scenario("400 content policy, fallback model configured")
-async def content_policy_fallback(env: Env) -> Row:
-    eu = await env.sim("eu-west", fault="content_policy")
-    us = await env.sim("us-east")
+async def _with_fallback_model(env: Env, fault: str, one_pool: bool = False, **model: object) -> tuple[object, ...]:
+    """tiny-chat on eu-west (with ``fault``) and, unless ``one_pool``, us-east; other-model on
+    its own one-endpoint pool as tiny-chat's fallback."""
+    eu = await env.sim("eu-west", fault=fault)
+    us = None if one_pool else await env.sim("us-east")
     other = await env.sim("other-model", model="other-model")
-    data = config({"eu-west": [eu.url], "us-east": [us.url]},
-                  models={"*": dict(FAST), "tiny-chat": {**FAST, "fallbacks": ["other-model"]}})
+    data = config({"eu-west": [eu.url]} if one_pool else {"eu-west": [eu.url], "us-east": [us.url]},
+                  models={"*": dict(FAST), "tiny-chat": {**FAST, "fallbacks": ["other-model"], **model}})
     data["pools"].append({"name": "other-pool", "region": "ap-southeast", "models": ["other-model"],
                           "endpoints": [{"id": "other-0", "url": other.url}]})
-    gw = await env.gateway(data)
+    return await env.gateway(data), eu, us, other
+
+
+@scenario("400 content policy, one-endpoint pool, fallback model configured")
+async def content_policy_not_to_fallback(env: Env) -> Row:
+    gw, eu, _, other = await _with_fallback_model(env, "content_policy", one_pool=True)
+    r = await call(gw.url, STREAM)
+    assert_openai_error(r, 400, code="content_policy_violation")
+    assert r.attempts == 1 and (eu.stats.requests_total, other.stats.requests_total) == (1, 0)
+    out = row("400 content policy, one-endpoint pool, fallback model configured", r, env,
+              "returned, one attempt, the fallback model not asked")
+    await healthy_after(env, gw, clear=True)
+    return out
+
+
+@scenario("400 content policy, fallback_on: [content_policy]")
+async def content_policy_fallback(env: Env) -> Row:
+    gw, eu, us, other = await _with_fallback_model(env, "content_policy", fallback_on=["content_policy"])
     r = await call(gw.url, STREAM)
     assert_complete(r, await env.reference(clone(STREAM, model="other-model"), model="other-model"))
     assert r.models == {"other-model"} and r.headers["x-infercdn-model"] == "other-model"
     assert r.attempts == 2
     assert (eu.stats.requests_total, us.stats.requests_total, other.stats.requests_total) == (1, 0, 1)
-    out = row("400 content policy, fallback model configured", r, env, "served by other-model, named as such")
+    out = row("400 content policy, fallback_on: [content_policy]", r, env, "served by other-model, named as such")
     await healthy_after(env, gw, clear=True)
     return out
 

@@ -99,8 +99,12 @@ async def test_content_policy_is_returned_not_retried(env: Env) -> None:
     await sc.content_policy(env)
 
 
-async def test_content_policy_goes_to_the_fallback_model(env: Env) -> None:
+async def test_content_policy_goes_to_the_fallback_model_only_when_opted_in(env: Env) -> None:
     await sc.content_policy_fallback(env)
+
+
+async def test_content_policy_is_never_tried_on_the_fallback_model_by_default(env: Env) -> None:
+    await sc.content_policy_not_to_fallback(env)
 
 
 async def test_flapping_endpoint_is_avoided_then_used_again(env: Env) -> None:
