@@ -313,6 +313,45 @@ async def _with_fallback_model(env: Env, fault: str, one_pool: bool = False, **m
     return await env.gateway(data), eu, us, other
 
 
+@scenario("429 Retry-After: 2 on the only endpoint, fallback model configured")
+async def throttled_only_endpoint(env: Env) -> Row:
+    gw, eu, _, other = await _with_fallback_model(env, "429:retry_after=2,times=1", one_pool=True)
+    r = await call(gw.url, STREAM)
+    assert_complete(r, await env.reference(STREAM))
+    assert r.models == {"tiny-chat"} and r.attempts == 2 and r.wall_s >= 2.0  # one wait of the Retry-After
+    assert (eu.stats.requests_total, other.stats.requests_total) == (2, 0)
+    out = row("429 Retry-After: 2 on the only endpoint, fallback model configured", r, env,
+              "waited out once, then served by the same endpoint")
+    await healthy_after(env, gw, clear=True)
+    return out
+
+
+@scenario("500 once on the only endpoint, fallback model configured")
+async def error_once_only_endpoint(env: Env) -> Row:
+    gw, eu, _, other = await _with_fallback_model(env, "500:times=1", one_pool=True)
+    r = await call(gw.url, STREAM)
+    assert_complete(r, await env.reference(STREAM))
+    assert r.models == {"tiny-chat"} and r.attempts == 2
+    assert (eu.stats.requests_total, other.stats.requests_total) == (2, 0)
+    out = row("500 once on the only endpoint, fallback model configured", r, env,
+              "retried once on the same endpoint after backoff")
+    await healthy_after(env, gw, clear=True)
+    return out
+
+
+@scenario("500 always on the only endpoint, fallback model configured")
+async def error_always_only_endpoint(env: Env) -> Row:
+    gw, eu, _, other = await _with_fallback_model(env, "500", one_pool=True)
+    r = await call(gw.url, STREAM)
+    assert_complete(r, await env.reference(clone(STREAM, model="other-model"), model="other-model"))
+    assert r.models == {"other-model"} and r.attempts == 3  # one retry there, never a loop
+    assert (eu.stats.requests_total, other.stats.requests_total) == (2, 1)
+    out = row("500 always on the only endpoint, fallback model configured", r, env,
+              "one retry there, then the fallback model")
+    await healthy_after(env, gw, clear=True)
+    return out
+
+
 @scenario("400 content policy, one-endpoint pool, fallback model configured")
 async def content_policy_not_to_fallback(env: Env) -> Row:
     gw, eu, _, other = await _with_fallback_model(env, "content_policy", one_pool=True)

@@ -122,3 +122,15 @@ async def test_hedge_wins_and_the_loser_is_cancelled(env: Env) -> None:
 async def test_hedged_request_reports_both_attempts(env: Env) -> None:
     reply = (await sc.hedging(env)).reply
     assert reply is not None and reply.attempts == 2
+
+
+async def test_a_short_retry_after_on_the_only_endpoint_is_waited_out(env: Env) -> None:
+    await sc.throttled_only_endpoint(env)
+
+
+async def test_a_500_once_on_the_only_endpoint_is_retried_there(env: Env) -> None:
+    await sc.error_once_only_endpoint(env)
+
+
+async def test_a_500_always_on_the_only_endpoint_is_retried_once_then_falls_back(env: Env) -> None:
+    await sc.error_always_only_endpoint(env)
