@@ -143,13 +143,18 @@ class StreamSession:
         ex = self.ex
         if st.finish_reason is not None:
             return await self._complete_ending(st)
+        loop = asyncio.get_running_loop()
+        # resumes are capped in count and in time from the first cut, not only by the total deadline
+        until = loop.time() + ex.mcfg.resume_deadline_s
+        tries = 0
         while not self.mismatch and ex.time_left() > 0:
             # no retry budget here: a resume continues work the fleet already accepted (the
             # remaining tokens), it does not add load the way a retry storm would
             cand = self._next_candidate()
-            if cand is None:
+            if cand is None or tries >= ex.cfg.retry.max_resumes or loop.time() >= until:
                 return False
-            result, cont = await self._open_continuation(cand, st)
+            tries += 1
+            result, cont = await self._open_continuation(cand, st, until - loop.time())
             if cont is None:
                 return False
             if not isinstance(result, Ready):
@@ -172,12 +177,14 @@ class StreamSession:
                 return await self._complete_ending(st)
         return False
 
-    async def _open_continuation(self, cand: Candidate, st: StreamState) -> tuple[Ready | Failed | Refused | None, Continuation | None]:
+    async def _open_continuation(self, cand: Candidate, st: StreamState,
+                                 left_s: float) -> tuple[Ready | Failed | Refused | None, Continuation | None]:
+        """The continuation's first token, within its deadline and ``left_s`` of the resume deadline."""
         ex = self.ex
         cont = plan_continuation(ex.req, st, cand.upstream_model, cand.pool.can_continue, ex.mcfg.resume)
         if cont is None:
             return None, None
-        ttft = min(self._deadlines(cand).ttft_s, ex.time_left())
+        ttft = min(self._deadlines(cand).ttft_s, ex.time_left(), left_s)
         limits = ex.cfg.upstream_limits
         result = await self.proxy.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True, limits)
         if isinstance(result, Refused) and cont.strategy != "regenerate" and (deterministic(ex.req.body) or not st.text):

@@ -240,6 +240,40 @@ async def stall(env: Env) -> Row:
     return out
 
 
+@scenario("stream stall after 20 tokens, adaptive stall timeout (auto, fallback 5 s)")
+async def stall_adaptive(env: Env) -> Row:
+    auto = {"floor_s": 0.3, "ceiling_s": 5, "min_samples": 3, "fallback_s": 5}
+    models = {"*": {**FAST, "stall_timeout_s": "auto", "stall_auto": auto}}
+    gw, eu, us = await eu_faulty(env, "", models=models)
+    for _ in range(3):  # healthy streams teach the gateway eu-west's gaps between chunks
+        assert_complete(await call(gw.url, STREAM), await env.reference(STREAM))
+    eu.set_fault("stall_after:tokens=20")
+    body = clone(STREAM, max_tokens=60)
+    r = await call(gw.url, body)
+    assert_complete(r, await env.reference(body))
+    assert r.wall_s < auto["fallback_s"], (r.attempts, r.wall_s)  # the learnt timeout (the floor), not 5 s
+    assert (eu.stats.requests_total, us.stats.requests_total) == (4, 1)
+    out = row("stream stall after 20 tokens, adaptive stall timeout (auto, fallback 5 s)", r, env,
+              "stall seen within the learnt 0.3 s, resumed in us-east")
+    await healthy_after(env, gw, clear=True)
+    return out
+
+
+@scenario("stream cut twice, retry.max_resumes: 1")
+async def resumes_capped(env: Env) -> Row:
+    eu = await env.sim("eu-west", fault="cut_after:tokens=5")
+    us = await env.sim("us-east", fault="cut_after:tokens=3")
+    ap = await env.sim("ap-southeast")
+    gw = await env.gateway(config({"eu-west": [eu.url], "us-east": [us.url], "ap-southeast": [ap.url]},
+                                  retry={"max_resumes": 1}))
+    r = await call(gw.url, STREAM)
+    assert r.status == 200 and r.done == 0 and len(r.errors) == 1  # the in-band error, no [DONE]
+    assert (eu.stats.requests_total, us.stats.requests_total, ap.stats.requests_total) == (1, 1, 0)
+    out = row("stream cut twice, retry.max_resumes: 1", r, env, "one resume, then the in-band error")
+    await healthy_after(env, gw, clear=True)
+    return out
+
+
 @scenario("one malformed SSE event")
 async def malformed(env: Env) -> Row:
     gw, eu, us = await eu_faulty(env, "malformed_event:at=3")

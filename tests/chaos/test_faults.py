@@ -134,3 +134,11 @@ async def test_a_500_once_on_the_only_endpoint_is_retried_there(env: Env) -> Non
 
 async def test_a_500_always_on_the_only_endpoint_is_retried_once_then_falls_back(env: Env) -> None:
     await sc.error_always_only_endpoint(env)
+
+
+async def test_a_stall_is_seen_within_the_learnt_stall_timeout(env: Env) -> None:
+    await sc.stall_adaptive(env)
+
+
+async def test_resumes_are_capped_by_max_resumes(env: Env) -> None:
+    await sc.resumes_capped(env)
