@@ -25,6 +25,9 @@ from routing.outcome import Outcome
 from routing.plan import Candidate, Plan
 
 
+ENDED_EARLY = "the upstream stream ended before [DONE]"
+
+
 class StreamSession:
     """Relays to the client's response; :class:`gateway.assemble.AssembledSession` collects the
     same events for a non-stream answer instead."""
@@ -38,6 +41,7 @@ class StreamSession:
         self.include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
         self.keep_ids = ex.req.body.get("return_token_ids") is True
         self.mismatch = False
+        self.ended_early = False  # the last pump's body ended cleanly before [DONE] (not yet recorded)
         self.response: Any = None  # what the events are written to (web.StreamResponse here)
         self.transport: Any = None  # where the pump writes after the first event
 
@@ -72,7 +76,8 @@ class StreamSession:
             st = replay(bytes(tracker.raw), ex.req.kind) if resume else None
         finally:
             tracker.free()  # nothing of the stream outlives it, whatever ended it
-        ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+        if not self._judge_ending(cand, outcome, st):
+            ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
         if st is not None and await self._resume(st):
             return await self._finish(ex.served_by or cand, st.usage, "200")
         return await self._give_up(cand, self._cut_message(st, detail))
@@ -103,7 +108,7 @@ class StreamSession:
         stall_s = self._deadlines(cand).stall_s
         wd = Watchdog(stall_s, ex.deadline)
         meter = GapMeter()
-        outcome, detail = Outcome.BAD_STREAM, "the upstream stream ended before [DONE]"
+        outcome, detail = Outcome.BAD_STREAM, ENDED_EARLY
         try:
             await pump(self.response, self.transport, ready, feeder, wd, prefix, meter)
             if feeder.done:
@@ -135,9 +140,23 @@ class StreamSession:
             self.proxy.obs.release(cand.endpoint.id)
             if outcome is Outcome.SUCCESS:  # a cut stream's gaps say nothing of healthy silences
                 self.proxy.obs.record_stream_gaps(cand.endpoint.id, meter.max_ms, meter.gaps)
-            self.proxy.record(cand, outcome,
-                              ready.headers_s * 1000 if ready.headers_s is not None and outcome is Outcome.SUCCESS else None)
+            # a body that ended cleanly before [DONE] is judged by the caller (did it finish?)
+            self.ended_early = outcome is Outcome.BAD_STREAM and detail.startswith(ENDED_EARLY)
+            if not self.ended_early:
+                self.proxy.record(cand, outcome, ready.headers_s * 1000
+                                  if ready.headers_s is not None and outcome is Outcome.SUCCESS else None)
         return outcome, detail
+
+    def _judge_ending(self, cand: Candidate, outcome: Outcome, st: StreamState | None) -> bool:
+        """Record the attempt whose body ended before [DONE]: a generation that had finished
+        (finish reason seen) only lost its ending, which the gateway writes: not a failed attempt
+        against the endpoint.  True when it was such a finished stream."""
+        if not self.ended_early:
+            return False
+        self.ended_early = False
+        finished = st is not None and st.finish_reason is not None
+        self.proxy.record(cand, Outcome.SUCCESS if finished else outcome)
+        return finished
 
     async def _resume(self, st: StreamState) -> bool:
         ex = self.ex
@@ -170,7 +189,8 @@ class StreamSession:
             ex.resumes += 1
             if outcome is Outcome.SUCCESS:
                 return True
-            ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+            if not self._judge_ending(cand, outcome, st):
+                ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
             if st.finish_reason is not None:  # the continuation finished, then lost its end
                 if splicer.held is not None:
                     await self._write(encode_event(splicer.held))

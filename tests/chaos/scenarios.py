@@ -12,6 +12,8 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
+import aiohttp
+
 from tests.chaos.helpers import (CHAT, FAST, STREAM, Env, Reply, Row, assert_complete, assert_openai_error, call,
                                  clone, config, healthy_after, observations, row, wait_until)
 from tests.conftest import LONDON, SINGAPORE, US
@@ -292,7 +294,13 @@ async def no_done(env: Env) -> Row:
     r = await call(gw.url, STREAM)
     assert_complete(r, await env.reference(STREAM))
     assert r.attempts == 1 and (eu.stats.requests_total, us.stats.requests_total) == (1, 0)
-    out = row("stream without [DONE]", r, env, "generation had finished: the gateway wrote the ending")
+    async with aiohttp.ClientSession() as session, session.get(gw.url + "/metrics") as m:
+        lines = [x for x in (await m.text()).splitlines() if x.startswith("infercdn_upstream_attempts_total")]
+    # only its ending was lost: not a failed attempt against the endpoint (outlier detection, breaker)
+    assert len(lines) == 1 and 'outcome="success"' in lines[0], lines
+    assert (await observations(gw))["eu-west-0"]["breaker"] == "closed"
+    out = row("stream without [DONE]", r, env, "generation had finished: the gateway wrote the ending, "
+              "the endpoint not blamed")
     await healthy_after(env, gw)
     return out
 
