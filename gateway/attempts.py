@@ -107,6 +107,7 @@ class FirstToken:
                 if self.keepalive_task is not None:
                     with contextlib.suppress(ConnectionResetError):  # the client left: seen later
                         await self.keepalive_task  # the head must be fully sent before anything else
+            ex.note_stale(cand, result.stale, ex.req.model)
             if not isinstance(result, Failed):
                 return Won(cand, result)
             self._failed(cand, result)
@@ -163,6 +164,7 @@ class FirstToken:
                 for task in done:
                     cand = self.pending.pop(task)
                     result = task.result()
+                    ex.note_stale(cand, result.stale, ex.req.model)
                     if not isinstance(result, Failed):
                         await self._cancel_pending(Outcome.CANCELLED, "lost the hedge race")
                         return Won(cand, result)

@@ -176,6 +176,7 @@ class StreamSession:
             result, cont = await self._open_continuation(cand, st, until - loop.time())
             if cont is None:
                 return False
+            ex.note_stale(cand, result.stale, ex.served_model or ex.req.model)
             if not isinstance(result, Ready):
                 detail = result.detail if isinstance(result, Failed) else f"refused the continuation ({result.status})"
                 outcome = result.outcome if isinstance(result, Failed) else Outcome.CLIENT_ERROR
