@@ -158,6 +158,17 @@ async def test_one_registry_reader_and_one_canary_per_host(tmp_path: Path, geoip
             await asyncio.sleep(0.05)
         assert impostor.stats.paths["/v1/completions"] == 2 * prompts
         assert impostor.stats.paths.get("/v1/chat/completions", 0) == 0
+        # the prober's second verdict is recorded (its requests arriving is not enough: an
+        # unquarantine sent before the verdict would be overruled by it)
+        checks = f'infercdn_canary_checks_total{{endpoint="{imp_id}",pool="shady@eu-west",result="fail"}}'
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                async with session.get(gw.base + "/metrics") as r:
+                    line = next((x for x in (await r.text()).splitlines() if x.startswith(checks)), "")
+                if line and float(line.rsplit(" ", 1)[1]) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+        assert line and float(line.rsplit(" ", 1)[1]) == 2, line
         await until_every_worker(gw, "/admin/canary", verdict, "fail")
 
         worker, body = await post(gw, f"/admin/endpoints/{imp_id}/unquarantine")
