@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gateway.exchange import Exchange, Tried
 from gateway.sse import KEEPALIVE
 from gateway.upstream import Failed, Ready, Refused
+from routing.deadlines import Deadlines
 from routing.outcome import Outcome
 from routing.plan import Candidate
 from routing.retry import backoff_delay, parse_retry_after
@@ -34,6 +35,31 @@ class _Rearmed:
             self.owner.timer = None
 
 
+class _Peekable:
+    """An iterator of candidates that can say whether it is exhausted and take one back."""
+
+    def __init__(self, it: Iterator[Candidate]) -> None:
+        self.it = it
+        self.held: list[Candidate] = []
+
+    def __iter__(self) -> _Peekable:
+        return self
+
+    def __next__(self) -> Candidate:
+        return self.held.pop() if self.held else next(self.it)
+
+    def exhausted(self) -> bool:
+        if not self.held:
+            try:
+                self.held.append(next(self.it))
+            except StopIteration:
+                return True
+        return False
+
+    def push(self, cand: Candidate) -> None:
+        self.held.append(cand)
+
+
 @dataclass(slots=True)
 class Won:
     cand: Candidate
@@ -43,11 +69,13 @@ class Won:
 class FirstToken:
     """One race for a first token over ``candidates`` (an iterator the caller controls)."""
 
-    def __init__(self, proxy: object, ex: Exchange, body_for: object, path: str) -> None:
+    def __init__(self, proxy: object, ex: Exchange, body_for: object, path: str,
+                 deadlines: Callable[[Candidate], Deadlines]) -> None:
         self.proxy = proxy
         self.ex = ex
         self.body_for = body_for  # Callable[[Candidate], bytes]
         self.path = path
+        self.deadlines = deadlines  # the model's (gateway.deadlines.candidate_deadlines)
         self.pending: dict[asyncio.Task[Ready | Failed | Refused], Candidate] = {}
         self.keepalive_task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -61,9 +89,13 @@ class FirstToken:
         """One attempt at a time, awaited in this task (no task per attempt: the common case).
         Keep-alive comments come from a timer that starts a small task only when it fires."""
         ex = self.ex
-        first = True
-        while (picked := await self._pick(candidates, first)) is not None:
+        first, wait = True, None
+        candidates = _Peekable(candidates)
+        again: set[str] = set()  # endpoints already given their one same-endpoint retry
+        attempts = 0
+        while (picked := await self._pick(candidates, first, wait=wait)) is not None:
             first = False
+            attempts += 1
             cand, deadline = picked
             timer = self._arm_keepalive() if stream else None
             try:
@@ -75,10 +107,33 @@ class FirstToken:
                 if self.keepalive_task is not None:
                     with contextlib.suppress(ConnectionResetError):  # the client left: seen later
                         await self.keepalive_task  # the head must be fully sent before anything else
+            ex.note_stale(cand, result.stale, ex.req.model)
             if not isinstance(result, Failed):
                 return Won(cand, result)
             self._failed(cand, result)
+            wait = self._same_endpoint_retry(cand, result, candidates, again, alone=len(again) + 1 == attempts)
         return None
+
+    def _same_endpoint_retry(self, cand: Candidate, failed: Failed, candidates: _Peekable,
+                             again: set[str], alone: bool) -> float | None:
+        """When no other candidate is left: a 429 whose Retry-After is at most
+        ``retry.max_wait_s`` is waited out, and a 5xx or reset on the only endpoint of its pool,
+        when it was the model's only candidate (``alone``: other pools were the retry), gets one
+        retry after the usual jittered backoff, both on the same endpoint, once per endpoint and
+        request (never a loop).  Puts ``cand`` back; the seconds to wait instead of the backoff
+        (None: the backoff)."""
+        if cand.endpoint.id in again or failed.local_stall or not candidates.exhausted():
+            return None
+        wait = None
+        if failed.outcome is Outcome.HTTP_429:
+            wait = parse_retry_after(failed.retry_after, time.time())
+            if wait is None or wait > self.ex.cfg.retry.max_wait_s or wait >= self.ex.time_left():
+                return None
+        elif failed.outcome not in (Outcome.HTTP_5XX, Outcome.RESET) or len(cand.pool.endpoints) != 1 or not alone:
+            return None
+        again.add(cand.endpoint.id)
+        candidates.push(cand)
+        return wait
 
     def _arm_keepalive(self) -> _Rearmed:
         self.timer = asyncio.get_running_loop().call_later(self.ex.cfg.gateway.keepalive_comment_s, self._fire)
@@ -109,6 +164,7 @@ class FirstToken:
                 for task in done:
                     cand = self.pending.pop(task)
                     result = task.result()
+                    ex.note_stale(cand, result.stale, ex.req.model)
                     if not isinstance(result, Failed):
                         await self._cancel_pending(Outcome.CANCELLED, "lost the hedge race")
                         return Won(cand, result)
@@ -145,13 +201,15 @@ class FirstToken:
             after = max(hedge.min_after_ms, p95 if p95 is not None else hedge.min_after_ms)
         return asyncio.get_running_loop().time() + float(after) / 1000
 
-    async def _pick(self, candidates: Iterator[Candidate], first: bool, hedge: bool = False) -> tuple[Candidate, float] | None:
-        """The next candidate and its first-token deadline, after backoff and the retry budget."""
+    async def _pick(self, candidates: Iterator[Candidate], first: bool, hedge: bool = False,
+                    wait: float | None = None) -> tuple[Candidate, float] | None:
+        """The next candidate and its first-token deadline, after backoff (or ``wait``: a
+        Retry-After waited out) and the retry budget."""
         ex = self.ex
         if not first and not hedge:
             retry = ex.cfg.retry
-            await asyncio.sleep(backoff_delay(len(ex.tried), retry.backoff_base_ms / 1000,
-                                              retry.backoff_max_ms / 1000, self.proxy.rt.rng))
+            await asyncio.sleep(wait if wait is not None else backoff_delay(
+                len(ex.tried), retry.backoff_base_ms / 1000, retry.backoff_max_ms / 1000, self.proxy.rt.rng))
         for cand in candidates:
             if not first and not self.proxy.budget.try_spend():
                 ex.tried.append(Tried(cand, Outcome.CANCELLED, "retry budget exhausted", ex.req.model))
@@ -173,8 +231,7 @@ class FirstToken:
     def _ttft(self, cand: Candidate) -> float:
         if not self.ex.req.stream:
             return self.ex.time_left()
-        own = self.ex.cfg.pool_cfg(cand.pool.name)
-        return own.ttft_deadline_s if own is not None and own.ttft_deadline_s else self.ex.mcfg.ttft_deadline_s
+        return self.deadlines(cand).ttft_s
 
     def _failed(self, cand: Candidate, failed: Failed) -> None:
         ex = self.ex
@@ -186,7 +243,9 @@ class FirstToken:
             delay = parse_retry_after(failed.retry_after, time.time())
             if delay is not None:
                 ex.retry_after_s = delay if ex.retry_after_s is None else min(ex.retry_after_s, delay)
-                self.proxy.obs.throttle(cand.endpoint.id, min(delay, ex.cfg.retry.max_retry_after_s))
+                # only the model that answered 429: the endpoint's other models keep their traffic
+                self.proxy.obs.throttle_model(cand.endpoint.id, cand.upstream_model,
+                                              min(delay, ex.cfg.retry.max_retry_after_s))
 
     async def _keepalive(self, inflight: int = 0) -> None:
         ex = self.ex

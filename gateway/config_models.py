@@ -77,9 +77,8 @@ class ModelCfg(_Model):
     ``fallback_s`` (what applies to a pool without samples).  Per candidate, ask
     ``gateway.deadlines.candidate_deadlines`` (which calls ``routing.deadlines``).
 
-    Fields the forward path does not read yet (issue 9's later part wires them):
-    ``resume_deadline_s`` (cap on the time spent resuming one request) and ``fallback_on``
-    (``content_policy``: refusals may go to the fallback models)."""
+    ``resume_deadline_s``: no resume starts later than this after a stream's first cut;
+    ``fallback_on`` (``content_policy``): content-policy refusals may go to the fallback models."""
 
     ttft_deadline: float | Literal["auto"] = Field(default="auto", alias="ttft_deadline_s")
     ttft_auto: TtftAutoCfg = TtftAutoCfg()

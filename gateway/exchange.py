@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -12,8 +13,12 @@ from multidict import CIMultiDict
 from gateway.config import Config, ModelCfg
 from gateway.errors import sse_error_event
 from gateway.request import ParsedRequest
+from routing.deadlines import Deadlines
 from routing.outcome import Outcome
 from routing.plan import Candidate
+
+
+STALE_DETAIL = "a reused connection the upstream had closed; sent again at once on a fresh one"
 
 
 @dataclass(slots=True)
@@ -41,6 +46,8 @@ class Exchange:
     ttft_s: float | None = None  # the answering attempt's time to first token
     usage: dict | None = None
     resumes: int = 0  # times the stream was continued on another endpoint after its first token
+    # the deadlines of the model being tried (gateway.deadlines.candidate_deadlines), per candidate
+    deadlines: Callable[[Candidate], Deadlines] | None = None
 
     @property
     def client_stream(self) -> bool:
@@ -52,6 +59,12 @@ class Exchange:
 
     def time_left(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
+
+    def note_stale(self, cand: Candidate, stale: int, model: str) -> None:
+        """An attempt's transparent retries (a reused connection the upstream had closed, sent
+        again at once on a fresh one): each is an attempt the client and the access log see."""
+        for _ in range(stale):
+            self.tried.append(Tried(cand, Outcome.RESET, STALE_DETAIL, model))
 
     def endpoints_tried(self) -> set[str]:
         return {t.cand.endpoint.id for t in self.tried}

@@ -19,6 +19,7 @@ from gateway.assemble import AssembledSession, can_assemble
 from gateway.attempts import FirstToken, Won
 from gateway.config import Config
 from gateway.config import UpstreamLimitsCfg
+from gateway.deadlines import candidate_deadlines
 from gateway.errors import GatewayError, ModelNotFound, NotFound, RateLimited, Unavailable, openai_error_bytes
 from gateway.exchange import Exchange, Tried
 from gateway.metrics import GatewayMetrics
@@ -45,6 +46,19 @@ def not_served(path: str, refused: Refused) -> bool:
     """A pool's 404 for a path it has no route for (FastAPI's bare ``{"detail": "Not Found"}``,
     as vLLM answers an endpoint its model does not serve), not its 404 for a model."""
     return refused.status == 404 and path in _OPTIONAL_PATHS and b'"error"' not in refused.body
+
+
+CONTENT_POLICY_MARKERS = (b"content_policy",)
+REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
+
+
+def may_fall_back(refused: Refused, fallback_on: tuple[str, ...]) -> bool:
+    """Whether a refusal may be tried on the fallback models: not one that is the request's fault
+    (a content-policy refusal, a 400/413/422), unless ``models.<m>.fallback_on: [content_policy]``
+    opts a content-policy refusal in.  Other 4xx (401, 403, 404: the pool's set-up) may."""
+    if any(m in refused.body for m in CONTENT_POLICY_MARKERS):
+        return "content_policy" in fallback_on
+    return refused.status not in REQUEST_FAULT_STATUSES
 
 
 log = logging.getLogger("infercdn.proxy")
@@ -104,8 +118,9 @@ class Proxy:
         fallbacks = [m for m in mcfg.fallbacks if not allowed_models or m in allowed_models]
         for model in (req.model, *fallbacks):
             plan = planner.plan(replace(ctx, model=model))
+            ex.deadlines = candidate_deadlines(ex.cfg, model, self.obs)
             won = await FirstToken(self, ex, lambda c: self._body(req, c, resume),
-                                   req.path).run(self._candidates(ex, plan, model), ex.client_stream)
+                                   req.path, ex.deadlines).run(self._candidates(ex, plan, model), ex.client_stream)
             if won is None:
                 continue
             if isinstance(won.result, Refused):
@@ -114,6 +129,8 @@ class Proxy:
                     last_refusal = (won.cand, won.result)
                     self.record(won.cand, Outcome.CLIENT_ERROR)
                     ex.tried.append(Tried(won.cand, Outcome.CLIENT_ERROR, f"refused ({won.result.status})", model))
+                    if not may_fall_back(won.result, mcfg.fallback_on):
+                        break  # the request's fault: another model would refuse it too, or answer what it must not
                     continue
             ex.served_by, ex.served_model = won.cand, model
             return await self._deliver(ex, won.cand, won.result, resume, plan)
@@ -173,7 +190,7 @@ class Proxy:
             return None
         ex.tried.append(Tried(won.cand, Outcome.CLIENT_ERROR, "context too long for this pool", ex.req.model))
         self.record(won.cand, Outcome.CLIENT_ERROR)
-        return await FirstToken(self, ex, lambda c: self._body(ex.req, c, resume), ex.req.path).run(
+        return await FirstToken(self, ex, lambda c: self._body(ex.req, c, resume), ex.req.path, ex.deadlines).run(
             iter(cands), ex.client_stream)
 
     async def _deliver(self, ex: Exchange, cand: Candidate, ready: Ready, resume: bool, plan: Plan) -> web.StreamResponse:

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.deadlines import candidate_deadlines
 from gateway.errors import sse_error_event
 from gateway.exchange import Exchange, Tried
 from gateway.quota import STREAM_EVENTS
@@ -19,8 +20,12 @@ from gateway.splice import Splicer
 from gateway.sse import DONE_EVENT, UnencodableEvent, encode_event
 from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
 from gateway.upstream import Failed, Ready, Refused, UpstreamLost, UpstreamTooLarge
+from routing.deadlines import Deadlines, GapMeter
 from routing.outcome import Outcome
 from routing.plan import Candidate, Plan
+
+
+ENDED_EARLY = "the upstream stream ended before [DONE]"
 
 
 class StreamSession:
@@ -36,6 +41,7 @@ class StreamSession:
         self.include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
         self.keep_ids = ex.req.body.get("return_token_ids") is True
         self.mismatch = False
+        self.ended_early = False  # the last pump's body ended cleanly before [DONE] (not yet recorded)
         self.response: Any = None  # what the events are written to (web.StreamResponse here)
         self.transport: Any = None  # where the pump writes after the first event
 
@@ -70,7 +76,8 @@ class StreamSession:
             st = replay(bytes(tracker.raw), ex.req.kind) if resume else None
         finally:
             tracker.free()  # nothing of the stream outlives it, whatever ended it
-        ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+        if not self._judge_ending(cand, outcome, st):
+            ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
         if st is not None and await self._resume(st):
             return await self._finish(ex.served_by or cand, st.usage, "200")
         return await self._give_up(cand, self._cut_message(st, detail))
@@ -98,10 +105,12 @@ class StreamSession:
     async def _pump(self, cand: Candidate, ready: Ready, feeder: StreamTracker | SpliceFeed,
                     prefix: bytes = b"") -> tuple[Outcome, str]:
         ex = self.ex
-        wd = Watchdog(ex.mcfg.stall_timeout_s, ex.deadline)
-        outcome, detail = Outcome.BAD_STREAM, "the upstream stream ended before [DONE]"
+        stall_s = self._deadlines(cand).stall_s
+        wd = Watchdog(stall_s, ex.deadline)
+        meter = GapMeter()
+        outcome, detail = Outcome.BAD_STREAM, ENDED_EARLY
         try:
-            await pump(self.response, self.transport, ready, feeder, wd, prefix)
+            await pump(self.response, self.transport, ready, feeder, wd, prefix, meter)
             if feeder.done:
                 outcome, detail = Outcome.SUCCESS, "ok"
             elif isinstance(feeder, StreamTracker) and feeder.dropped:
@@ -111,7 +120,7 @@ class StreamSession:
                 outcome, detail = Outcome.CANCELLED, "client disconnected"
                 raise
             outcome = Outcome.TIMEOUT
-            detail = (f"no data for {ex.mcfg.stall_timeout_s:g} s (stalled)" if wd.fired == "stall"
+            detail = (f"no data for {stall_s:.3g} s (stalled)" if wd.fired == "stall"
                       else "total deadline exceeded")
         except UpstreamLost as exc:
             exc.__traceback__ = None  # its frames hold the connection
@@ -129,23 +138,45 @@ class StreamSession:
             wd.stop()
             ready.release() if outcome is Outcome.SUCCESS else ready.close()
             self.proxy.obs.release(cand.endpoint.id)
-            self.proxy.record(cand, outcome,
-                              ready.headers_s * 1000 if ready.headers_s is not None and outcome is Outcome.SUCCESS else None)
+            if outcome is Outcome.SUCCESS:  # a cut stream's gaps say nothing of healthy silences
+                self.proxy.obs.record_stream_gaps(cand.endpoint.id, meter.max_ms, meter.gaps)
+            # a body that ended cleanly before [DONE] is judged by the caller (did it finish?)
+            self.ended_early = outcome is Outcome.BAD_STREAM and detail.startswith(ENDED_EARLY)
+            if not self.ended_early:
+                self.proxy.record(cand, outcome, ready.headers_s * 1000
+                                  if ready.headers_s is not None and outcome is Outcome.SUCCESS else None)
         return outcome, detail
+
+    def _judge_ending(self, cand: Candidate, outcome: Outcome, st: StreamState | None) -> bool:
+        """Record the attempt whose body ended before [DONE]: a generation that had finished
+        (finish reason seen) only lost its ending, which the gateway writes: not a failed attempt
+        against the endpoint.  True when it was such a finished stream."""
+        if not self.ended_early:
+            return False
+        self.ended_early = False
+        finished = st is not None and st.finish_reason is not None
+        self.proxy.record(cand, Outcome.SUCCESS if finished else outcome)
+        return finished
 
     async def _resume(self, st: StreamState) -> bool:
         ex = self.ex
         if st.finish_reason is not None:
             return await self._complete_ending(st)
+        loop = asyncio.get_running_loop()
+        # resumes are capped in count and in time from the first cut, not only by the total deadline
+        until = loop.time() + ex.mcfg.resume_deadline_s
+        tries = 0
         while not self.mismatch and ex.time_left() > 0:
             # no retry budget here: a resume continues work the fleet already accepted (the
             # remaining tokens), it does not add load the way a retry storm would
             cand = self._next_candidate()
-            if cand is None:
+            if cand is None or tries >= ex.cfg.retry.max_resumes or loop.time() >= until:
                 return False
-            result, cont = await self._open_continuation(cand, st)
+            tries += 1
+            result, cont = await self._open_continuation(cand, st, until - loop.time())
             if cont is None:
                 return False
+            ex.note_stale(cand, result.stale, ex.served_model or ex.req.model)
             if not isinstance(result, Ready):
                 detail = result.detail if isinstance(result, Failed) else f"refused the continuation ({result.status})"
                 outcome = result.outcome if isinstance(result, Failed) else Outcome.CLIENT_ERROR
@@ -159,19 +190,22 @@ class StreamSession:
             ex.resumes += 1
             if outcome is Outcome.SUCCESS:
                 return True
-            ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+            if not self._judge_ending(cand, outcome, st):
+                ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
             if st.finish_reason is not None:  # the continuation finished, then lost its end
                 if splicer.held is not None:
                     await self._write(encode_event(splicer.held))
                 return await self._complete_ending(st)
         return False
 
-    async def _open_continuation(self, cand: Candidate, st: StreamState) -> tuple[Ready | Failed | Refused | None, Continuation | None]:
+    async def _open_continuation(self, cand: Candidate, st: StreamState,
+                                 left_s: float) -> tuple[Ready | Failed | Refused | None, Continuation | None]:
+        """The continuation's first token, within its deadline and ``left_s`` of the resume deadline."""
         ex = self.ex
         cont = plan_continuation(ex.req, st, cand.upstream_model, cand.pool.can_continue, ex.mcfg.resume)
         if cont is None:
             return None, None
-        ttft = min(ex.mcfg.ttft_deadline_s, ex.time_left())
+        ttft = min(self._deadlines(cand).ttft_s, ex.time_left(), left_s)
         limits = ex.cfg.upstream_limits
         result = await self.proxy.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True, limits)
         if isinstance(result, Refused) and cont.strategy != "regenerate" and (deterministic(ex.req.body) or not st.text):
@@ -180,6 +214,13 @@ class StreamSession:
                                                               "stream": True}, st.text)
             return await self.proxy.attempt(cand, orjson.dumps(again.body), again.path, ttft, True, limits), again
         return result, cont
+
+    def _deadlines(self, cand: Candidate) -> Deadlines:
+        """The deadlines of an attempt on ``cand`` for the model being served."""
+        ex = self.ex
+        if ex.deadlines is None:
+            ex.deadlines = candidate_deadlines(ex.cfg, ex.served_model or ex.req.model, self.proxy.obs)
+        return ex.deadlines(cand)
 
     def _next_candidate(self) -> Candidate | None:
         tried = self.ex.endpoints_tried()

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.sse import null_token_ids
 from gateway.upstream import Ready, UpstreamTooLarge
+from routing.deadlines import GapMeter
 
 DEFAULT_MAX_EVENT = 4 * 1024 * 1024
 DEFAULT_RETAINED = 4 * 1024 * 1024  # beyond this a stream can no longer be resumed (memory bound)
@@ -233,13 +234,16 @@ LOW_WATER = 64 * 1024
 
 
 async def pump(response: web.StreamResponse, transport: asyncio.Transport | None, ready: Ready,
-               feeder: StreamTracker | SpliceFeed, watchdog: Watchdog, prefix: bytes = b"") -> None:
+               feeder: StreamTracker | SpliceFeed, watchdog: Watchdog, prefix: bytes = b"",
+               meter: GapMeter | None = None) -> None:
     """Relay ``ready``'s body through ``feeder`` to the client until [DONE] or the body ends.
 
     After the first write (which also sends the response head), bytes go from the upstream's
     ``data_received`` straight into the client transport, chunk-framed, with no coroutine
     switch per token; upstream reads pause while the client's write buffer is high.  ``prefix``
-    (a comment) goes out in the first write."""
+    (a comment) goes out in the first write.  ``meter`` is ticked once per upstream read."""
+    meter = meter if meter is not None else GapMeter()
+    meter.tick(watchdog.loop.time())
     out = prefix + feeder.feed(ready.first)
     try:
         # this write also sends the response head; later bytes bypass aiohttp's writer
@@ -270,8 +274,11 @@ async def pump(response: web.StreamResponse, transport: asyncio.Transport | None
     closing = transport.is_closing
     buffered = transport.get_write_buffer_size
 
+    tick = meter.tick
+
     def sink(chunk: bytes) -> None:
-        watchdog.last = loop_time()
+        watchdog.last = now = loop_time()
+        tick(now)
         data = feed(chunk)
         if data:
             if closing():

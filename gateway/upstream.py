@@ -242,6 +242,7 @@ class Ready:
     headers: dict[str, str]
     headers_s: float | None = None  # request sent → response head: a network round trip for streams
     endpoint_id: str = ""
+    stale: int = 0  # reused connections the upstream had closed, retried at once on a fresh one
 
     def close(self) -> None:
         self.conn.abort()  # the upstream sees the disconnect and stops generating
@@ -276,6 +277,7 @@ class Failed:
     body: bytes = b""
     retry_after: str | None = None
     local_stall: bool = False  # the deadline fired late: the gateway's loop stalled, not the endpoint
+    stale: int = 0  # as Ready.stale
 
 
 @dataclass(slots=True)
@@ -286,6 +288,7 @@ class Refused:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: str | None = None  # as sent; parsed and capped before it reaches a client
+    stale: int = 0  # as Ready.stale
 
 
 class ConnectTimer:

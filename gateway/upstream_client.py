@@ -46,17 +46,21 @@ class UpstreamClient:
         loop = asyncio.get_running_loop()
         due = loop.time() + first_token_s
         conn: UpstreamConn | None = None
+        stale = 0
         try:
             async with asyncio.timeout_at(due):
                 for _ in range(2):  # a reused connection the server had closed: once more, fresh
                     conn, reused = await self.pool.acquire(key)
                     conn.limits, conn.stream = limits, stream
                     try:
-                        return await self._exchange(conn, [head, body], stream, t0)
+                        result = await self._exchange(conn, [head, body], stream, t0)
+                        result.stale = stale  # the caller shows the hidden try (x-infercdn-attempts)
+                        return result
                     except UpstreamLost:
                         if not reused or conn.got_bytes:
                             raise
                         conn.abort()
+                        stale += 1
                 raise UpstreamLost("upstream closed the connection")
         except asyncio.TimeoutError:
             if conn is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 from tests.chaos import scenarios as sc
+from tests.chaos import scenarios_fallback as fb
 from tests.chaos.helpers import Env
 
 
@@ -99,8 +100,12 @@ async def test_content_policy_is_returned_not_retried(env: Env) -> None:
     await sc.content_policy(env)
 
 
-async def test_content_policy_goes_to_the_fallback_model(env: Env) -> None:
-    await sc.content_policy_fallback(env)
+async def test_content_policy_goes_to_the_fallback_model_only_when_opted_in(env: Env) -> None:
+    await fb.content_policy_fallback(env)
+
+
+async def test_content_policy_is_never_tried_on_the_fallback_model_by_default(env: Env) -> None:
+    await fb.content_policy_not_to_fallback(env)
 
 
 async def test_flapping_endpoint_is_avoided_then_used_again(env: Env) -> None:
@@ -118,3 +123,23 @@ async def test_hedge_wins_and_the_loser_is_cancelled(env: Env) -> None:
 async def test_hedged_request_reports_both_attempts(env: Env) -> None:
     reply = (await sc.hedging(env)).reply
     assert reply is not None and reply.attempts == 2
+
+
+async def test_a_short_retry_after_on_the_only_endpoint_is_waited_out(env: Env) -> None:
+    await fb.throttled_only_endpoint(env)
+
+
+async def test_a_500_once_on_the_only_endpoint_is_retried_there(env: Env) -> None:
+    await fb.error_once_only_endpoint(env)
+
+
+async def test_a_500_always_on_the_only_endpoint_is_retried_once_then_falls_back(env: Env) -> None:
+    await fb.error_always_only_endpoint(env)
+
+
+async def test_a_stall_is_seen_within_the_learnt_stall_timeout(env: Env) -> None:
+    await fb.stall_adaptive(env)
+
+
+async def test_resumes_are_capped_by_max_resumes(env: Env) -> None:
+    await fb.resumes_capped(env)

@@ -85,7 +85,7 @@ def test_a_stalled_attempt_is_recorded_as_saying_nothing_of_the_endpoint() -> No
             recorded.append(outcome)
 
     ex = SimpleNamespace(tried=[], req=SimpleNamespace(model="m"))
-    race = FirstToken(Proxy(), ex, None, "/v1/completions")  # type: ignore[arg-type]
+    race = FirstToken(Proxy(), ex, None, "/v1/completions", None)  # type: ignore[arg-type]
     cand = SimpleNamespace(endpoint=SimpleNamespace(id="e"))
     race._failed(cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s", local_stall=True))  # type: ignore[arg-type]
     race._failed(cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s"))  # type: ignore[arg-type]

@@ -81,4 +81,5 @@ async def test_admin_plan_shows_deadlines_from_the_gateways_observations(sim_fac
     d = plan["candidates"][0]["deadlines"]
     assert d["ttft"]["source"] == "auto" and d["ttft"]["samples"] == 4
     assert d["ttft"]["s"] == max(0.5, 3 * d["ttft"]["p99_s"])  # tiny sim TTFTs: mostly the floor
-    assert d["stall"] == {"s": 4.0, "source": "auto", "samples": 2, "p99_s": 2.0}
+    # 6 streams: the 4 relayed (each measured by the relay's GapMeter) and the 2 recorded here
+    assert d["stall"] == {"s": 4.0, "source": "auto", "samples": 6, "p99_s": 2.0}
