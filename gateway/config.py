@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from gateway.config_auth import AuthCfg, SharedLimitsCfg, TenantCfg  # noqa: F401 (re-exported)
-from gateway.config_fleet import CanaryCfg, RegistryCfg
+from gateway.config_fleet import CanaryCfg, RegistryCfg, _Model  # one frozen, strict base for every section
 from gateway.config_env import expand_env
 from gateway.config_models import NO_VALUE, HedgeCfg, ModelCfg, chain_problems, inherit, resolve_all  # noqa: F401
 from gateway.redact import MISSING as _MISSING
@@ -43,10 +43,6 @@ class ConfigError(Exception):
         return out
 
 
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class LocationCfg(_Model):

@@ -10,17 +10,14 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from gateway.config_fleet import _Model
 from gateway.redact import MISSING
 from routing.deadlines import AutoParams, DeadlineSettings
 
 STAR = "*"
 NO_VALUE = MISSING  # a problem with no value to show
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class HedgeCfg(_Model):

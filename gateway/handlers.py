@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from gateway import limits
-from gateway.admin import admin_routes
+from gateway.admin import ADMIN_HEADER, admin_routes
 from gateway.access import EXCHANGE, Note
 from gateway.access import line as access_line
 from gateway.auth import check_model
@@ -200,9 +200,6 @@ def _peer_in(request: web.Request, nets: tuple[str, ...]) -> bool:
 
 
 ADMIN_PATHS = ("/admin/", "/status")  # the admin API and the fleet page
-ADMIN_HEADER = "X-Infercdn-Admin"
-
-
 def _cross_site_safe(request: web.Request) -> bool:
     """A state-changing admin call carries JSON or the admin header: neither can be sent by
     a cross-site form or a no-CORS fetch, so a browser on the admin network cannot be used."""
