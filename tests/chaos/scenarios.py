@@ -389,11 +389,18 @@ async def regional_outage(env: Env) -> Row:
 
     t0 = time.monotonic()
     tasks = [asyncio.create_task(client(i, i * 0.005)) for i in range(before)]
-    await wait_until(lambda: sum(s.stats.tokens_sent for s in eu) >= 20 and sum(s.stats.running for s in eu) >= 2,
+    # wait for streams that are well into their answer (5+ tokens: the gateway has read their
+    # first ones), so that the kill cuts some mid-answer, not only before their first token
+    await wait_until(lambda: sum(g.generated >= 5 for s in eu for g in s.core.active) >= 2,
                      5, "eu-west streams to be mid-answer")
-    streaming_in_eu = sum(s.stats.running for s in eu)
+    # the region dies at one instant: both simulators' live streams are cut in the same step of
+    # the loop (no stream can start on one while the other is being stopped), then they stop
+    # listening: new connections are refused
+    streaming_in_eu = sum(len(s.core.active) for s in eu)
     for s in eu:
-        await s.stop()  # the region dies: live streams cut, new connections refused
+        s.core.abort_live()
+    for s in eu:
+        await s.stop()
     killed_at = time.monotonic() - t0
     # requests that arrive during the outage, before any probe has noticed it
     tasks += [asyncio.create_task(client(before + i, i * 0.005)) for i in range(after)]

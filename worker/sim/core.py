@@ -32,6 +32,7 @@ class SimCore:
         self.rng = random.Random(config.seed)
         self.closing = asyncio.Event()
         self.live: set[asyncio.BaseTransport] = set()
+        self.active: set[Generation] = set()  # generations holding a scheduler slot (tests read it)
         self._watchers: list[asyncio.Future[None]] = []
         self.scheduler.on_change = self.notify
         if config.fault:
@@ -84,6 +85,7 @@ class SimCore:
         queued = loop.time()
         await self.scheduler.acquire(len(gens))
         stats = self.stats
+        self.active.update(gens)
         try:
             stats.queue_time.observe(loop.time() - queued)
             for gen in gens:
@@ -93,6 +95,7 @@ class SimCore:
                 stats.kv_tokens += gen.n_prompt
             yield
         finally:
+            self.active.difference_update(gens)
             for gen in gens:
                 stats.kv_tokens -= gen.n_prompt + gen.generated
             self.scheduler.release(len(gens))
