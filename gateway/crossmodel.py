@@ -10,7 +10,9 @@ only: token ids belong to one model's vocabulary.  A pool that takes an assistan
 one that does not is asked the original request, and its output is skipped until it has
 reproduced what the client has, which only a deterministic request (temperature 0 or a seed)
 can do.  A sampled request whose only targets refuse a prefill cannot be continued: the stream
-ends with the in-band error that names the cut."""
+ends with the in-band error that names the cut.  Text that does not stand for the tokens it came
+from (U+FFFD: bytes the first model's detokenizer could not render) is regenerated, not
+prefilled, where the request is deterministic."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,8 +20,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.request import ParsedRequest
-from gateway.resume import Continuation, StreamState, plan_continuation
+from gateway.resume import Continuation, StreamState, deterministic, plan_continuation
 from routing.plan import Candidate, Plan, RequestContext
+
+UNRENDERED = "\ufffd"  # what a detokenizer writes for bytes that are not (yet) valid UTF-8
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,9 @@ def continuation_for(req: ParsedRequest, st: StreamState, target: Target, models
     pool = target.cand.pool
     if tuple(models) == (target.model,):
         return plan_continuation(req, st, target.cand.upstream_model, pool.can_continue, want)
-    prefill = pool.can_continue and pool.prefill
+    # text with U+FFFD holds bytes the first model's detokenizer could not render: sent back as a
+    # prefill it is other text (other tokens), so only a regeneration can reproduce it exactly
+    prefill = pool.can_continue and pool.prefill and not (UNRENDERED in st.text and deterministic(req.body))
     return plan_continuation(req, st, target.cand.upstream_model, prefill, "off" if want == "off" else "text")
 
 
