@@ -227,6 +227,7 @@ class StreamSession:
             ex.note_stale(cand, result.stale, target.model)
             ex.tried.append(Tried(cand, Outcome.CLIENT_ERROR, f"refused the continuation ({result.status})",
                                   target.model))
+            self.proxy.record(cand, Outcome.CLIENT_ERROR)
             again = Continuation("regenerate", ex.req.path, {**ex.req.body, "model": cand.upstream_model,
                                                               "stream": True}, st.text)
             return await self.proxy.attempt(cand, orjson.dumps(again.body), again.path, ttft, True, limits), again

@@ -54,6 +54,13 @@ async def access_line(log: Path, request_id: str) -> dict[str, Any]:
     return line
 
 
+async def reported(env: Env, gw: Any, name: str, r: Reply, note: str) -> Row:
+    """The scenario's row, once the gateway has shown it is healthy afterwards."""
+    out = row(name, r, env, note)
+    await healthy_after(env, gw, clear=True)
+    return out
+
+
 def assert_one_stream(r: Reply, models: list[str]) -> None:
     """One id, one ``created``, the client's ``model`` unchanged, the final chunk naming every model."""
     docs = [e for e in r.events if "choices" in e]
@@ -75,9 +82,9 @@ async def _cut_continued(env: Env, name: str, body: dict[str, Any], note: str, o
     line = await access_line(log, r.headers["x-request-id"])
     assert line["served_model"] == "tiny-chat" and line["served_models"] == BOTH, line
     assert line["completion_tokens"] == 60 and line["endpoint"] == "other-0", line
-    out = row(name, r, env, note)
-    await healthy_after(env, gw, clear=True)
-    return out
+    refused = ["other-0:client_error"] if asked == 2 else []  # the rejected prefill is an attempt
+    assert line["tried"] == ["eu-west-0:reset", *refused] and line["attempts"] == 2 + len(refused), line
+    return await reported(env, gw, name, r, note)
 
 
 @scenario("stream cut at token 40 of 60, one-endpoint pool, fallback model (prefill)")
@@ -109,9 +116,7 @@ async def cut_sampled_fallback_rejects(env: Env) -> Row:
     line = await access_line(log, r.headers["x-request-id"])
     assert line["status"] == "stream_error" and line["served_models"] == ["tiny-chat"], line
     assert line["tried"] == ["eu-west-0:reset", "other-0:client_error"], line["tried"]
-    out = row(cut_sampled_fallback_rejects.fault, r, env, "names the cut, not the continuation's 400")
-    await healthy_after(env, gw, clear=True)
-    return out
+    return await reported(env, gw, cut_sampled_fallback_rejects.fault, r, "names the cut, not the continuation's 400")
 
 
 @scenario("stream stall after 20 tokens, one-endpoint pool, fallback model")
@@ -123,9 +128,7 @@ async def stall_to_fallback(env: Env) -> Row:
     # exactly one continuation (40 tokens from a prefill), within the stall timeout and it
     assert (eu.stats.requests_total, other.stats.requests_total) == (1, 1) and other.stats.tokens_sent == 40
     assert r.wall_s < FAST["stall_timeout_s"] + 3.0, r.wall_s  # generous: no second stall timeout
-    out = row(stall_to_fallback.fault, r, env, "stall seen after 0.5 s, one continuation on other-model")
-    await healthy_after(env, gw, clear=True)
-    return out
+    return await reported(env, gw, stall_to_fallback.fault, r, "stall seen after 0.5 s, one continuation on other-model")
 
 
 @scenario("completions stream cut at token 40 of 60, fallback model (prompt + text)")
@@ -144,6 +147,4 @@ async def assembled_to_fallback(env: Env) -> Row:
     assert r.attempts == 2 and (eu.stats.requests_total, other.stats.requests_total) == (1, 1)
     line = await access_line(log, r.headers["x-request-id"])
     assert line["served_models"] == BOTH and line["tried"] == ["eu-west-0:reset"], line
-    out = row(assembled_to_fallback.fault, r, env, "assembled; x-infercdn-model: tiny-chat, other-model")
-    await healthy_after(env, gw, clear=True)
-    return out
+    return await reported(env, gw, assembled_to_fallback.fault, r, "assembled; x-infercdn-model: tiny-chat, other-model")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import LONDON
 from tests.e2e_vllm.cutproxy import CutProxy
-from tests.e2e_vllm.helpers import MARKS, MODEL, MODELS_CFG, vllm_config, wait_idle
+from tests.e2e_vllm.helpers import MARKS, MODEL, MODELS_CFG, cut_first_pool, wait_idle
 from tests.e2e_vllm.test_resume import CUT_AFTER, MAX_TOKENS, generate, text_of
 from tests.vllm_fixture import SECOND_NAME, VllmServer
 
@@ -23,13 +23,24 @@ pytestmark = MARKS
 
 
 def fallback_config(vllm: VllmServer, cut_url: str) -> dict[str, Any]:
-    """tiny-chat only on eu-west-0 (``cut_url``), tiny-chat-b on us-east-0 (vLLM directly)."""
-    data = vllm_config(vllm, {"us-east": [vllm.url]})
+    """tiny-chat only on eu-west-0 (``cut_url``), tiny-chat-b, its fallback, on us-east-0 (vLLM directly)."""
+    data = cut_first_pool(vllm, cut_url)
     data["models"] = {**MODELS_CFG, MODEL: {"fallbacks": [SECOND_NAME]}}
-    data["pools"][0]["endpoints"][0]["url"] = cut_url
     data["pools"][1]["models"] = [SECOND_NAME]
-    data["pools"][1]["endpoints"][0]["health_url"] = vllm.control_url + "/health"
     return data
+
+
+async def cut_then_generate(vllm: VllmServer, gateway_factory: Any, kind: str) -> tuple[Any, list[Any], Any]:
+    """The gateway's answer with eu-west cut after ``CUT_AFTER`` events; its headers, chunks and URL."""
+    proxy = CutProxy("127.0.0.1", vllm.port, cut_after_events=CUT_AFTER)
+    await proxy.start()
+    try:
+        gw = await gateway_factory(fallback_config(vllm, proxy.url))
+        headers, got = await generate(gw.url, kind, LONDON)
+    finally:
+        await proxy.stop()
+    assert proxy.cuts == 1, "the first attempt must have been cut"
+    return headers, got, gw
 
 
 @pytest.mark.parametrize("kind", ["chat", "completions"])
@@ -37,14 +48,7 @@ async def test_stream_cut_continues_exactly_on_the_fallback_model(vllm_server: V
                                                                   kind: str) -> None:
     await wait_idle(vllm_server.url)
     _, expected = await generate(vllm_server.url, kind)
-    proxy = CutProxy("127.0.0.1", vllm_server.port, cut_after_events=CUT_AFTER)
-    await proxy.start()
-    try:
-        gw = await gateway_factory(fallback_config(vllm_server, proxy.url))
-        headers, got = await generate(gw.url, kind, LONDON)
-    finally:
-        await proxy.stop()
-    assert proxy.cuts == 1, "the first attempt must have been cut"
+    headers, got, gw = await cut_then_generate(vllm_server, gateway_factory, kind)
     assert (headers["x-infercdn-region"], headers["x-infercdn-model"]) == ("eu-west", MODEL)
     assert text_of(kind, got) == text_of(kind, expected) and text_of(kind, got)
     usage = [c.usage for c in got if c.usage is not None]

@@ -157,3 +157,18 @@ async def test_the_tenants_models_bound_the_continuation(sim_factory, gateway_fa
     assert (raw.count(b"data: [DONE]") == 1) is continued, raw[-300:]
     assert (b"stream_interrupted" in raw) is not continued
     assert big.stats.requests_total == (1 if continued else 0)
+
+
+async def test_max_resumes_bounds_the_walk_across_models(sim_factory, gateway_factory) -> None:
+    tiny = await sim_factory(fault="cut_after:tokens=6")
+    big = await sim_factory(model="big-chat")
+    data = base_config({"eu-west": [tiny.url], "us-east": [big.url]}, retry={"max_resumes": 0})
+    data["pools"][1]["models"] = ["big-chat"]
+    data["models"]["tiny-chat"] = {"fallbacks": ["big-chat"]}
+    gw = await gateway_factory(data)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{gw.port}/v1/chat/completions", json=CHAT,
+                                headers={"X-Forwarded-For": LONDON}) as r:
+            raw = await r.read()
+    assert b"data: [DONE]" not in raw and b"cut after 6 token(s)" in raw, raw[-300:]
+    assert big.stats.requests_total == 0
