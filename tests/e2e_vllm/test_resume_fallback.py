@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import LONDON
 from tests.e2e_vllm.cutproxy import CutProxy
 from tests.e2e_vllm.helpers import MARKS, MODEL, MODELS_CFG, cut_first_pool, wait_idle
+from tests.e2e_vllm import test_resume
 from tests.e2e_vllm.test_resume import CUT_AFTER, MAX_TOKENS, generate, text_of
 from tests.vllm_fixture import SECOND_NAME, VllmServer
 
@@ -43,9 +44,13 @@ async def cut_then_generate(vllm: VllmServer, gateway_factory: Any, kind: str) -
     return headers, got, gw
 
 
-@pytest.mark.parametrize("kind", ["chat", "completions"])
+@pytest.mark.parametrize("kind,prompt", [("chat", None), ("completions", None),
+                                         ("completions", "The quick brown fox jumps over the")])
 async def test_stream_cut_continues_exactly_on_the_fallback_model(vllm_server: VllmServer, gateway_factory,
-                                                                  kind: str) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch, kind: str,
+                                                                  prompt: str | None) -> None:
+    if prompt is not None:  # a prompt whose answer is plain text: continued from prompt + text
+        monkeypatch.setattr(test_resume, "PROMPT", prompt)
     await wait_idle(vllm_server.url)
     _, expected = await generate(vllm_server.url, kind)
     headers, got, gw = await cut_then_generate(vllm_server, gateway_factory, kind)
