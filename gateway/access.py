@@ -120,7 +120,7 @@ def line(request: web.Request, note: Note) -> dict[str, Any]:
             status = int(ex.status) if ex.status.isdigit() else ex.status
         served = ex.served_by
         usage = ex.usage or {}
-        out.update(stream=ex.client_stream, served_model=ex.served_model,
+        out.update(stream=ex.client_stream, served_model=ex.served_model, served_models=list(ex.served_models),
                    region=served.region if served else None, pool=served.pool.name if served else None,
                    endpoint=served.endpoint.id if served else None, attempts=ex.attempts,
                    tried=[f"{t.cand.endpoint.id}:{t.outcome.value}" for t in ex.tried],

@@ -166,9 +166,9 @@ class AssembledSession(StreamSession):
     """A :class:`StreamSession` whose events are collected, then answered as one JSON object
     (or a 503 when the generation could not be completed on any pool)."""
 
-    def __init__(self, proxy: Any, ex: Any, plan: Any, strip_ids: bool) -> None:
+    def __init__(self, proxy: Any, ex: Any, plan: Any, strip_ids: bool, chain: Any = None) -> None:
         # token ids stay in the collected events (assemble() reads past them): no stripping
-        super().__init__(proxy, ex, plan, strip_ids=False)
+        super().__init__(proxy, ex, plan, strip_ids=False, chain=chain)
         self.buffer = _Buffer(ex.cfg.upstream_limits.max_body_bytes)
         self.include_usage = True  # asked for upstream; the non-stream answer always has usage
 
@@ -199,5 +199,7 @@ class AssembledSession(StreamSession):
             return await self._give_up(cand, "the upstream answer could not be assembled")
         self.proxy.usage(self.ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)
         self.proxy.count(self.ex, cand.region, status)
-        headers = {"Content-Type": "application/json", **self.ex.headers(cand, self.ex.served_model)}
+        # headers go out last here: x-infercdn-model names every model the answer came from
+        models = ", ".join(self.ex.served_models) or self.ex.served_model
+        headers = {"Content-Type": "application/json", **self.ex.headers(cand, models)}
         return web.Response(status=200, body=body, headers=headers)

@@ -40,6 +40,9 @@ class Exchange:
     response: web.StreamResponse | None = None  # set once the head is sent (stream)
     served_by: Candidate | None = None
     served_model: str | None = None
+    # every model whose text reached the client, the first one first (a continuation on a
+    # fallback model adds its own; gateway.crossmodel)
+    served_models: list[str] = field(default_factory=list)
     retry_after_s: float | None = None
     assembled: bool = False  # a non-stream request served from an upstream stream (req is the stream)
     status: str | None = None  # the final status as counted ("200", "503", "stream_error", ...)

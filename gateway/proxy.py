@@ -19,6 +19,7 @@ from gateway.assemble import AssembledSession, can_assemble
 from gateway.attempts import FirstToken, Won
 from gateway.config import Config
 from gateway.config import UpstreamLimitsCfg
+from gateway.crossmodel import ModelChain, later_fallbacks
 from gateway.deadlines import candidate_deadlines
 from gateway.errors import GatewayError, ModelNotFound, NotFound, RateLimited, Unavailable, openai_error_bytes
 from gateway.exchange import Exchange, Tried
@@ -132,8 +133,10 @@ class Proxy:
                     if not may_fall_back(won.result, mcfg.fallback_on):
                         break  # the request's fault: another model would refuse it too, or answer what it must not
                     continue
-            ex.served_by, ex.served_model = won.cand, model
-            return await self._deliver(ex, won.cand, won.result, resume, plan)
+            ex.served_by, ex.served_model, ex.served_models = won.cand, model, [model]
+            # a stream cut later may continue on this model's other endpoints, then on the later fallbacks
+            chain = ModelChain(model, plan, later_fallbacks(fallbacks, model), planner, ctx)
+            return await self._deliver(ex, won.cand, won.result, resume, plan, chain)
         if last_refusal is not None:
             return self._refused(ex, *last_refusal)
         raise self._exhausted(ex, plan)
@@ -193,7 +196,8 @@ class Proxy:
         return await FirstToken(self, ex, lambda c: self._body(ex.req, c, resume), ex.req.path, ex.deadlines).run(
             iter(cands), ex.client_stream)
 
-    async def _deliver(self, ex: Exchange, cand: Candidate, ready: Ready, resume: bool, plan: Plan) -> web.StreamResponse:
+    async def _deliver(self, ex: Exchange, cand: Candidate, ready: Ready, resume: bool, plan: Plan,
+                       chain: ModelChain | None = None) -> web.StreamResponse:
         self.metrics.of(self.metrics.ttft_seconds, cand.region).observe(ready.ttfb_s)
         ex.ttft_s = ready.ttfb_s
         if ex.tried:
@@ -206,7 +210,8 @@ class Proxy:
             self.count(ex, cand.region, "200")
             return web.Response(status=200, body=ready.first, headers={**ready.headers, **ex.headers(cand, ex.served_model),
                                                                         "Content-Type": "application/json"})
-        session = (AssembledSession if ex.assembled else StreamSession)(self, ex, plan, strip_ids=resume)
+        session = (AssembledSession if ex.assembled else StreamSession)(self, ex, plan, strip_ids=resume,
+                                                                         chain=chain)
         return await session.run(cand, ready)
 
     def _refused(self, ex: Exchange, cand: Candidate, refused: Refused) -> web.Response:

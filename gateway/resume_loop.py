@@ -9,13 +9,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.crossmodel import ModelChain, Target, continuation_for, with_models
 from gateway.deadlines import candidate_deadlines
 from gateway.errors import sse_error_event
 from gateway.exchange import Exchange, Tried
 from gateway.quota import STREAM_EVENTS
 from gateway.relay import find_usage
-from gateway.resume import (Continuation, ResumeMismatch, StreamState, deterministic, plan_continuation, replay,
-                            resumable)
+from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, replay, resumable
 from gateway.splice import Splicer
 from gateway.sse import DONE_EVENT, UnencodableEvent, encode_event
 from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
@@ -32,10 +32,12 @@ class StreamSession:
     """Relays to the client's response; :class:`gateway.assemble.AssembledSession` collects the
     same events for a non-stream answer instead."""
 
-    def __init__(self, proxy: Any, ex: Exchange, plan: Plan, strip_ids: bool) -> None:
+    def __init__(self, proxy: Any, ex: Exchange, plan: Plan, strip_ids: bool, chain: ModelChain | None = None) -> None:
         self.proxy = proxy
         self.ex = ex
         self.plan = plan
+        # where a cut stream may continue: this model's other endpoints, then the fallback models'
+        self.chain = chain or ModelChain(ex.served_model or ex.req.model, plan)
         self.strip_ids = strip_ids
         opts = ex.req.body.get("stream_options")
         self.include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
@@ -103,9 +105,9 @@ class StreamSession:
             raise ClientGone() from exc
 
     async def _pump(self, cand: Candidate, ready: Ready, feeder: StreamTracker | SpliceFeed,
-                    prefix: bytes = b"") -> tuple[Outcome, str]:
+                    prefix: bytes = b"", model: str | None = None) -> tuple[Outcome, str]:
         ex = self.ex
-        stall_s = self._deadlines(cand).stall_s
+        stall_s = self._deadlines(cand, model).stall_s
         wd = Watchdog(stall_s, ex.deadline)
         meter = GapMeter()
         outcome, detail = Outcome.BAD_STREAM, ENDED_EARLY
@@ -169,66 +171,77 @@ class StreamSession:
         while not self.mismatch and ex.time_left() > 0:
             # no retry budget here: a resume continues work the fleet already accepted (the
             # remaining tokens), it does not add load the way a retry storm would
-            cand = self._next_candidate()
-            if cand is None or tries >= ex.cfg.retry.max_resumes or loop.time() >= until:
+            target = self.chain.next(ex.endpoints_tried())
+            if target is None or tries >= ex.cfg.retry.max_resumes or loop.time() >= until:
                 return False
+            cand, model = target.cand, target.model
+            cont = continuation_for(ex.req, st, target, self._models(), ex.mcfg.resume)
+            if cont is None:  # not on this target (sampled text, a pool without prefill): the next one
+                self.chain.skip(target)
+                continue
             tries += 1
-            result, cont = await self._open_continuation(cand, st, until - loop.time())
-            if cont is None:
-                return False
-            ex.note_stale(cand, result.stale, ex.served_model or ex.req.model)
+            result, cont = await self._open_continuation(target, st, cont, until - loop.time())
+            ex.note_stale(cand, result.stale, model)
             if not isinstance(result, Ready):
                 detail = result.detail if isinstance(result, Failed) else f"refused the continuation ({result.status})"
                 outcome = result.outcome if isinstance(result, Failed) else Outcome.CLIENT_ERROR
-                ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+                ex.tried.append(Tried(cand, outcome, detail, model))
                 self.proxy.record(cand, outcome)
                 continue
             ex.served_by = cand
-            splicer = Splicer(st, cont, self.keep_ids, self.include_usage)
-            outcome, detail = await self._pump(cand, result, SpliceFeed(splicer, ex.cfg.upstream_limits.max_event_bytes))
+            models = with_models(self._models(), model)
+            splicer = Splicer(st, cont, self.keep_ids, self.include_usage, models)
+            had = len(st.text)
+            outcome, detail = await self._pump(cand, result, SpliceFeed(splicer, ex.cfg.upstream_limits.max_event_bytes),
+                                               model=model)
             self.proxy.metrics.of(self.proxy.metrics.resumes, cont.strategy, "ok" if outcome is Outcome.SUCCESS else "failed").inc()
             ex.resumes += 1
+            if outcome is Outcome.SUCCESS or len(st.text) > had:  # this model's text reached the client
+                ex.served_models = models
             if outcome is Outcome.SUCCESS:
                 return True
             if not self._judge_ending(cand, outcome, st):
-                ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+                ex.tried.append(Tried(cand, outcome, detail, model))
             if st.finish_reason is not None:  # the continuation finished, then lost its end
                 if splicer.held is not None:
                     await self._write(encode_event(splicer.held))
                 return await self._complete_ending(st)
         return False
 
-    async def _open_continuation(self, cand: Candidate, st: StreamState,
-                                 left_s: float) -> tuple[Ready | Failed | Refused | None, Continuation | None]:
-        """The continuation's first token, within its deadline and ``left_s`` of the resume deadline."""
+    def _models(self) -> list[str]:
+        """Every model whose text the client has so far, the first one first."""
         ex = self.ex
-        cont = plan_continuation(ex.req, st, cand.upstream_model, cand.pool.can_continue, ex.mcfg.resume)
-        if cont is None:
-            return None, None
-        ttft = min(self._deadlines(cand).ttft_s, ex.time_left(), left_s)
+        return list(ex.served_models) or [ex.served_model or ex.req.model]
+
+    async def _open_continuation(self, target: Target, st: StreamState, cont: Continuation,
+                                 left_s: float) -> tuple[Ready | Failed | Refused, Continuation]:
+        """The continuation's first token, within its deadline and ``left_s`` of the resume deadline.
+        A pool that refuses it (no prefill, no token-id prompt) is asked the original request
+        instead, where that can reproduce the text the client has; the refusal is an attempt."""
+        ex, cand = self.ex, target.cand
+        ttft = min(self._deadlines(cand, target.model).ttft_s, ex.time_left(), left_s)
         limits = ex.cfg.upstream_limits
         result = await self.proxy.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True, limits)
         if isinstance(result, Refused) and cont.strategy != "regenerate" and (deterministic(ex.req.body) or not st.text):
             # this pool will not continue a generation: reproduce it from the start instead
+            ex.note_stale(cand, result.stale, target.model)
+            ex.tried.append(Tried(cand, Outcome.CLIENT_ERROR, f"refused the continuation ({result.status})",
+                                  target.model))
+            self.proxy.record(cand, Outcome.CLIENT_ERROR)
             again = Continuation("regenerate", ex.req.path, {**ex.req.body, "model": cand.upstream_model,
                                                               "stream": True}, st.text)
             return await self.proxy.attempt(cand, orjson.dumps(again.body), again.path, ttft, True, limits), again
         return result, cont
 
-    def _deadlines(self, cand: Candidate) -> Deadlines:
-        """The deadlines of an attempt on ``cand`` for the model being served."""
+    def _deadlines(self, cand: Candidate, model: str | None = None) -> Deadlines:
+        """The deadlines of an attempt on ``cand`` for ``model`` (by default the model being served)."""
         ex = self.ex
+        served = ex.served_model or ex.req.model
+        if model is not None and model != served:
+            return candidate_deadlines(ex.cfg, model, self.proxy.obs)(cand)
         if ex.deadlines is None:
-            ex.deadlines = candidate_deadlines(ex.cfg, ex.served_model or ex.req.model, self.proxy.obs)
+            ex.deadlines = candidate_deadlines(ex.cfg, served, self.proxy.obs)
         return ex.deadlines(cand)
-
-    def _next_candidate(self) -> Candidate | None:
-        tried = self.ex.endpoints_tried()
-        model = self.ex.served_model or self.ex.req.model
-        for cand in self.plan.candidates:
-            if cand.endpoint.id not in tried and model in cand.pool.models:
-                return cand
-        return None
 
     async def _complete_ending(self, st: StreamState) -> bool:
         """The generation finished but its end ([DONE], usage) was lost: write it ourselves."""

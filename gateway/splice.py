@@ -12,8 +12,11 @@ from gateway.sse import DONE_EVENT, encode_event, events, parse_event
 
 
 class Splicer:
-    def __init__(self, st: StreamState, cont: Continuation, keep_ids: bool, include_usage: bool) -> None:
+    def __init__(self, st: StreamState, cont: Continuation, keep_ids: bool, include_usage: bool,
+                 models: list[str] | None = None) -> None:
         self.st = st
+        # the models the answer came from: named in the final chunk when there are several
+        self.models = models if models is not None and len(models) > 1 else None
         self.cont = cont
         self.keep_ids = keep_ids
         self.include_usage = include_usage
@@ -54,7 +57,7 @@ class Splicer:
                 if doc.get("system_fingerprint") is not None:
                     held["system_fingerprint"] = doc["system_fingerprint"]
                 return [encode_event(held)]
-            frame = self._frame([], usage=usage)
+            frame = self._name(self._frame([], usage=usage))
             if doc.get("system_fingerprint") is not None:  # vLLM names its build with the usage
                 frame["system_fingerprint"] = doc["system_fingerprint"]
             return [encode_event(frame)]
@@ -81,12 +84,21 @@ class Splicer:
             return None  # e.g. the continuation's own role chunk
         self.st.add(text, ids, finish, choice.get("stop_reason"))
         frame = self._frame([self._client_choice(text, ids, finish, choice.get("stop_reason"))])
+        if finish and not self.include_usage:  # the last chunk the client gets
+            self._name(frame)
         if fingerprint is not None:  # vLLM names its build with the finish (without usage)
             frame["system_fingerprint"] = fingerprint
         elif finish and not self.include_usage:
             self.held = frame
             return None
         return encode_event(frame)
+
+    def _name(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """The final chunk names every model the answer came from (``infercdn.models``): the
+        stream's ``model`` field and its ``x-infercdn-model`` header name the first one only."""
+        if self.models is not None:
+            frame["infercdn"] = {"models": list(self.models)}
+        return frame
 
     def _skip(self, text: str, ids: list[int] | None) -> tuple[str, list[int] | None]:
         n = min(len(text), len(self.skip))

@@ -82,7 +82,7 @@ def build_topology(cfg: Config, simulated: Mapping[str, list[str]] | None = None
         for j, url in enumerate((simulated or {}).get(p.name, [])):
             eps.append(Endpoint(f"{p.name}-sim{j}", url, p.name))
         pools.append(Pool(p.name, p.region, dict(p.models), tuple(eps), frozenset(p.tags), p.price_per_mtok,
-                          p.tier, p.draining, p.max_context, p.can_continue))
+                          p.tier, p.draining, p.max_context, p.can_continue, prefill=p.prefill))
     if discovered is not None and discovered.registered:
         from gateway.fleet import registered_pools
 

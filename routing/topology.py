@@ -47,6 +47,7 @@ class Pool:
     can_continue: bool = True  # accepts token-id / continue_final_message resumes
     region_tags: bool = True  # carries its region's tags (false for self-registered pools: trust is per provider)
     provider: str | None = None  # self-registered pools: who registered them
+    prefill: bool = True  # accepts an assistant prefill from another model's cut stream (docs/failover.md)
 
 
 @dataclass(frozen=True, slots=True)

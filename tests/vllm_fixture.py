@@ -28,6 +28,9 @@ VLLM_PYTHON_ENV = "INFERCDN_VLLM_PYTHON"
 TINY_MODEL_ENV = "INFERCDN_TINY_MODEL"
 REQUIRE_ENV = "INFERCDN_REQUIRE_VLLM"
 SERVED_NAME = "tiny-chat"
+# the same weights under a second name (vLLM's --served-model-name takes several; the first is the
+# one its answers name): a second "model" for cross-model continuation (tests/e2e_vllm/test_resume_fallback.py)
+SECOND_NAME = "tiny-chat-b"
 # Small, so that a handful of long generations saturate the server and queue the rest
 # (vllm:num_requests_waiting > 0): the load-routing tests need that, and the CPU default is 128.
 MAX_NUM_SEQS = 4
@@ -95,7 +98,9 @@ class VllmServer:
                 "--work-dir", str(self.work_dir / "vllm"), "--dtype", "float32",
                 "--enforce-eager", "--max-model-len", "2048",
                 "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--max-num-seqs", str(MAX_NUM_SEQS),
-                "--drain-notice", "0.5", "--drain-timeout", "60", "--start-timeout", "200"]
+                "--drain-notice", "0.5", "--drain-timeout", "60", "--start-timeout", "200",
+                # after ``--``: vLLM's own flag, given again with both names (the last one given wins)
+                "--", "--served-model-name", SERVED_NAME, SECOND_NAME]
 
     def start(self) -> None:
         self.port, self.control_port = free_port(), free_port()

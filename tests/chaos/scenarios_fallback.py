@@ -112,3 +112,5 @@ async def content_policy_fallback(env: Env) -> Row:
     out = row("400 content policy, fallback_on: [content_policy]", r, env, "served by other-model, named as such")
     await healthy_after(env, gw, clear=True)
     return out
+
+from tests.chaos import scenarios_crossmodel  # noqa: E402,F401  (registers issue 9 item 1: continuation on the fallback model)

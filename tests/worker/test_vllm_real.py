@@ -13,7 +13,7 @@ import pytest
 
 from worker.vllm.command import requests_in_flight
 
-from tests.vllm_fixture import (SERVED_NAME, VllmServer, http_get, unavailable_reason,
+from tests.vllm_fixture import (SECOND_NAME, SERVED_NAME, VllmServer, http_get, unavailable_reason,
                                 vllm_live, vllm_server)
 
 __all__ = ["vllm_live", "vllm_server"]  # fixtures, imported for pytest
@@ -62,7 +62,7 @@ def test_launcher_brings_vllm_up(vllm_server: VllmServer) -> None:
 def test_models_lists_served_name(vllm_server: VllmServer) -> None:
     code, body = http_get(vllm_server.url + "/v1/models")
     assert code == 200
-    assert [m["id"] for m in json.loads(body)["data"]] == [SERVED_NAME]
+    assert [m["id"] for m in json.loads(body)["data"]] == [SERVED_NAME, SECOND_NAME]
 
 
 async def test_chat_stream_is_deterministic_at_temperature_0(vllm_server: VllmServer) -> None:
