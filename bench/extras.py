@@ -70,30 +70,42 @@ def pyspy() -> Path:
     return exe
 
 
-def profile_w3(work: Path, tree: Path, svg: Path, seconds: float = 10.0) -> dict:
-    """Run W3 through infercdn (not measured) while py-spy samples it: a flame graph SVG plus
-    the functions with the most samples on top of the stack (self time)."""
-    from bench.workloads import WORKLOADS, Timing, measure_stream
-    ups = start_upstreams(2, 20.0, work / "profile", tree)
+# what --profile samples: (workload, system), the system being one of infercdn's two set-ups
+PROFILES = {"W1": ("W1", "infercdn-passthrough"), "W1-assembled": ("W1", "infercdn"),
+            "W2": ("W2", "infercdn"), "W3": ("W3", "infercdn")}
+
+
+def profile(work: Path, tree: Path, svg: Path, name: str, seconds: float = 10.0) -> dict:
+    """Run one workload through infercdn (not measured) while py-spy samples it: a flame graph SVG
+    plus the functions with the most samples on top of the stack (self time).  ``name`` is a key
+    of :data:`PROFILES` (W1 profiles the passthrough set-up, W1-assembled the default one)."""
+    from bench.workloads import WORKLOADS, Timing, measure_stream, measure_wrk
+    wl_name, system = PROFILES[name]
+    wl = WORKLOADS[wl_name]
+    here = work / f"profile-{name}"
+    ups = start_upstreams(2, wl.itl_ms, here, tree)
     run = None
     spies: list[subprocess.Popen] = []
     try:
         exe = pyspy()
-        run = peers.start("infercdn", ups.urls, work / "profile", tree=tree)
+        run = peers.start(system, ups.urls, here, tree=tree)
         assert run.proc is not None
-        raw = work / "profile" / "w3.raw"
+        raw = here / "stacks.raw"
         common = ["record", "--pid", str(run.proc.pid), "--duration", str(int(seconds + 3)), "--rate", "200",
                   "--nonblocking"]
         spies = [subprocess.Popen([str(exe), *common, "--format", fmt, "-o", str(path)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for fmt, path in (("flamegraph", svg), ("raw", raw))]
-        measure_stream(run, WORKLOADS["W3"], Timing(warmup_s=1.0, window_s=seconds))
+        if wl.tool == "wrk":
+            measure_wrk(run, wl, Timing(wrk_s=seconds), here)
+        else:
+            measure_stream(run, wl, Timing(warmup_s=1.0, window_s=seconds))
         logs = [p.communicate(timeout=60)[0] for p in spies]
         if not svg.exists() or not raw.exists():
             raise RuntimeError(f"py-spy wrote no profile: {' | '.join(x[-300:] for x in logs)}")
-        return {"status": "ok", "svg": str(svg), **top_frames(raw)}
+        return {"status": "ok", "workload": name, "system": system, "svg": str(svg), **top_frames(raw)}
     except (PeerError, RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-        return {"status": "failed", "error": str(exc)[:500]}
+        return {"status": "failed", "workload": name, "error": str(exc)[:500]}
     finally:
         for p in spies:
             if p.poll() is None:

@@ -123,9 +123,12 @@ def markdown(doc: dict) -> str:
                          f"target < 1024 MiB), errors {idle['errors']}, {idle['tokens_per_s']:.0f} tokens/s.")
         else:
             lines.append(f"failed: {idle.get('error')}")
-    if doc.get("profile"):
-        lines += ["", f"Flame graph of infercdn on W3: `{doc['profile']}`"]
-        top = (doc.get("profile_detail") or {}).get("self_pct") or []
+    for prof in doc.get("profiles") or ():
+        if prof.get("status") != "ok":
+            lines += ["", f"Profile of {prof.get('workload')} failed: {prof.get('error')}"]
+            continue
+        lines += ["", f"Flame graph of {prof['system']} on {prof['workload']}: `{prof['svg']}`"]
+        top = prof.get("self_pct") or []
         if top:
             lines.append("Most samples on top of the stack (self %): "
                          + ", ".join(f"{f} {p}" for f, p in top[:8]) + ".")

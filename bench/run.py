@@ -1,6 +1,6 @@
 """``make bench``: direct access, infercdn and peer gateways on the same workloads, same run.
 
-    python -m bench.run [--systems direct,infercdn,nginx] [--rounds 3] [--quick] [--profile]
+    python -m bench.run [--systems direct,infercdn,nginx] [--rounds 3] [--quick] [--profile [W1,W1-assembled,W2,W3]]
                         [--workloads W1,W2,W3,W4] [--no-idle]
 
 Rounds are interleaved (every system on every workload, then the next round, system order
@@ -33,7 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workloads", default="W1,W2,W3,W4")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3, --quick 1)")
     p.add_argument("--quick", action="store_true", help="1 round, short windows, small idle test")
-    p.add_argument("--profile", action="store_true", help="py-spy flame graph of infercdn on W3")
+    p.add_argument("--profile", nargs="?", const="W1,W1-assembled,W2,W3", default="",
+                   help="py-spy flame graphs of infercdn, one per workload (default with the flag: "
+                        f"W1,W1-assembled,W2,W3; known: {','.join(extras.PROFILES)})")
     p.add_argument("--no-idle", action="store_true", help="skip the 10,000 idle streams memory test")
     p.add_argument("--idle-streams", type=int, help="streams in the memory test (default 10000, --quick 2000)")
     p.add_argument("--rev", help="run infercdn from this git revision (a snapshot; default: the working tree)")
@@ -41,6 +43,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     args.workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
+    args.profile = [w.strip() for w in args.profile.split(",") if w.strip()]
+    for w in args.profile:
+        if w not in extras.PROFILES:
+            p.error(f"unknown profile {w!r}; known: {', '.join(extras.PROFILES)}")
     for s in args.systems:
         if s not in SYSTEMS:
             p.error(f"unknown system {s!r}; known: {', '.join(SYSTEMS)}")
@@ -149,17 +155,21 @@ def main(argv: list[str] | None = None) -> int:
         tree = (peers.snapshot(args.rev, work / "src") if args.rev and any(s.startswith("infercdn") for s in ok)
                 else peers.ROOT)
         runs += run_rounds(args, ok, timing, work, tree)
-        idle = prof = None
+        idle = None
+        profiles: list[dict] = []
         if not args.no_idle and "infercdn" in ok:
             log(f"idle streams: {args.idle_streams} through infercdn")
             idle = extras.idle_streams(work, tree, args.idle_streams, ramp_s=4 if args.quick else 12,
                                        hold_s=5 if args.quick else 10)
             log(f"  {idle}")
-        if args.profile and "infercdn" in ok:
-            svg = args.out / f"{stamp}-w3-flame.svg"
-            log(f"profile: py-spy on infercdn during W3 -> {svg}")
-            prof = extras.profile_w3(work, tree, svg, seconds=5 if args.quick else 10)
+        for name in args.profile if "infercdn" in ok else ():
+            svg = args.out / f"{stamp}-{name.lower()}-flame.svg"
+            log(f"profile: py-spy on infercdn during {name} -> {svg}")
+            prof = extras.profile(work, tree, svg, name, seconds=5 if args.quick else 10)
             log(f"  {({k: v for k, v in prof.items() if k != 'inclusive_pct'})}")
+            if prof.get("status") == "ok":
+                prof["svg"] = _relative(prof["svg"])
+            profiles.append(prof)
     report.add_ratios(runs)
     doc = {"schema": "infercdn.bench/1", "date": stamp,
            "command": "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -170,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                               "load.enabled: true, health every 1 s; non-stream requests served from upstream "
                               "streams (the default) except for infercdn-passthrough (W1 only)",
            "systems": systems, "summary": report.summarise(runs), "runs": runs, "idle": idle,
-           "profile": _relative(prof.get("svg")) if prof and prof.get("status") == "ok" else None,
-           "profile_detail": prof, "elapsed_s": round(time.monotonic() - started, 1)}
+           "profiles": profiles, "elapsed_s": round(time.monotonic() - started, 1)}
     base = args.out / stamp
     report.save(doc, base, report.markdown(doc))
     log(f"wrote {base}.json and .md in {doc['elapsed_s']:.0f} s")
