@@ -68,6 +68,10 @@ MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,%d}" % MAX_REQUEST_ID).fullmatch
 MAX_JSON_DEPTH = 64  # nesting of a request body's arrays and objects
 MAX_MODEL_NAME = 256
+# choices one request may ask for (OpenAI's own bound on ``n``): a pool asked for a billion builds
+# a billion sequences (vLLM has no such bound by default), and the gateway would carry that request
+# to every candidate in turn, taking each one down
+MAX_CHOICES = 128
 
 
 def request_id(header: str | None, new_id: Callable[[], str]) -> str:
@@ -142,6 +146,10 @@ def parse(kind: str, path: str, raw: bytes, request_id: str, new_id: Callable[[]
         raise BadRequest("'stream' must be a boolean", param="stream")
     if kind in PASSTHROUGH_KINDS:
         stream = False  # these answer JSON whatever the body says (the pool validates the rest)
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        if type(value) is int and value > MAX_CHOICES:
+            raise BadRequest(f"'{name}' must be at most {MAX_CHOICES}, got {value}", param=name)
     if kind in _REQUIRED:
         name, types = _REQUIRED[kind]
         if name not in body:

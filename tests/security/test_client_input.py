@@ -255,3 +255,20 @@ async def test_rejections_are_counted_with_their_status_and_code(authed) -> None
     assert metric(text, "infercdn_rejected_requests_total", status="401", code="invalid_api_key") == 1
     assert metric(text, "infercdn_rejected_requests_total", status="404", code="model_not_found") == 1
     assert "x" * 50 not in text
+
+
+@pytest.mark.parametrize("field", ["n", "best_of"])
+async def test_more_choices_than_a_pool_should_build_is_a_400_that_reaches_no_pool(sim_factory, gateway_factory,
+                                                                                   field) -> None:
+    # a request for a billion choices makes a pool build a billion sequences: refused at the edge,
+    # never carried from pool to pool by the retries
+    sim = await sim_factory()
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}))
+    body = {**CHAT, field: 1_000_000_000, "temperature": 1.0}
+    status, raw, _ = await call(gw.url, body)
+    assert status == 400, raw
+    error = openai_error(raw)
+    assert error["param"] == field and "at most 128" in error["message"]
+    assert sim.stats.requests_total == 0
+    status, _, _ = await call(gw.url, {**CHAT, "n": 2, "temperature": 1.0, "max_tokens": 3})
+    assert status == 200  # a small n still goes through
