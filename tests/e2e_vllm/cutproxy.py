@@ -20,6 +20,7 @@ class CutProxy:
         self.cut_after = cut_after_events
         self.cuts = 0
         self.sent = bytearray()  # everything clients sent, all connections
+        self.relayed = bytearray()  # everything the upstream's answers delivered to clients
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -85,10 +86,12 @@ class CutProxy:
                             break
                     if cut is not None:
                         self.cuts += 1
+                        self.relayed += data[:cut]
                         writer.write(data[:cut])
                         await writer.drain()
                         return
                     tail = window[-(len(EVENT) - 1):]
+                self.relayed += data
                 writer.write(data)
                 await writer.drain()
 

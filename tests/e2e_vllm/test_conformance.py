@@ -72,7 +72,14 @@ async def test_cut_mid_answer(vllm_server: VllmServer, gateway_factory, case: Ca
     if case.cut == "exact":
         if not case.stream:  # a stream's head (and its headers) went out before the cut
             assert headers["x-infercdn-attempts"] == "2"
-        assert comparable(case, relayed) == comparable(case, direct)
+        got, want = comparable(case, relayed), comparable(case, direct)
+        if case.stream and b'"finish_reason":"' in proxy.relayed and isinstance(got, dict):
+            # vLLM bundled tokens (a busy machine) and the cut fell after the finish, before the
+            # usage chunk: the gateway writes the ending itself, and the build name vLLM puts in
+            # that chunk (system_fingerprint) is the one field it cannot know
+            for doc in (got, want):
+                doc["fields"] = [f for f in doc["fields"] if f != "top.system_fingerprint"]
+        assert got == want
         return
     got = digest(relayed)
     assert not got["done"] and got["errors"], got  # the in-band error, never a success lacking a part

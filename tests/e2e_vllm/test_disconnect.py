@@ -53,21 +53,24 @@ async def test_client_disconnect_aborts_generation_in_vllm(vllm_server: VllmServ
 
     # The client leaves at its first token.  On these 2 shared cores vLLM's API server was seen
     # holding a stream's output back until the generation had ended (the first byte after ~2 s
-    # for 2,000 tokens, where a fresh server sends it in milliseconds): then no client, direct or
+    # for 2,000 tokens, where a fresh server sends it in milliseconds), and a busy machine slows
+    # every step between a client leaving and the engine aborting: then no client, direct or
     # through a gateway, can cut the generation, and such a round proves nothing.  A round that
     # the gateway did not cut is therefore followed by a control, the same client connected to
-    # vLLM directly; the gateway must cut the generation in one of at most 3 rounds, and a run
-    # where even the direct client never could is reported as a skip that says so.
+    # vLLM directly.  The gateway must cut the generation in one of at most 4 rounds; it fails
+    # when the direct client could in at least 2 of them and the gateway never did, and a run
+    # where the direct client (nearly) never could is a skip that says so.
     controls: list[bool] = []
-    for _ in range(3):
+    for _ in range(4):
         cut, before, left = await _leave_at_first_token(gw.url, vllm_server.url, kind, LONDON)
         if cut:
             break
         controls.append((await _leave_at_first_token(vllm_server.url, vllm_server.url, kind, None))[0])
     else:
-        if not any(controls):
-            pytest.skip(f"vLLM held its streamed output back until the end in {len(controls)} rounds: "
-                        "even a client connected to it directly could not cut a generation")
+        if sum(controls) < 2:
+            pytest.skip(f"vLLM cut a directly connected client's generation in {sum(controls)} of "
+                        f"{len(controls)} rounds (its output held back until the end, or the machine too "
+                        "busy): nothing to compare the gateway with")
         pytest.fail("the generation must be cut by the client leaving, not run to max_tokens "
                     f"(a direct client cut it in {sum(controls)} of {len(controls)} control rounds)")
 
