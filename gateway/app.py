@@ -19,7 +19,7 @@ from gateway.handlers import admin_guard, routes
 from gateway.limits import SharedLimits
 from gateway.metrics import build_metrics
 from gateway.model_cards import model_cards
-from gateway.proxy import Proxy
+from gateway.forward.orchestrator import Proxy
 from gateway.registry import registry_watcher
 from gateway.quota import add_quota_headers
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
@@ -28,7 +28,7 @@ from gateway.traffic import Traffic
 from gateway.state import (ACCESS_LOG, CONFIG_PATH, CONFIG_TRANSFORM, DISCOVERED, DRAINING, LOCATOR, METRICS,
                            OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SIMULATED, SNAPSHOT, STATUS, TRAFFIC, Draining,
                            Runtime, routing_location)
-from gateway.upstream_client import UpstreamClient
+from gateway.forward.dialer import UpstreamClient
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, geoip_build_time, open_geoip
 from routing.observations import Observations

@@ -20,12 +20,12 @@ from typing import Any
 from aiohttp import web
 
 from gateway.access import EXCHANGE
-from gateway.exchange import Exchange
+from gateway.forward.exchange import Exchange
 
 BYTES_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4  # role and separators of a chat message
 # a stream whose usage the client did not ask for: completion tokens estimated as the events
-# relayed (vLLM sends one token per event) less the opening one; set by gateway.resume_loop
+# relayed (vLLM sends one token per event) less the opening one; set by gateway.forward.resume_loop
 STREAM_EVENTS: Any = web.RequestKey("stream_events", int) if hasattr(web, "RequestKey") else "infercdn.stream_events"
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from gateway.host_share import DrainBook, PeerTraffic
     from gateway.hostlimits import HostLimits
     from gateway.limits import SharedLimits
-    from gateway.proxy import Proxy
+    from gateway.forward.orchestrator import Proxy
     from gateway.registry import RegistryState
     from gateway.snapshot import SnapshotHolder
     from gateway.status import StatusFeed

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from gateway.attempts import FirstToken
-from gateway.upstream import Failed, Ready, UpstreamPool
-from gateway.upstream_client import UpstreamClient
+from gateway.forward.first_token import FirstToken
+from gateway.forward.upstream import Failed, Ready, UpstreamPool
+from gateway.forward.dialer import UpstreamClient
 from routing.outcome import Outcome
 
 

@@ -17,9 +17,7 @@ from tests.routing.helpers import FakeClock
 ROOT = Path(__file__).resolve().parents[2]
 # the forward path (being rebuilt as gateway/forward/) still reads the time itself; it moves
 # to the runtime there.  app.py makes the production Runtime, state.py holds its defaults.
-FORWARD = {"upstream.py", "upstream_client.py", "relay.py", "resume.py", "resume_loop.py", "attempts.py",
-           "proxy.py", "streaming.py", "assemble.py", "splice.py", "exchange.py", "sse.py", "request.py",
-           "handlers.py", "errors.py", "auth.py"}
+FORWARD = {"sse.py", "request.py", "handlers.py", "errors.py", "auth.py"}
 ALLOWED = {
     "app.py": {"time.monotonic", "random.Random"},  # the Runtime of a real gateway
     "state.py": {"time.time", "random.Random"},  # Runtime.wall's default, Runtime.rng's type

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from gateway.exchange import STALE_DETAIL, Exchange
-from gateway.upstream import Ready
-from gateway.upstream_client import UpstreamClient
+from gateway.forward.exchange import STALE_DETAIL, Exchange
+from gateway.forward.upstream import Ready
+from gateway.forward.dialer import UpstreamClient
 from routing.outcome import Outcome
 
 BODY = b'{"id": "x", "object": "text_completion", "choices": []}'

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 
-from gateway.exchange import Exchange, Tried
+from gateway.forward.exchange import Exchange, Tried
 from gateway.state import DRAINING, STATUS
 from gateway.traffic import RATE_S, WINDOW_S, Traffic, record_exchange
 from routing.outcome import Outcome

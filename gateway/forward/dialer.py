@@ -8,7 +8,7 @@ import time
 from urllib.parse import urlsplit
 
 from gateway.config import UpstreamLimitsCfg
-from gateway.upstream import (DEFAULT_LIMITS, Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool,
+from gateway.forward.upstream import (DEFAULT_LIMITS, Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool,
                               UpstreamTooLarge, _first_token_seen)
 from routing.outcome import Outcome
 from routing.retry import parse_retry_after

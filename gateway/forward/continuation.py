@@ -3,7 +3,7 @@ fallback chain (issue 9).
 
 When no endpoint of the model that was answering is left, the generation goes on on
 ``models.<m>.fallbacks``, in order, each bounded by the tenant's models as the first tokens were
-(``gateway.proxy``), each planned by the same router.  Across models a continuation is by text
+(``gateway.forward.orchestrator``), each planned by the same router.  Across models a continuation is by text
 only: token ids belong to one model's vocabulary.  A pool that takes an assistant prefill
 (``pools[].prefill``, default true, and ``can_continue``) is asked to continue the text so far
 (chat: an open assistant message with ``continue_final_message``; completions: prompt + text);
@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.request import ParsedRequest
-from gateway.resume import Continuation, StreamState, deterministic, plan_continuation
+from gateway.forward.resume import Continuation, StreamState, deterministic, plan_continuation
 from routing.plan import Candidate, Plan, RequestContext
 
 UNRENDERED = "\ufffd"  # what a detokenizer writes for bytes that are not (yet) valid UTF-8

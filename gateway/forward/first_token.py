@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from gateway.exchange import Exchange, Tried
+from gateway.forward.exchange import Exchange, Tried
 from gateway.sse import KEEPALIVE
-from gateway.upstream import Failed, Ready, Refused
+from gateway.forward.upstream import Failed, Ready, Refused
 from routing.deadlines import Deadlines
 from routing.outcome import Outcome
 from routing.plan import Candidate

@@ -1,5 +1,5 @@
 """One streamed answer after its first token: relay it, and when the upstream dies, stalls or
-ends early, continue the same generation on the next candidate (see :mod:`gateway.resume`)."""
+ends early, continue the same generation on the next candidate (see :mod:`gateway.forward.resume`)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,17 +9,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.crossmodel import ModelChain, Target, continuation_for, with_models
+from gateway.forward.continuation import ModelChain, Target, continuation_for, with_models
 from gateway.deadlines import candidate_deadlines
 from gateway.errors import sse_error_event
-from gateway.exchange import Exchange, Tried
+from gateway.forward.exchange import Exchange, Tried
 from gateway.quota import STREAM_EVENTS
-from gateway.relay import find_usage
-from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, replay, resumable
-from gateway.splice import Splicer
+from gateway.forward.usage import find_usage
+from gateway.forward.resume import Continuation, ResumeMismatch, StreamState, deterministic, replay, resumable
+from gateway.forward.splice import Splicer
 from gateway.sse import DONE_EVENT, UnencodableEvent, encode_event
-from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
-from gateway.upstream import Failed, Ready, Refused, UpstreamLost, UpstreamTooLarge
+from gateway.forward.relay import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
+from gateway.forward.upstream import Failed, Ready, Refused, UpstreamLost, UpstreamTooLarge
 from routing.deadlines import Deadlines, GapMeter
 from routing.outcome import Outcome
 from routing.plan import Candidate, Plan
@@ -29,7 +29,7 @@ ENDED_EARLY = "the upstream stream ended before [DONE]"
 
 
 class StreamSession:
-    """Relays to the client's response; :class:`gateway.assemble.AssembledSession` collects the
+    """Relays to the client's response; :class:`gateway.forward.assembled.AssembledSession` collects the
     same events for a non-stream answer instead."""
 
     def __init__(self, proxy: Any, ex: Exchange, plan: Plan, strip_ids: bool, chain: ModelChain | None = None) -> None:

@@ -15,23 +15,23 @@ import orjson
 from aiohttp import web
 
 from gateway.access import EXCHANGE
-from gateway.assemble import AssembledSession, can_assemble
-from gateway.attempts import FirstToken, Won
+from gateway.forward.assembled import AssembledSession, can_assemble
+from gateway.forward.first_token import FirstToken, Won
 from gateway.config import Config
 from gateway.config import UpstreamLimitsCfg
-from gateway.crossmodel import ModelChain, later_fallbacks
+from gateway.forward.continuation import ModelChain, later_fallbacks
 from gateway.deadlines import candidate_deadlines
 from gateway.errors import GatewayError, ModelNotFound, NotFound, RateLimited, Unavailable, openai_error_bytes
-from gateway.exchange import Exchange, Tried
+from gateway.forward.exchange import Exchange, Tried
 from gateway.metrics import GatewayMetrics
-from gateway.relay import find_usage
+from gateway.forward.usage import find_usage
 from gateway.request import ParsedRequest
-from gateway.resume import resumable
-from gateway.resume_loop import StreamSession
+from gateway.forward.resume import resumable
+from gateway.forward.resume_loop import StreamSession
 from gateway.state import Runtime
-from gateway.streaming import ByteBudget
-from gateway.upstream import Failed, Ready, Refused
-from gateway.upstream_client import UpstreamClient, capped_retry_after
+from gateway.forward.relay import ByteBudget
+from gateway.forward.upstream import Failed, Ready, Refused
+from gateway.forward.dialer import UpstreamClient, capped_retry_after
 from routing.budget import RetryBudget
 from routing.observations import Observations
 from routing.outcome import Outcome

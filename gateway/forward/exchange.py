@@ -41,7 +41,7 @@ class Exchange:
     served_by: Candidate | None = None
     served_model: str | None = None
     # every model whose text reached the client, the first one first (a continuation on a
-    # fallback model adds its own; gateway.crossmodel)
+    # fallback model adds its own; gateway.forward.continuation)
     served_models: list[str] = field(default_factory=list)
     retry_after_s: float | None = None
     assembled: bool = False  # a non-stream request served from an upstream stream (req is the stream)

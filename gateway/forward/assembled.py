@@ -19,10 +19,10 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import Unavailable
-from gateway.resume import choices_of
-from gateway.resume_loop import StreamSession
+from gateway.forward.resume import choices_of
+from gateway.forward.resume_loop import StreamSession
 from gateway.sse import events, parse_event
-from gateway.upstream import Ready, UpstreamTooLarge
+from gateway.forward.upstream import Ready, UpstreamTooLarge
 from routing.plan import Candidate
 
 # fields whose non-stream answer is more than text + finish reason + usage

@@ -12,7 +12,7 @@ import re
 from aiohttp import web
 
 from gateway.sse import null_token_ids
-from gateway.upstream import Ready, UpstreamTooLarge
+from gateway.forward.upstream import Ready, UpstreamTooLarge
 from routing.deadlines import GapMeter
 
 DEFAULT_MAX_EVENT = 4 * 1024 * 1024

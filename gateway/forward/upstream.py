@@ -2,7 +2,7 @@
 
 Body bytes go from ``data_received`` straight into a sink — the client's transport once a
 stream is committed — with no coroutine switch per token (an aiohttp client stream reader
-costs about three times as much user CPU per token here; see docs/perf.md).  ``open``
+costs about three times as much user CPU per token here; docs/bench.md has the figures).  ``open``
 returns before anything reaches the client: ``Ready`` (a 200 with its first token, or a
 whole non-stream body), ``Failed`` (try the next candidate) or ``Refused`` (a 4xx to relay).
 
