@@ -28,7 +28,8 @@ from gateway.traffic import Traffic
 from gateway.state import (ACCESS_LOG, CONFIG_PATH, CONFIG_TRANSFORM, DISCOVERED, DRAINING, LOCATOR, METRICS,
                            OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SIMULATED, SNAPSHOT, STATUS, TRAFFIC, Draining,
                            Runtime, routing_location)
-from gateway.forward.dialer import UpstreamClient
+from gateway.forward.dialer import Dialer
+from gateway.forward.ledger import Ledger
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, geoip_build_time, open_geoip
 from routing.observations import Observations
@@ -109,9 +110,10 @@ async def _shared_limits(app: web.Application):  # type: ignore[no-untyped-def]
 
 async def _upstream_client(app: web.Application):  # type: ignore[no-untyped-def]
     cfg = app[SNAPSHOT].current.config
-    client = UpstreamClient(cfg.timeouts.connect_s)
+    rt, obs, metrics = app[RUNTIME], app[OBSERVATIONS], app[METRICS]
+    dialer = Dialer(cfg.timeouts.connect_s, obs, rt.clock)
     b = cfg.budget
-    budget = RetryBudget(b.ratio, b.min_per_s, b.window_s, app[RUNTIME].clock)
-    app[PROXY] = Proxy(client, app[OBSERVATIONS], app[METRICS], app[RUNTIME], budget)
+    budget = RetryBudget(b.ratio, b.min_per_s, b.window_s, rt.clock)
+    app[PROXY] = Proxy(dialer, Ledger(obs, metrics, budget, rt.clock, rt.wall), obs, metrics, rt)
     yield
-    await client.close()
+    await dialer.close()

@@ -197,7 +197,7 @@ class AssembledSession(StreamSession):
             body = orjson.dumps(doc)
         except TypeError:  # a pool's field nested deeper than JSON can be written again
             return await self._give_up(cand, "the upstream answer could not be assembled")
-        self.proxy.usage(self.ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)
+        self.proxy.ledger.usage(self.ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)
         self.proxy.count(self.ex, cand.region, status)
         # headers go out last here: x-infercdn-model names every model the answer came from
         models = ", ".join(self.ex.served_models) or self.ex.served_model

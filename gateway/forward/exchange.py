@@ -18,8 +18,6 @@ from routing.outcome import Outcome
 from routing.plan import Candidate
 
 
-STALE_DETAIL = "a reused connection the upstream had closed; sent again at once on a fresh one"
-
 
 @dataclass(slots=True)
 class Tried:
@@ -62,12 +60,6 @@ class Exchange:
 
     def time_left(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
-
-    def note_stale(self, cand: Candidate, stale: int, model: str) -> None:
-        """An attempt's transparent retries (a reused connection the upstream had closed, sent
-        again at once on a fresh one): each is an attempt the client and the access log see."""
-        for _ in range(stale):
-            self.tried.append(Tried(cand, Outcome.RESET, STALE_DETAIL, model))
 
     def endpoints_tried(self) -> set[str]:
         return {t.cand.endpoint.id for t in self.tried}

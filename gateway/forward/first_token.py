@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from gateway.forward.exchange import Exchange, Tried
+from gateway.forward.exchange import Exchange
 from gateway.sse import KEEPALIVE
 from gateway.forward.upstream import Failed, Ready, Refused
 from routing.deadlines import Deadlines
@@ -99,7 +98,7 @@ class FirstToken:
             cand, deadline = picked
             timer = self._arm_keepalive() if stream else None
             try:
-                result = await self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, ex.req.stream,
+                result = await self.proxy.dialer.attempt(cand, self.body_for(cand), self.path, deadline, ex.req.stream,
                                                   ex.cfg.upstream_limits)
             finally:
                 if timer is not None:
@@ -107,7 +106,7 @@ class FirstToken:
                 if self.keepalive_task is not None:
                     with contextlib.suppress(ConnectionResetError):  # the client left: seen later
                         await self.keepalive_task  # the head must be fully sent before anything else
-            ex.note_stale(cand, result.stale, ex.req.model)
+            self.proxy.ledger.stale(ex, cand, result.stale, ex.req.model)
             if not isinstance(result, Failed):
                 return Won(cand, result)
             self._failed(cand, result)
@@ -126,7 +125,7 @@ class FirstToken:
             return None
         wait = None
         if failed.outcome is Outcome.HTTP_429:
-            wait = parse_retry_after(failed.retry_after, time.time())
+            wait = parse_retry_after(failed.retry_after, self.proxy.rt.wall())
             if wait is None or wait > self.ex.cfg.retry.max_wait_s or wait >= self.ex.time_left():
                 return None
         elif failed.outcome not in (Outcome.HTTP_5XX, Outcome.RESET) or len(cand.pool.endpoints) != 1 or not alone:
@@ -164,7 +163,7 @@ class FirstToken:
                 for task in done:
                     cand = self.pending.pop(task)
                     result = task.result()
-                    ex.note_stale(cand, result.stale, ex.req.model)
+                    self.proxy.ledger.stale(ex, cand, result.stale, ex.req.model)
                     if not isinstance(result, Failed):
                         await self._cancel_pending(Outcome.CANCELLED, "lost the hedge race")
                         return Won(cand, result)
@@ -211,8 +210,7 @@ class FirstToken:
             await asyncio.sleep(wait if wait is not None else backoff_delay(
                 len(ex.tried), retry.backoff_base_ms / 1000, retry.backoff_max_ms / 1000, self.proxy.rt.rng))
         for cand in candidates:
-            if not first and not self.proxy.budget.try_spend():
-                ex.tried.append(Tried(cand, Outcome.CANCELLED, "retry budget exhausted", ex.req.model))
+            if not first and not self.proxy.ledger.spend_retry(ex, cand):
                 return None
             deadline = min(self._ttft(cand), ex.time_left())
             return (cand, deadline) if deadline > 0 else None
@@ -223,7 +221,7 @@ class FirstToken:
         if picked is None:
             return False
         cand, deadline = picked
-        task = asyncio.create_task(self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, self.ex.req.stream,
+        task = asyncio.create_task(self.proxy.dialer.attempt(cand, self.body_for(cand), self.path, deadline, self.ex.req.stream,
                                                        self.ex.cfg.upstream_limits))
         self.pending[task] = cand
         return True
@@ -234,18 +232,7 @@ class FirstToken:
         return self.deadlines(cand).ttft_s
 
     def _failed(self, cand: Candidate, failed: Failed) -> None:
-        ex = self.ex
-        ex.tried.append(Tried(cand, failed.outcome, failed.detail, ex.req.model))
-        # a deadline the gateway's own stalled loop fired late says nothing about the endpoint:
-        # it must not feed outlier detection or the breaker (issue 10, defect 5)
-        self.proxy.record(cand, Outcome.CANCELLED if failed.local_stall else failed.outcome)
-        if failed.outcome is Outcome.HTTP_429:
-            delay = parse_retry_after(failed.retry_after, time.time())
-            if delay is not None:
-                ex.retry_after_s = delay if ex.retry_after_s is None else min(ex.retry_after_s, delay)
-                # only the model that answered 429: the endpoint's other models keep their traffic
-                self.proxy.obs.throttle_model(cand.endpoint.id, cand.upstream_model,
-                                              min(delay, ex.cfg.retry.max_retry_after_s))
+        self.proxy.ledger.failed(self.ex, cand, failed, self.ex.req.model)
 
     async def _keepalive(self, inflight: int = 0) -> None:
         ex = self.ex
@@ -262,9 +249,7 @@ class FirstToken:
         for task, cand in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 result = await task
-                if isinstance(result, Ready):  # finished as it was cancelled: drop it
+                if isinstance(result, Ready):  # finished as it was cancelled: drop it (its lease ends)
                     result.close()
-                    self.proxy.obs.release(result.endpoint_id)
             if outcome is not None:
-                self.ex.tried.append(Tried(cand, outcome, detail, self.ex.req.model))
-                self.proxy.record(cand, outcome)
+                self.proxy.ledger.attempt(self.ex, cand, outcome, detail, self.ex.req.model)

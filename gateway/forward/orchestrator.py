@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import replace
 from collections.abc import Iterator
 
@@ -18,11 +17,10 @@ from gateway.access import EXCHANGE
 from gateway.forward.assembled import AssembledSession, can_assemble
 from gateway.forward.first_token import FirstToken, Won
 from gateway.config import Config
-from gateway.config import UpstreamLimitsCfg
 from gateway.forward.continuation import ModelChain, later_fallbacks
 from gateway.deadlines import candidate_deadlines
 from gateway.errors import GatewayError, ModelNotFound, NotFound, RateLimited, Unavailable, openai_error_bytes
-from gateway.forward.exchange import Exchange, Tried
+from gateway.forward.exchange import Exchange
 from gateway.metrics import GatewayMetrics
 from gateway.forward.usage import find_usage
 from gateway.request import ParsedRequest
@@ -30,24 +28,15 @@ from gateway.forward.resume import resumable
 from gateway.forward.resume_loop import StreamSession
 from gateway.state import Runtime
 from gateway.forward.relay import ByteBudget
-from gateway.forward.upstream import Failed, Ready, Refused
-from gateway.forward.dialer import UpstreamClient, capped_retry_after
+from gateway.forward.upstream import Ready, Refused
+from gateway.forward.dialer import NOT_SERVED, Dialer, capped_retry_after
+from gateway.forward.ledger import Ledger
 from routing.budget import RetryBudget
 from routing.observations import Observations
 from routing.outcome import Outcome
 from routing.plan import Candidate, Plan, RequestContext
 
 CONTEXT_MARKERS = (b"maximum context length", b"context_length_exceeded")
-NOT_SERVED = "does not serve"
-_OPTIONAL_PATHS = frozenset({"/v1/responses", "/tokenize", "/detokenize", "/v1/embeddings", "/v1/score",
-                             "/v1/rerank"})
-
-
-def not_served(path: str, refused: Refused) -> bool:
-    """A pool's 404 for a path it has no route for (FastAPI's bare ``{"detail": "Not Found"}``,
-    as vLLM answers an endpoint its model does not serve), not its 404 for a model."""
-    return refused.status == 404 and path in _OPTIONAL_PATHS and b'"error"' not in refused.body
-
 
 CONTENT_POLICY_MARKERS = (b"content_policy",)
 REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
@@ -68,14 +57,19 @@ log = logging.getLogger("infercdn.proxy")
 class Proxy:
     """Serves parsed requests.  Built once per app; holds no per-request state."""
 
-    def __init__(self, upstream: UpstreamClient, observations: Observations, metrics: GatewayMetrics,
-                 runtime: Runtime, budget: RetryBudget) -> None:
-        self.upstream = upstream
+    def __init__(self, dialer: Dialer, ledger: Ledger, observations: Observations, metrics: GatewayMetrics,
+                 runtime: Runtime) -> None:
+        self.dialer = dialer
+        self.ledger = ledger
         self.obs = observations
         self.metrics = metrics
         self.rt = runtime
-        self.budget = budget
         self.retained = ByteBudget()  # resume buffers of all streams (upstream_limits.resume_buffer_total_bytes)
+
+    @property
+    def budget(self) -> RetryBudget:
+        """The retry budget (a reload retunes it)."""
+        return self.ledger.budget
 
     async def serve(self, request: web.Request, req: ParsedRequest, planner: object, cfg: Config,
                     ctx: RequestContext, allowed_models: frozenset[str] = frozenset()) -> web.StreamResponse:
@@ -90,7 +84,7 @@ class Proxy:
             req = req.as_stream()
         ex = Exchange(request, req, cfg, mcfg, loop.time() + mcfg.total_deadline_s, assembled=assembled)
         request[EXCHANGE] = ex  # for the access log
-        self.budget.record_request()
+        self.ledger.request()
         try:
             response = await self._route(ex, planner, ctx, allowed_models)
         except GatewayError as exc:
@@ -128,8 +122,7 @@ class Proxy:
                 won = await self._context_reroute(ex, won, plan, resume) or won
                 if isinstance(won.result, Refused):
                     last_refusal = (won.cand, won.result)
-                    self.record(won.cand, Outcome.CLIENT_ERROR)
-                    ex.tried.append(Tried(won.cand, Outcome.CLIENT_ERROR, f"refused ({won.result.status})", model))
+                    self.ledger.attempt(ex, won.cand, Outcome.CLIENT_ERROR, f"refused ({won.result.status})", model)
                     if not may_fall_back(won.result, mcfg.fallback_on):
                         break  # the request's fault: another model would refuse it too, or answer what it must not
                     continue
@@ -158,28 +151,6 @@ class Proxy:
             extra["model"] = cand.upstream_model
         return req.body_with(extra)
 
-    async def attempt(self, cand: Candidate, body: bytes, path: str, deadline_s: float, stream: bool,
-                      limits: UpstreamLimitsCfg) -> Ready | Failed | Refused:
-        """One request to one endpoint; the in-flight count is held while a Ready is open."""
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
-        self.obs.acquire(cand.endpoint.id)
-        try:
-            result = await self.upstream.open(cand.endpoint.url + path, body, headers, stream, deadline_s, limits)
-        except BaseException:
-            self.obs.release(cand.endpoint.id)
-            raise
-        if isinstance(result, Refused) and not_served(path, result):
-            # this pool does not serve the endpoint (an embeddings path on a generation model):
-            # the next candidate may; not the endpoint's fault, nor the request's
-            return Failed(Outcome.CLIENT_ERROR, f"{NOT_SERVED} {path} (404)", 404, result.body)
-        if isinstance(result, Ready):
-            result.endpoint_id = cand.endpoint.id
-            if stream:
-                self.obs.record_ttft(cand.endpoint.id, result.ttfb_s * 1000)
-        else:
-            self.obs.release(cand.endpoint.id)
-        return result
-
     async def _context_reroute(self, ex: Exchange, won: Won, plan: Plan, resume: bool) -> Won | None:
         """A pool answered "context too long": try the pools configured for longer contexts."""
         refused = won.result
@@ -191,22 +162,17 @@ class Proxy:
         cands = [c for c in plan.candidates if c.pool.name in larger and c.endpoint.id not in tried]
         if not cands:
             return None
-        ex.tried.append(Tried(won.cand, Outcome.CLIENT_ERROR, "context too long for this pool", ex.req.model))
-        self.record(won.cand, Outcome.CLIENT_ERROR)
+        self.ledger.attempt(ex, won.cand, Outcome.CLIENT_ERROR, "context too long for this pool", ex.req.model)
         return await FirstToken(self, ex, lambda c: self._body(ex.req, c, resume), ex.req.path, ex.deadlines).run(
             iter(cands), ex.client_stream)
 
     async def _deliver(self, ex: Exchange, cand: Candidate, ready: Ready, resume: bool, plan: Plan,
                        chain: ModelChain | None = None) -> web.StreamResponse:
-        self.metrics.of(self.metrics.ttft_seconds, cand.region).observe(ready.ttfb_s)
-        ex.ttft_s = ready.ttfb_s
-        if ex.tried:
-            self.metrics.of(self.metrics.failovers, ex.tried[0].cand.region, cand.region).inc()
+        self.ledger.first_token(ex, cand, ready)
         if not ex.req.stream:
             ready.release()
-            self.obs.release(cand.endpoint.id)
-            self.record(cand, Outcome.SUCCESS, None)
-            self.usage(ex, find_usage(ready.first))
+            self.ledger.record(cand, Outcome.SUCCESS, None)
+            self.ledger.usage(ex, find_usage(ready.first))
             self.count(ex, cand.region, "200")
             return web.Response(status=200, body=ready.first, headers={**ready.headers, **ex.headers(cand, ex.served_model),
                                                                         "Content-Type": "application/json"})
@@ -217,7 +183,7 @@ class Proxy:
     def _refused(self, ex: Exchange, cand: Candidate, refused: Refused) -> web.Response:
         self.count(ex, cand.region, str(refused.status))
         headers = {**refused.headers, **ex.headers(cand), "Content-Type": "application/json"}
-        wait = capped_retry_after(refused.retry_after, ex.cfg.retry.client_retry_after_max_s)
+        wait = capped_retry_after(refused.retry_after, ex.cfg.retry.client_retry_after_max_s, self.rt.wall())
         if wait is not None:
             headers["Retry-After"] = wait
         return web.Response(status=refused.status, body=openai_error_bytes(refused.status, refused.body),
@@ -245,31 +211,8 @@ class Proxy:
         log.info("request %s: no upstream could serve it: %s", ex.req.request_id, ex.summary())
         return Unavailable(f"no upstream could serve the request after {len(ex.tried)} attempt(s)", headers=ids)
 
-    def record(self, cand: Candidate, outcome: Outcome, ttfb_ms: float | None = None) -> None:
-        self.obs.record_outcome(cand.endpoint.id, outcome, ttfb_ms)
-        self.metrics.of(self.metrics.attempts, cand.pool.name, cand.endpoint.id, outcome.value).inc()
-
     def count(self, ex: Exchange, region: str, status: str) -> None:
-        req = ex.req
-        if ex.response is not None and status != "200":
-            status = "stream_error"  # the client got a 200 head: what it sees is the in-band error
-        ex.status = status
-        self.metrics.of(self.metrics.requests, req.model, region, status).inc()
-        self.metrics.of(self.metrics.request_seconds, req.model, "true" if ex.client_stream else "false").observe(
-            time.monotonic() - req.started)
-
-    def usage(self, ex: Exchange, usage: dict | None) -> None:
-        if not usage:
-            return
-        # only counts are kept (and logged): a pool's usage block is not trusted to be small
-        ex.usage = usage = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
-        for theirs, ours in (("input_tokens", "prompt_tokens"), ("output_tokens", "completion_tokens")):
-            if theirs in usage and ours not in usage:  # the Responses API's names
-                usage[ours] = usage[theirs]
-        for kind in ("prompt_tokens", "completion_tokens"):
-            value = usage.get(kind)
-            if isinstance(value, int) and value > 0:
-                self.metrics.of(self.metrics.tokens, ex.served_model or ex.req.model, kind.removesuffix("_tokens")).inc(value)
+        self.ledger.count(ex, region, status, ex.response is not None)
 
 
 

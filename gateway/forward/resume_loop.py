@@ -12,7 +12,7 @@ from aiohttp import web
 from gateway.forward.continuation import ModelChain, Target, continuation_for, with_models
 from gateway.deadlines import candidate_deadlines
 from gateway.errors import sse_error_event
-from gateway.forward.exchange import Exchange, Tried
+from gateway.forward.exchange import Exchange
 from gateway.quota import STREAM_EVENTS
 from gateway.forward.usage import find_usage
 from gateway.forward.resume import Continuation, ResumeMismatch, StreamState, deterministic, replay, resumable
@@ -79,7 +79,7 @@ class StreamSession:
         finally:
             tracker.free()  # nothing of the stream outlives it, whatever ended it
         if not self._judge_ending(cand, outcome, st):
-            ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+            self.proxy.ledger.note(ex, cand, outcome, detail, ex.served_model or ex.req.model)
         if st is not None and await self._resume(st):
             return await self._finish(ex.served_by or cand, st.usage, "200")
         return await self._give_up(cand, self._cut_message(st, detail))
@@ -90,7 +90,7 @@ class StreamSession:
         return await self._finish(cand, None, "stream_error")
 
     async def _finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
-        self.proxy.usage(self.ex, usage)
+        self.proxy.ledger.usage(self.ex, usage)
         self.proxy.count(self.ex, cand.region, status)
         # the client may close as soon as it reads [DONE], before the chunked terminator: the
         # answer was delivered, and aiohttp meets the closed transport again quietly
@@ -138,14 +138,13 @@ class StreamSession:
             raise asyncio.CancelledError() from None  # counted by the handler
         finally:
             wd.stop()
-            ready.release() if outcome is Outcome.SUCCESS else ready.close()
-            self.proxy.obs.release(cand.endpoint.id)
+            ready.release() if outcome is Outcome.SUCCESS else ready.close()  # the lease ends with it
             if outcome is Outcome.SUCCESS:  # a cut stream's gaps say nothing of healthy silences
-                self.proxy.obs.record_stream_gaps(cand.endpoint.id, meter.max_ms, meter.gaps)
+                self.proxy.ledger.stream_gaps(cand, meter)
             # a body that ended cleanly before [DONE] is judged by the caller (did it finish?)
             self.ended_early = outcome is Outcome.BAD_STREAM and detail.startswith(ENDED_EARLY)
             if not self.ended_early:
-                self.proxy.record(cand, outcome, ready.headers_s * 1000
+                self.proxy.ledger.record(cand, outcome, ready.headers_s * 1000
                                   if ready.headers_s is not None and outcome is Outcome.SUCCESS else None)
         return outcome, detail
 
@@ -157,7 +156,7 @@ class StreamSession:
             return False
         self.ended_early = False
         finished = st is not None and st.finish_reason is not None
-        self.proxy.record(cand, Outcome.SUCCESS if finished else outcome)
+        self.proxy.ledger.record(cand, Outcome.SUCCESS if finished else outcome)
         return finished
 
     async def _resume(self, st: StreamState) -> bool:
@@ -181,12 +180,11 @@ class StreamSession:
                 continue
             tries += 1
             result, cont = await self._open_continuation(target, st, cont, until - loop.time())
-            ex.note_stale(cand, result.stale, model)
+            self.proxy.ledger.stale(ex, cand, result.stale, model)
             if not isinstance(result, Ready):
                 detail = result.detail if isinstance(result, Failed) else f"refused the continuation ({result.status})"
                 outcome = result.outcome if isinstance(result, Failed) else Outcome.CLIENT_ERROR
-                ex.tried.append(Tried(cand, outcome, detail, model))
-                self.proxy.record(cand, outcome)
+                self.proxy.ledger.attempt(ex, cand, outcome, detail, model)
                 continue
             ex.served_by = cand
             models = with_models(self._models(), model)
@@ -194,14 +192,14 @@ class StreamSession:
             had = len(st.text)
             outcome, detail = await self._pump(cand, result, SpliceFeed(splicer, ex.cfg.upstream_limits.max_event_bytes),
                                                model=model)
-            self.proxy.metrics.of(self.proxy.metrics.resumes, cont.strategy, "ok" if outcome is Outcome.SUCCESS else "failed").inc()
+            self.proxy.ledger.resumed(cont.strategy, outcome is Outcome.SUCCESS)
             ex.resumes += 1
             if outcome is Outcome.SUCCESS or len(st.text) > had:  # this model's text reached the client
                 ex.served_models = models
             if outcome is Outcome.SUCCESS:
                 return True
             if not self._judge_ending(cand, outcome, st):
-                ex.tried.append(Tried(cand, outcome, detail, model))
+                self.proxy.ledger.note(ex, cand, outcome, detail, model)
             if st.finish_reason is not None:  # the continuation finished, then lost its end
                 if splicer.held is not None:
                     await self._write(encode_event(splicer.held))
@@ -221,16 +219,15 @@ class StreamSession:
         ex, cand = self.ex, target.cand
         ttft = min(self._deadlines(cand, target.model).ttft_s, ex.time_left(), left_s)
         limits = ex.cfg.upstream_limits
-        result = await self.proxy.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True, limits)
+        result = await self.proxy.dialer.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True, limits)
         if isinstance(result, Refused) and cont.strategy != "regenerate" and (deterministic(ex.req.body) or not st.text):
             # this pool will not continue a generation: reproduce it from the start instead
-            ex.note_stale(cand, result.stale, target.model)
-            ex.tried.append(Tried(cand, Outcome.CLIENT_ERROR, f"refused the continuation ({result.status})",
-                                  target.model))
-            self.proxy.record(cand, Outcome.CLIENT_ERROR)
+            self.proxy.ledger.stale(ex, cand, result.stale, target.model)
+            self.proxy.ledger.attempt(ex, cand, Outcome.CLIENT_ERROR, f"refused the continuation ({result.status})",
+                                      target.model)
             again = Continuation("regenerate", ex.req.path, {**ex.req.body, "model": cand.upstream_model,
                                                               "stream": True}, st.text)
-            return await self.proxy.attempt(cand, orjson.dumps(again.body), again.path, ttft, True, limits), again
+            return await self.proxy.dialer.attempt(cand, orjson.dumps(again.body), again.path, ttft, True, limits), again
         return result, cont
 
     def _deadlines(self, cand: Candidate, model: str | None = None) -> Deadlines:

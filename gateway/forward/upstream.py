@@ -243,12 +243,22 @@ class Ready:
     headers_s: float | None = None  # request sent → response head: a network round trip for streams
     endpoint_id: str = ""
     stale: int = 0  # reused connections the upstream had closed, retried at once on a fresh one
+    # the end of the endpoint's lease (gateway.forward.dialer.Lease), called once, when the
+    # answer ends whichever way (close or release)
+    on_end: Callable[[], None] | None = None
 
     def close(self) -> None:
         self.conn.abort()  # the upstream sees the disconnect and stops generating
+        self._ended()
 
     def release(self) -> None:
         self.conn.release()
+        self._ended()
+
+    def _ended(self) -> None:
+        end, self.on_end = self.on_end, None
+        if end is not None:
+            end()
 
     async def pump(self, sink: Callable[[bytes], None]) -> None:
         """Deliver the rest of the body to ``sink`` from ``data_received`` until the body ends
