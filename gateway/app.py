@@ -19,7 +19,8 @@ from gateway.handlers import admin_guard, routes
 from gateway.limits import SharedLimits
 from gateway.metrics import build_metrics
 from gateway.model_cards import model_cards
-from gateway.forward.orchestrator import Proxy
+from gateway.forward.orchestrator import Orchestrator
+from gateway.forward.parts import Parts
 from gateway.registry import registry_watcher
 from gateway.quota import add_quota_headers
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
@@ -114,6 +115,6 @@ async def _upstream_client(app: web.Application):  # type: ignore[no-untyped-def
     dialer = Dialer(cfg.timeouts.connect_s, obs, rt.clock)
     b = cfg.budget
     budget = RetryBudget(b.ratio, b.min_per_s, b.window_s, rt.clock)
-    app[PROXY] = Proxy(dialer, Ledger(obs, metrics, budget, rt.clock, rt.wall), obs, metrics, rt)
+    app[PROXY] = Orchestrator(Parts(dialer, Ledger(obs, metrics, budget, rt.clock, rt.wall), obs, rt))
     yield
     await dialer.close()

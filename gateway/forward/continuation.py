@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Protocol
 
 from gateway.request import ParsedRequest
 from gateway.forward.resume import Continuation, StreamState, deterministic, plan_continuation
@@ -34,12 +34,18 @@ class Target:
     model: str
 
 
+class Planning(Protocol):
+    """What plans a request (routing.planner.Planner)."""
+
+    def plan(self, ctx: RequestContext) -> Plan: ...
+
+
 class ModelChain:
     """The candidates a cut stream may continue on, in order: the served model's plan, then each
     later fallback model's plan (planned when first needed).  Endpoints already tried are passed
     over (``tried``), as are targets the request cannot be continued on (:meth:`skip`)."""
 
-    def __init__(self, served: str, plan: Plan, later: Sequence[str] = (), planner: Any = None,
+    def __init__(self, served: str, plan: Plan, later: Sequence[str] = (), planner: Planning | None = None,
                  ctx: RequestContext | None = None) -> None:
         self.planner = planner
         self.ctx = ctx

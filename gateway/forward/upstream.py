@@ -246,16 +246,20 @@ class Ready:
     # the end of the endpoint's lease (gateway.forward.dialer.Lease), called once, when the
     # answer ends whichever way (close or release)
     on_end: Callable[[], None] | None = None
+    ended: bool = False  # closed or released (whichever came first; the other is then a no-op)
 
     def close(self) -> None:
-        self.conn.abort()  # the upstream sees the disconnect and stops generating
-        self._ended()
+        if not self.ended:
+            self.conn.abort()  # the upstream sees the disconnect and stops generating
+            self._end()
 
     def release(self) -> None:
-        self.conn.release()
-        self._ended()
+        if not self.ended:
+            self.conn.release()
+            self._end()
 
-    def _ended(self) -> None:
+    def _end(self) -> None:
+        self.ended = True
         end, self.on_end = self.on_end, None
         if end is not None:
             end()

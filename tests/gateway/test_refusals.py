@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.forward.orchestrator import may_fall_back
+from gateway.forward.answers import may_fall_back
 from gateway.forward.upstream import Refused
 
 POLICY = b'{"error": {"message": "rejected", "code": "content_policy_violation"}}'

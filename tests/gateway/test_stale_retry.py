@@ -55,7 +55,7 @@ async def test_a_reused_connection_closed_upstream_is_retried_and_counted() -> N
         srv.close()
         await srv.wait_closed()
     assert [r.stale for r in results] == [0, 1] and connections == 2
-    ex = Exchange(None, SimpleNamespace(request_id="r", model="m"), None, None, 0.0)  # type: ignore[arg-type]
+    ex = Exchange(SimpleNamespace(request_id="r", model="m"), None, None, 0.0)  # type: ignore[arg-type]
     cand = SimpleNamespace(endpoint=SimpleNamespace(id="e"))
     fakes.ledger(obs, clock).stale(ex, cand, results[1].stale, "m")  # type: ignore[arg-type]
     assert [(t.outcome, t.detail) for t in ex.tried] == [(Outcome.RESET, STALE_DETAIL)]
