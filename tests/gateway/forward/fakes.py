@@ -2,9 +2,15 @@
 clock, a one-pool topology, and a dialer whose attempts answer what a test scripts."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from gateway.config import UpstreamLimitsCfg
+import orjson
+
+from gateway.config import UpstreamLimitsCfg, parse_config
+from gateway.forward.exchange import Exchange
+from gateway.request import parse
 from gateway.forward.dialer import Dialer
 from gateway.forward.ledger import Ledger
 from gateway.forward.upstream import DEFAULT_LIMITS, Failed, Ready, Refused
@@ -13,6 +19,7 @@ from routing.budget import RetryBudget
 from routing.observations import ObservationParams, Observations
 from routing.plan import Candidate, ScoreComponents
 from routing.topology import Endpoint, Location, Pool, Region, Topology
+from tests.conftest import base_config
 from tests.routing.helpers import FakeClock
 
 HERE = Location(50.11, 8.68, "DE", "EU", "Frankfurt")
@@ -64,3 +71,29 @@ class ScriptedDialer(Dialer):
 
 def inflight(obs: Observations, endpoint_id: str) -> int:
     return obs.view(endpoint_id).inflight
+
+
+class FakeConn:
+    """What a Ready's end does to its upstream connection, counted."""
+
+    def __init__(self) -> None:
+        self.aborted = 0
+        self.released = 0
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+    def release(self) -> None:
+        self.released += 1
+
+
+def ready(first: bytes = b'data: {"choices":[{"text":"a"}]}\n\n') -> Ready:
+    return Ready(FakeConn(), first, 0.01, {})  # type: ignore[arg-type]
+
+
+def exchange(model: str = "m", stream: bool = True, deadline_s: float = 30.0, **sections: Any) -> Exchange:
+    """An exchange for a chat request to ``model`` under the tests' base config (+ ``sections``)."""
+    cfg = parse_config(base_config({"eu-west": ["http://127.0.0.1:9"]}, **sections), "<test>")
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    req = parse("chat", "/v1/chat/completions", orjson.dumps(body), "rid", started=0.0)
+    return Exchange(req, cfg, cfg.model_cfg(model), asyncio.get_running_loop().time() + deadline_s)
