@@ -24,7 +24,7 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
-from gateway.exchange import Exchange
+from gateway.forward.exchange import Exchange
 from gateway.state import RUNTIME
 
 FLUSH_S = 0.5

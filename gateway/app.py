@@ -19,7 +19,8 @@ from gateway.handlers import admin_guard, routes
 from gateway.limits import SharedLimits
 from gateway.metrics import build_metrics
 from gateway.model_cards import model_cards
-from gateway.proxy import Proxy
+from gateway.forward.orchestrator import Orchestrator
+from gateway.forward.parts import Parts
 from gateway.registry import registry_watcher
 from gateway.quota import add_quota_headers
 from gateway.snapshot import SnapshotHolder, make_snapshot, observation_params
@@ -28,7 +29,8 @@ from gateway.traffic import Traffic
 from gateway.state import (ACCESS_LOG, CONFIG_PATH, CONFIG_TRANSFORM, DISCOVERED, DRAINING, LOCATOR, METRICS,
                            OBSERVATIONS, PROXY, RUNTIME, SHARED_LIMITS, SIMULATED, SNAPSHOT, STATUS, TRAFFIC, Draining,
                            Runtime, routing_location)
-from gateway.upstream_client import UpstreamClient
+from gateway.forward.dialer import Dialer
+from gateway.forward.ledger import Ledger
 from routing.budget import RetryBudget
 from routing.locate import ClientLocator, geoip_build_time, open_geoip
 from routing.observations import Observations
@@ -109,9 +111,10 @@ async def _shared_limits(app: web.Application):  # type: ignore[no-untyped-def]
 
 async def _upstream_client(app: web.Application):  # type: ignore[no-untyped-def]
     cfg = app[SNAPSHOT].current.config
-    client = UpstreamClient(cfg.timeouts.connect_s)
+    rt, obs, metrics = app[RUNTIME], app[OBSERVATIONS], app[METRICS]
+    dialer = Dialer(cfg.timeouts.connect_s, obs, rt.clock)
     b = cfg.budget
-    budget = RetryBudget(b.ratio, b.min_per_s, b.window_s, app[RUNTIME].clock)
-    app[PROXY] = Proxy(client, app[OBSERVATIONS], app[METRICS], app[RUNTIME], budget)
+    budget = RetryBudget(b.ratio, b.min_per_s, b.window_s, rt.clock)
+    app[PROXY] = Orchestrator(Parts(dialer, Ledger(obs, metrics, budget, rt.clock, rt.wall), obs, rt))
     yield
-    await client.close()
+    await dialer.close()

@@ -262,7 +262,7 @@ class PoolCfg(_Model):
     can_continue: bool = True
     ttft_deadline_s: float | None = Field(default=None, gt=0)  # overrides the model's
     # accepts an assistant-prefill continuation (continue_final_message); false: a resume onto
-    # this pool from another model asks the original request (gateway.crossmodel)
+    # this pool from another model asks the original request (gateway.forward.continuation)
     prefill: bool = True
 
     @field_validator("models", mode="before")

@@ -70,7 +70,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
         note.tenant = tenant.cfg.name
         raw = await read_body(request, g.max_body_bytes, g.body_timeout_s)
-        req = parse(kind, path, raw, rid)
+        req = parse(kind, path, raw, rid, started=request.app[RUNTIME].clock())
         note.model = req.model
         check_model(tenant, req.model)
         if req.model not in snapshot.models:
@@ -102,7 +102,7 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client's connection closes; the relay turns a
         # write to a closed client into the same cancellation
-        request.app[PROXY].metrics.of(request.app[PROXY].metrics.client_disconnects, req.model).inc()
+        request.app[METRICS].of(request.app[METRICS].client_disconnects, req.model).inc()
         raise
     finally:
         limits.done(shared, tenant, ticket, count_usage(request, request.app[METRICS], tenant.cfg.name, ticket))

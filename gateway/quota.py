@@ -20,13 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.access import EXCHANGE
-from gateway.exchange import Exchange
+from gateway.forward.exchange import Exchange
 
 BYTES_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4  # role and separators of a chat message
-# a stream whose usage the client did not ask for: completion tokens estimated as the events
-# relayed (vLLM sends one token per event) less the opening one; set by gateway.resume_loop
-STREAM_EVENTS: Any = web.RequestKey("stream_events", int) if hasattr(web, "RequestKey") else "infercdn.stream_events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +94,7 @@ def count_usage(request: web.Request, metrics: Any, tenant: str, ticket: Any) ->
     ex = request.get(EXCHANGE)
     if not isinstance(ex, Exchange) or ex.served_by is None:
         return 0
-    prompt, completion = used_tokens(ex.usage, ticket.estimate, request.get(STREAM_EVENTS, 0))
+    prompt, completion = used_tokens(ex.usage, ticket.estimate, ex.stream_events)
     metrics.of(metrics.tenant_tokens, tenant, "prompt").inc(prompt)
     metrics.of(metrics.tenant_tokens, tenant, "completion").inc(completion)
     return prompt + completion

@@ -124,7 +124,9 @@ def _too_deep(doc: object) -> bool:
     return False
 
 
-def parse(kind: str, path: str, raw: bytes, request_id: str, new_id: Callable[[], str] | None = None) -> ParsedRequest:
+def parse(kind: str, path: str, raw: bytes, request_id: str, new_id: Callable[[], str] | None = None,
+          started: float | None = None) -> ParsedRequest:
+    """The request as the gateway reads it; ``started``: the runtime clock's time it arrived."""
     if not raw:
         raise BadRequest("the request body is empty; send a JSON object")
     try:
@@ -156,4 +158,6 @@ def parse(kind: str, path: str, raw: bytes, request_id: str, new_id: Callable[[]
             raise BadRequest(f"missing required parameter: '{name}'", param=name)
         if not isinstance(body[name], types):
             raise BadRequest(f"'{name}' has the wrong type", param=name)
-    return ParsedRequest(kind, path, raw, body, model, stream, request_id)
+    if started is None:
+        return ParsedRequest(kind, path, raw, body, model, stream, request_id)
+    return ParsedRequest(kind, path, raw, body, model, stream, request_id, started)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from gateway.host_share import DrainBook, PeerTraffic
     from gateway.hostlimits import HostLimits
     from gateway.limits import SharedLimits
-    from gateway.proxy import Proxy
+    from gateway.forward.orchestrator import Orchestrator
     from gateway.registry import RegistryState
     from gateway.snapshot import SnapshotHolder
     from gateway.status import StatusFeed
@@ -108,7 +108,7 @@ OBSERVATIONS: web.AppKey[Observations] = web.AppKey("observations")
 LOCATOR: web.AppKey[ClientLocator] = web.AppKey("locator")
 METRICS = web.AppKey("metrics", GatewayMetrics)
 RUNTIME = web.AppKey("runtime", Runtime)
-PROXY: web.AppKey[Proxy] = web.AppKey("proxy")
+PROXY: web.AppKey[Orchestrator] = web.AppKey("proxy")  # the forwarding path's entry
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 # Redis-backed for the fleet (auth.shared), the host's table under --workers, or None (in-process)
 SHARED_LIMITS: web.AppKey[SharedLimits | HostLimits | None] = web.AppKey("shared_limits")

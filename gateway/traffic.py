@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from gateway.exchange import Exchange
+from gateway.forward.exchange import Exchange
 
 WINDOW_S = 60  # totals cover the last minute
 RATE_S = 10  # requests/s and tokens/s: the mean over the last 10 s

@@ -1,5 +1,5 @@
 """``mypy --strict`` (the settings of pyproject.toml's [tool.mypy]) over the packages whose
-every seam is typed: the routing core and the composition root.  What they import from
+every seam is typed: the routing core, the composition root and the forwarding path.  What they import from
 ``gateway``/``worker`` is read for its types; those packages' own errors are not reported."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from mypy import api  # the test extra (make install-test)
 
 ROOT = Path(__file__).resolve().parents[1]
-STRICT = ("routing", "infercdn")  # gateway/forward joins once it exists
+STRICT = ("routing", "infercdn", "gateway/forward")
 
 
 def test_strict_packages_type_check() -> None:

@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.assemble import assemble, can_assemble
+from gateway.forward.assembled import assemble, can_assemble
 from tests.conftest import LONDON, base_config
 
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "tell me a story"}], "max_tokens": 12,

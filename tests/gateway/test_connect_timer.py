@@ -12,9 +12,10 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from gateway.attempts import FirstToken
-from gateway.upstream import Failed, Ready, UpstreamPool
-from gateway.upstream_client import UpstreamClient
+from gateway.forward.upstream import Failed, Ready, UpstreamPool
+from gateway.forward.dialer import Dialer
+from tests.gateway.forward import fakes
+from tests.routing.helpers import FakeClock
 from routing.outcome import Outcome
 
 
@@ -61,7 +62,7 @@ async def test_a_first_token_deadline_a_stalled_loop_fired_late_blames_no_endpoi
     """The first-token deadline fired while the gateway's loop was blocked: the attempt failed,
     but as the gateway's own stall, which outlier detection and breakers never see."""
     sim = await sim_factory()
-    client = UpstreamClient(connect_s=1.0)
+    client = Dialer(1.0, fakes.observations(fakes.topology(), FakeClock()), time.monotonic)
     body = orjson.dumps({"model": "tiny-chat", "prompt": "Once upon a time", "max_tokens": 4, "stream": True})
     opening = asyncio.ensure_future(client.open(sim.url + "/v1/completions", body,
                                                 {"Content-Type": "application/json"}, True, 0.05))
@@ -76,18 +77,14 @@ async def test_a_first_token_deadline_a_stalled_loop_fired_late_blames_no_endpoi
 
 
 def test_a_stalled_attempt_is_recorded_as_saying_nothing_of_the_endpoint() -> None:
+    clock = FakeClock()
+    topo = fakes.topology()
+    ledger = fakes.ledger(fakes.observations(topo, clock), clock)
     recorded = []
-
-    class Proxy:
-        obs = None
-
-        def record(self, cand: object, outcome: Outcome) -> None:
-            recorded.append(outcome)
-
+    ledger.record = lambda cand, outcome, ttfb_ms=None: recorded.append(outcome)  # type: ignore[method-assign]
     ex = SimpleNamespace(tried=[], req=SimpleNamespace(model="m"))
-    race = FirstToken(Proxy(), ex, None, "/v1/completions", None)  # type: ignore[arg-type]
-    cand = SimpleNamespace(endpoint=SimpleNamespace(id="e"))
-    race._failed(cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s", local_stall=True))  # type: ignore[arg-type]
-    race._failed(cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s"))  # type: ignore[arg-type]
+    cand = fakes.candidates(topo)[0]
+    ledger.failed(ex, cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s", local_stall=True), "m")  # type: ignore[arg-type]
+    ledger.failed(ex, cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s"), "m")  # type: ignore[arg-type]
     assert recorded == [Outcome.CANCELLED, Outcome.TIMEOUT]
     assert [t.outcome for t in ex.tried] == [Outcome.TIMEOUT, Outcome.TIMEOUT]  # the log still says what happened

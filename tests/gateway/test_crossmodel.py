@@ -1,4 +1,4 @@
-"""Which continuation a cut stream gets on which target (gateway.crossmodel): the served model's
+"""Which continuation a cut stream gets on which target (gateway.forward.continuation): the served model's
 own strategy on its endpoints; across models text only (token ids are one model's), a prefill
 only where the pool takes one, else the original request regenerated and skipped, and nothing
 for a sampled request that cannot be reproduced."""
@@ -10,9 +10,9 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.crossmodel import ModelChain, Target, continuation_for, later_fallbacks, with_models
+from gateway.forward.continuation import ModelChain, Target, continuation_for, later_fallbacks, with_models
 from gateway.request import ParsedRequest
-from gateway.resume import StreamState
+from gateway.forward.resume import StreamState
 from routing.plan import Candidate, Plan, RequestContext
 from routing.topology import Endpoint, Location, Pool
 from tests.conftest import LONDON, base_config

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.proxy import may_fall_back
-from gateway.upstream import Refused
+from gateway.forward.answers import may_fall_back
+from gateway.forward.upstream import Refused
 
 POLICY = b'{"error": {"message": "rejected", "code": "content_policy_violation"}}'
 BAD = b'{"error": {"message": "temperature must be <= 2", "code": null}}'

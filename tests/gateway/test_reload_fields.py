@@ -103,7 +103,7 @@ async def test_reload_applies_outlier_breaker_latency_and_retry_settings(tmp_pat
     assert (st.breaker.params.failures, st.latency.half_life_s, st.health.rise) == (7, 3.0, 3)
     obs.throttle("eu-west-1", 60.0)  # capped by the new retry.max_retry_after_s
     until = obs.view("eu-west-1").throttled_until
-    assert until is not None and until - gw.app[PROXY].rt.clock() <= 1.0
+    assert until is not None and until - gw.app[PROXY].parts.rt.clock() <= 1.0
     assert (gw.app[PROXY].budget.ratio, gw.app[PROXY].budget.min_per_s) == (0.25, 2.0)
 
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.sse import null_token_ids
-from gateway.streaming import StreamTracker
-from gateway.upstream import UpstreamTooLarge
+from gateway.forward.relay import StreamTracker
+from gateway.forward.upstream import UpstreamTooLarge
 
 CHAT_FIRST = (b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""},'
               b'"logprobs":null,"finish_reason":null}],"prompt_token_ids":[1,2,3]}\n\n')

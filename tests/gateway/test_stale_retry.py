@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from gateway.exchange import STALE_DETAIL, Exchange
-from gateway.upstream import Ready
-from gateway.upstream_client import UpstreamClient
+from gateway.forward.dialer import Dialer
+from gateway.forward.exchange import Exchange
+from gateway.forward.ledger import STALE_DETAIL
+from gateway.forward.upstream import Ready
 from routing.outcome import Outcome
+from tests.gateway.forward import fakes
+from tests.routing.helpers import FakeClock
 
 BODY = b'{"id": "x", "object": "text_completion", "choices": []}'
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(BODY), BODY)
@@ -38,7 +41,9 @@ async def test_a_reused_connection_closed_upstream_is_retried_and_counted() -> N
 
     srv = await asyncio.start_server(on_client, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/v1/completions"
-    client = UpstreamClient(connect_s=1.0)
+    clock = FakeClock()
+    obs = fakes.observations(fakes.topology(), clock)
+    client = Dialer(1.0, obs, clock)
     try:
         results = []
         for _ in range(2):
@@ -50,8 +55,8 @@ async def test_a_reused_connection_closed_upstream_is_retried_and_counted() -> N
         srv.close()
         await srv.wait_closed()
     assert [r.stale for r in results] == [0, 1] and connections == 2
-    ex = Exchange(None, SimpleNamespace(request_id="r", model="m"), None, None, 0.0)  # type: ignore[arg-type]
+    ex = Exchange(SimpleNamespace(request_id="r", model="m"), None, None, 0.0)  # type: ignore[arg-type]
     cand = SimpleNamespace(endpoint=SimpleNamespace(id="e"))
-    ex.note_stale(cand, results[1].stale, "m")  # type: ignore[arg-type]
+    fakes.ledger(obs, clock).stale(ex, cand, results[1].stale, "m")  # type: ignore[arg-type]
     assert [(t.outcome, t.detail) for t in ex.tried] == [(Outcome.RESET, STALE_DETAIL)]
     assert ex.attempts == 1 and ex.headers(None)["x-infercdn-attempts"] == "1"

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 
-from gateway.exchange import Exchange, Tried
+from gateway.forward.exchange import Exchange, Tried
 from gateway.state import DRAINING, STATUS
 from gateway.traffic import RATE_S, WINDOW_S, Traffic, record_exchange
 from routing.outcome import Outcome
@@ -129,14 +129,14 @@ def test_record_exchange_counts_where_requests_were_served_and_where_attempts_fa
     def cand(region: str) -> SimpleNamespace:
         return SimpleNamespace(region=region)
 
-    ex = Exchange(None, None, None, None, 0.0)  # type: ignore[arg-type]
+    ex = Exchange(None, None, None, 0.0)  # type: ignore[arg-type]
     ex.tried = [Tried(cand("eu-west"), Outcome.RESET, "reset", "tiny-chat")]  # type: ignore[arg-type]
     ex.served_by, ex.status, ex.usage = cand("us-east"), "200", {"completion_tokens": 7}  # type: ignore[assignment]
     record_exchange(traffic, ex)
-    failed = Exchange(None, None, None, None, 0.0, status="503")  # type: ignore[arg-type]
+    failed = Exchange(None, None, None, 0.0, status="503")  # type: ignore[arg-type]
     failed.tried = [Tried(cand("ap-southeast"), Outcome.CONNECT_ERROR, "refused", "tiny-chat")]  # type: ignore[arg-type]
     record_exchange(traffic, failed)
-    record_exchange(traffic, Exchange(None, None, None, None, 0.0, status="503"))  # type: ignore[arg-type]
+    record_exchange(traffic, Exchange(None, None, None, 0.0, status="503"))  # type: ignore[arg-type]
     snap = traffic.snapshot([])
     assert snap["us-east"]["requests_1m"] == 1 and snap["us-east"]["failovers_1m"] == 1
     assert snap["us-east"]["tokens_per_s"] == 7 / RATE_S

@@ -9,7 +9,7 @@ import gc
 
 import pytest
 
-from gateway.upstream import UpstreamConn
+from gateway.forward.upstream import UpstreamConn
 from tests.conftest import base_config
 from tests.security.evil import evil_pools
 from tests.security.helpers import CHAT, STREAM, call

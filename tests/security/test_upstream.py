@@ -139,7 +139,7 @@ async def test_resume_buffers_are_bounded_per_gateway_and_given_back(sim_factory
     proxy = gw.app[__import__("gateway.state", fromlist=["PROXY"]).PROXY]
     results = await asyncio.gather(*(call(gw.url, {**STREAM, "max_tokens": 16}) for _ in range(8)))
     assert all(s == 200 and b.endswith(b"data: [DONE]\n\n") for s, b, _ in results)
-    assert proxy.retained.used == 0
+    assert proxy.parts.retained.used == 0
 
 
 DEEP = b"[" * 300 + b"]" * 300  # orjson reads it, but cannot write it again

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import re
 
-from aiohttp import web
-
+from gateway.forward.client_stream import ClientGone, ClientStream
+from gateway.forward.splice import Splicer
+from gateway.forward.upstream import Ready, UpstreamConn, UpstreamTooLarge
 from gateway.sse import null_token_ids
-from gateway.upstream import Ready, UpstreamTooLarge
 from routing.deadlines import GapMeter
 
 DEFAULT_MAX_EVENT = 4 * 1024 * 1024
@@ -202,13 +202,13 @@ class Watchdog:
 class SpliceFeed:
     """Feeds complete events of a continuation to a Splicer (same interface as the tracker)."""
 
-    def __init__(self, splicer: object, max_event: int = DEFAULT_MAX_EVENT) -> None:
+    def __init__(self, splicer: Splicer, max_event: int = DEFAULT_MAX_EVENT) -> None:
         self.splicer = splicer
         self.pending = Pending(max_event)
 
     @property
     def done(self) -> bool:
-        return bool(self.splicer.done)  # type: ignore[attr-defined]
+        return self.splicer.done
 
     @property
     def error(self) -> UpstreamTooLarge | None:
@@ -222,58 +222,55 @@ class SpliceFeed:
         if cut != len(joined):
             self.pending.keep(joined[cut:] if cut >= 2 else joined)
         complete = joined[:cut] if cut >= 2 else b""
-        return self.splicer.feed(complete) if complete else b""  # type: ignore[attr-defined]
-
-
-class ClientGone(Exception):
-    """The client went away (its transport is closing)."""
+        return self.splicer.feed(complete) if complete else b""
 
 
 HIGH_WATER = 256 * 1024  # client write buffer above which upstream reads pause
 LOW_WATER = 64 * 1024
 
 
-async def pump(response: web.StreamResponse, transport: asyncio.Transport | None, ready: Ready,
-               feeder: StreamTracker | SpliceFeed, watchdog: Watchdog, prefix: bytes = b"",
-               meter: GapMeter | None = None) -> None:
-    """Relay ``ready``'s body through ``feeder`` to the client until [DONE] or the body ends.
+class _Drained:
+    """Resumes the upstream's reads once the client's backlog is low again (polled).  An object,
+    not a closure that re-arms itself: that closure is a reference cycle holding the stream."""
+
+    __slots__ = ("out", "conn", "watchdog")
+
+    def __init__(self, out: ClientStream, conn: UpstreamConn, watchdog: Watchdog) -> None:
+        self.out, self.conn, self.watchdog = out, conn, watchdog
+
+    def __call__(self) -> None:
+        wd = self.watchdog
+        wd.last = wd.loop.time()  # a slow client is not a silent upstream
+        if self.conn.closed or self.out.gone():
+            return
+        if self.out.backlog() <= LOW_WATER:
+            self.conn.transport.resume_reading()  # type: ignore[union-attr]
+        else:
+            wd.loop.call_later(0.005, self)
+
+
+async def pump(out: ClientStream, ready: Ready, feeder: StreamTracker | SpliceFeed, watchdog: Watchdog,
+               prefix: bytes = b"", meter: GapMeter | None = None) -> None:
+    """Relay ``ready``'s body through ``feeder`` to ``out`` until [DONE] or the body ends.
 
     After the first write (which also sends the response head), bytes go from the upstream's
-    ``data_received`` straight into the client transport, chunk-framed, with no coroutine
-    switch per token; upstream reads pause while the client's write buffer is high.  ``prefix``
-    (a comment) goes out in the first write.  ``meter`` is ticked once per upstream read."""
+    ``data_received`` straight to ``out.push`` with no coroutine switch per token; upstream
+    reads pause while the client's backlog is high.  ``prefix`` (a comment) goes out in the
+    first write.  ``meter`` is ticked once per upstream read."""
     meter = meter if meter is not None else GapMeter()
     meter.tick(watchdog.loop.time())
-    out = prefix + feeder.feed(ready.first)
-    try:
-        # this write also sends the response head; later bytes bypass aiohttp's writer
-        await response.write(out or b": \n\n")
-    except ConnectionResetError as exc:
-        raise ClientGone() from exc
+    await out.write(prefix + feeder.feed(ready.first) or b": \n\n")
     if feeder.error is not None:
         raise feeder.error
     if feeder.done:
         return
-    if transport is None or transport.is_closing():
+    if out.gone():
         raise ClientGone()
     conn = ready.conn
-    chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
     loop_time = watchdog.loop.time
-
-    def resume_when_drained() -> None:
-        watchdog.last = loop_time()  # a slow client is not a silent upstream
-        if conn.closed or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() <= LOW_WATER:
-            conn.transport.resume_reading()  # type: ignore[union-attr]
-        else:
-            watchdog.loop.call_later(0.005, resume_when_drained)
-
     feed = feeder.feed
-    write = transport.write
-    closing = transport.is_closing
-    buffered = transport.get_write_buffer_size
-
+    push = out.push
+    backlog = out.backlog
     tick = meter.tick
 
     def sink(chunk: bytes) -> None:
@@ -281,12 +278,10 @@ async def pump(response: web.StreamResponse, transport: asyncio.Transport | None
         tick(now)
         data = feed(chunk)
         if data:
-            if closing():
-                raise ClientGone()
-            write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
-            if buffered() > HIGH_WATER:
+            push(data)
+            if backlog() > HIGH_WATER:
                 conn.transport.pause_reading()  # type: ignore[union-attr]
-                watchdog.loop.call_later(0.005, resume_when_drained)
+                watchdog.loop.call_later(0.005, _Drained(out, conn, watchdog))
         if feeder.error is not None:
             raise feeder.error  # after the complete events before it went out
         if feeder.done:

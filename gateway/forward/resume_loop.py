@@ -1,77 +1,70 @@
-"""One streamed answer after its first token: relay it, and when the upstream dies, stalls or
-ends early, continue the same generation on the next candidate (see :mod:`gateway.resume`)."""
+"""One streamed answer after its first token: relay it to the client stream, and when the
+upstream dies, stalls or ends early, continue the same generation on the next candidate (see
+:mod:`gateway.forward.resume` and :mod:`gateway.forward.continuation`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.crossmodel import ModelChain, Target, continuation_for, with_models
 from gateway.deadlines import candidate_deadlines
-from gateway.errors import sse_error_event
-from gateway.exchange import Exchange, Tried
-from gateway.quota import STREAM_EVENTS
-from gateway.relay import find_usage
-from gateway.resume import Continuation, ResumeMismatch, StreamState, deterministic, replay, resumable
-from gateway.splice import Splicer
+from gateway.forward.client_stream import ClientGone, ClientStream
+from gateway.forward.continuation import ModelChain, Target, continuation_for, with_models
+from gateway.forward.exchange import Exchange
+from gateway.forward.parts import Parts
+from gateway.forward.relay import SpliceFeed, StreamTracker, Watchdog, pump
+from gateway.forward.resume import Continuation, ResumeMismatch, StreamState, deterministic, replay, resumable
+from gateway.forward.splice import Splicer
+from gateway.forward.upstream import Failed, Ready, Refused, UpstreamLost, UpstreamTooLarge
+from gateway.forward.usage import find_usage
 from gateway.sse import DONE_EVENT, UnencodableEvent, encode_event
-from gateway.streaming import ClientGone, SpliceFeed, StreamTracker, Watchdog, pump
-from gateway.upstream import Failed, Ready, Refused, UpstreamLost, UpstreamTooLarge
 from routing.deadlines import Deadlines, GapMeter
 from routing.outcome import Outcome
-from routing.plan import Candidate, Plan
+from routing.plan import Candidate
 
 
 ENDED_EARLY = "the upstream stream ended before [DONE]"
 
 
 class StreamSession:
-    """Relays to the client's response; :class:`gateway.assemble.AssembledSession` collects the
-    same events for a non-stream answer instead."""
+    """One answer's events, relayed to ``out`` (the client's response, or an assembled answer).
+    ``chain``: where a cut stream may continue (this model's other endpoints, then the fallback
+    models'); ``strip_ids``: the token ids were asked for by the gateway, not the client;
+    ``include_usage``: the answer ends with a usage chunk."""
 
-    def __init__(self, proxy: Any, ex: Exchange, plan: Plan, strip_ids: bool, chain: ModelChain | None = None) -> None:
-        self.proxy = proxy
+    def __init__(self, parts: Parts, ex: Exchange, chain: ModelChain, out: ClientStream, strip_ids: bool,
+                 include_usage: bool) -> None:
+        self.parts = parts
+        self.ledger = parts.ledger
         self.ex = ex
-        self.plan = plan
-        # where a cut stream may continue: this model's other endpoints, then the fallback models'
-        self.chain = chain or ModelChain(ex.served_model or ex.req.model, plan)
+        self.chain = chain
+        self.out = out
         self.strip_ids = strip_ids
-        opts = ex.req.body.get("stream_options")
-        self.include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        self.include_usage = include_usage
         self.keep_ids = ex.req.body.get("return_token_ids") is True
         self.mismatch = False
         self.ended_early = False  # the last pump's body ended cleanly before [DONE] (not yet recorded)
-        self.response: Any = None  # what the events are written to (web.StreamResponse here)
-        self.transport: Any = None  # where the pump writes after the first event
 
     async def run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
         try:
             return await self._run(cand, ready)
         except ClientGone:  # a write after the relay (an ending, an in-band error) met a closed client
             raise asyncio.CancelledError() from None
-
-    async def _open(self, cand: Candidate, ready: Ready) -> bytes:
-        """Send the response head; what to write before the first event."""
-        ex = self.ex
-        early = ex.response is not None  # keep-alive comments went out before a token
-        self.response = await ex.commit_head(cand, ex.served_model, ready.headers)
-        self.transport = ex.request.transport
-        return f": served by region={cand.region} pool={cand.pool.name}\n\n".encode() if early else b""
+        finally:
+            ready.close()  # no-op when the pump ended it; else (the head could not be sent) its lease ends
 
     async def _run(self, cand: Candidate, ready: Ready) -> web.StreamResponse:
         ex = self.ex
-        notice = await self._open(cand, ready)
+        notice = await self.out.open(cand, ex.served_model, ready.headers)
         lim = ex.cfg.upstream_limits
         tracker = StreamTracker(self.strip_ids, ex.mcfg.resume != "off", lim.max_event_bytes, lim.resume_buffer_bytes,
-                                self.proxy.retained, lim.resume_buffer_total_bytes)
+                                self.parts.retained, lim.resume_buffer_total_bytes)
         try:
             outcome, detail = await self._pump(cand, ready, tracker, notice)
-            ex.request[STREAM_EVENTS] = tracker.raw.count(b"data: {")  # for token budgets (gateway.quota)
+            ex.stream_events = tracker.raw.count(b"data: {")  # for token budgets (gateway.quota)
             if outcome is Outcome.SUCCESS:
-                return await self._finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
+                return await self.out.finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
             # a request that cannot be resumed is relayed as it is (the in-band error if it is cut);
             # what was retained still serves the accounting (usage, events streamed)
             resume = tracker.retain and resumable(ex.req.body, ex.req.kind)
@@ -79,30 +72,10 @@ class StreamSession:
         finally:
             tracker.free()  # nothing of the stream outlives it, whatever ended it
         if not self._judge_ending(cand, outcome, st):
-            ex.tried.append(Tried(cand, outcome, detail, ex.served_model or ex.req.model))
+            self.ledger.note(ex, cand, outcome, detail, ex.served_model or ex.req.model)
         if st is not None and await self._resume(st):
-            return await self._finish(ex.served_by or cand, st.usage, "200")
-        return await self._give_up(cand, self._cut_message(st, detail))
-
-    async def _give_up(self, cand: Candidate, message: str) -> web.StreamResponse:
-        """The stream cannot be completed: an in-band error event and no [DONE]."""
-        await self._write(sse_error_event(message))
-        return await self._finish(cand, None, "stream_error")
-
-    async def _finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
-        self.proxy.usage(self.ex, usage)
-        self.proxy.count(self.ex, cand.region, status)
-        # the client may close as soon as it reads [DONE], before the chunked terminator: the
-        # answer was delivered, and aiohttp meets the closed transport again quietly
-        with contextlib.suppress(ConnectionResetError):
-            await self.response.write_eof()
-        return self.response
-
-    async def _write(self, data: bytes) -> None:
-        try:
-            await self.response.write(data)
-        except ConnectionResetError as exc:
-            raise ClientGone() from exc
+            return await self.out.finish(ex.served_by or cand, st.usage, "200")
+        return await self.out.give_up(cand, self._cut_message(st, detail))
 
     async def _pump(self, cand: Candidate, ready: Ready, feeder: StreamTracker | SpliceFeed,
                     prefix: bytes = b"", model: str | None = None) -> tuple[Outcome, str]:
@@ -112,7 +85,7 @@ class StreamSession:
         meter = GapMeter()
         outcome, detail = Outcome.BAD_STREAM, ENDED_EARLY
         try:
-            await pump(self.response, self.transport, ready, feeder, wd, prefix, meter)
+            await pump(self.out, ready, feeder, wd, prefix, meter)
             if feeder.done:
                 outcome, detail = Outcome.SUCCESS, "ok"
             elif isinstance(feeder, StreamTracker) and feeder.dropped:
@@ -138,14 +111,13 @@ class StreamSession:
             raise asyncio.CancelledError() from None  # counted by the handler
         finally:
             wd.stop()
-            ready.release() if outcome is Outcome.SUCCESS else ready.close()
-            self.proxy.obs.release(cand.endpoint.id)
+            ready.release() if outcome is Outcome.SUCCESS else ready.close()  # the lease ends with it
             if outcome is Outcome.SUCCESS:  # a cut stream's gaps say nothing of healthy silences
-                self.proxy.obs.record_stream_gaps(cand.endpoint.id, meter.max_ms, meter.gaps)
+                self.ledger.stream_gaps(cand, meter)
             # a body that ended cleanly before [DONE] is judged by the caller (did it finish?)
             self.ended_early = outcome is Outcome.BAD_STREAM and detail.startswith(ENDED_EARLY)
             if not self.ended_early:
-                self.proxy.record(cand, outcome, ready.headers_s * 1000
+                self.ledger.record(cand, outcome, ready.headers_s * 1000
                                   if ready.headers_s is not None and outcome is Outcome.SUCCESS else None)
         return outcome, detail
 
@@ -157,7 +129,7 @@ class StreamSession:
             return False
         self.ended_early = False
         finished = st is not None and st.finish_reason is not None
-        self.proxy.record(cand, Outcome.SUCCESS if finished else outcome)
+        self.ledger.record(cand, Outcome.SUCCESS if finished else outcome)
         return finished
 
     async def _resume(self, st: StreamState) -> bool:
@@ -181,12 +153,11 @@ class StreamSession:
                 continue
             tries += 1
             result, cont = await self._open_continuation(target, st, cont, until - loop.time())
-            ex.note_stale(cand, result.stale, model)
+            self.ledger.stale(ex, cand, result.stale, model)
             if not isinstance(result, Ready):
                 detail = result.detail if isinstance(result, Failed) else f"refused the continuation ({result.status})"
                 outcome = result.outcome if isinstance(result, Failed) else Outcome.CLIENT_ERROR
-                ex.tried.append(Tried(cand, outcome, detail, model))
-                self.proxy.record(cand, outcome)
+                self.ledger.attempt(ex, cand, outcome, detail, model)
                 continue
             ex.served_by = cand
             models = with_models(self._models(), model)
@@ -194,17 +165,17 @@ class StreamSession:
             had = len(st.text)
             outcome, detail = await self._pump(cand, result, SpliceFeed(splicer, ex.cfg.upstream_limits.max_event_bytes),
                                                model=model)
-            self.proxy.metrics.of(self.proxy.metrics.resumes, cont.strategy, "ok" if outcome is Outcome.SUCCESS else "failed").inc()
+            self.ledger.resumed(cont.strategy, outcome is Outcome.SUCCESS)
             ex.resumes += 1
             if outcome is Outcome.SUCCESS or len(st.text) > had:  # this model's text reached the client
                 ex.served_models = models
             if outcome is Outcome.SUCCESS:
                 return True
             if not self._judge_ending(cand, outcome, st):
-                ex.tried.append(Tried(cand, outcome, detail, model))
+                self.ledger.note(ex, cand, outcome, detail, model)
             if st.finish_reason is not None:  # the continuation finished, then lost its end
                 if splicer.held is not None:
-                    await self._write(encode_event(splicer.held))
+                    await self.out.write(encode_event(splicer.held))
                 return await self._complete_ending(st)
         return False
 
@@ -221,16 +192,15 @@ class StreamSession:
         ex, cand = self.ex, target.cand
         ttft = min(self._deadlines(cand, target.model).ttft_s, ex.time_left(), left_s)
         limits = ex.cfg.upstream_limits
-        result = await self.proxy.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True, limits)
+        result = await self.parts.dialer.attempt(cand, orjson.dumps(cont.body), cont.path, ttft, True, limits)
         if isinstance(result, Refused) and cont.strategy != "regenerate" and (deterministic(ex.req.body) or not st.text):
             # this pool will not continue a generation: reproduce it from the start instead
-            ex.note_stale(cand, result.stale, target.model)
-            ex.tried.append(Tried(cand, Outcome.CLIENT_ERROR, f"refused the continuation ({result.status})",
-                                  target.model))
-            self.proxy.record(cand, Outcome.CLIENT_ERROR)
+            self.ledger.stale(ex, cand, result.stale, target.model)
+            self.ledger.attempt(ex, cand, Outcome.CLIENT_ERROR, f"refused the continuation ({result.status})",
+                                target.model)
             again = Continuation("regenerate", ex.req.path, {**ex.req.body, "model": cand.upstream_model,
                                                               "stream": True}, st.text)
-            return await self.proxy.attempt(cand, orjson.dumps(again.body), again.path, ttft, True, limits), again
+            return await self.parts.dialer.attempt(cand, orjson.dumps(again.body), again.path, ttft, True, limits), again
         return result, cont
 
     def _deadlines(self, cand: Candidate, model: str | None = None) -> Deadlines:
@@ -238,9 +208,9 @@ class StreamSession:
         ex = self.ex
         served = ex.served_model or ex.req.model
         if model is not None and model != served:
-            return candidate_deadlines(ex.cfg, model, self.proxy.obs)(cand)
+            return candidate_deadlines(ex.cfg, model, self.parts.obs)(cand)
         if ex.deadlines is None:
-            ex.deadlines = candidate_deadlines(ex.cfg, served, self.proxy.obs)
+            ex.deadlines = candidate_deadlines(ex.cfg, served, self.parts.obs)
         return ex.deadlines(cand)
 
     async def _complete_ending(self, st: StreamState) -> bool:
@@ -249,9 +219,9 @@ class StreamSession:
             p, c = len(st.prompt_ids), len(st.gen_ids)
             st.usage = {"prompt_tokens": p, "total_tokens": p + c, "completion_tokens": c}
             obj = "chat.completion.chunk" if st.kind == "chat" else "text_completion"
-            await self._write(encode_event({"id": st.id, "object": obj, "created": st.created, "model": st.model,
+            await self.out.write(encode_event({"id": st.id, "object": obj, "created": st.created, "model": st.model,
                                             "choices": [], "usage": st.usage}))
-        await self._write(DONE_EVENT)
+        await self.out.write(DONE_EVENT)
         return True
 
     def _cut_message(self, st: StreamState | None, detail: str) -> str:

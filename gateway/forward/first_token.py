@@ -5,18 +5,18 @@ Connect errors, resets, timeouts (no first token within the deadline), 5xx, 429 
 streams move on to the next candidate, within ``retry.max_attempts`` and the retry budget,
 with jittered backoff.  Optional hedging starts the next candidate when the first token is
 late; the first to produce a token wins and the others are cancelled upstream.  While a
-stream waits for its first token, SSE keep-alive comments hold idle timeouts off."""
+stream waits for its first token, the ``on_idle`` callback it is given (the client stream's
+keep-alive comments) is called every ``gateway.keepalive_comment_s``."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from gateway.exchange import Exchange, Tried
-from gateway.sse import KEEPALIVE
-from gateway.upstream import Failed, Ready, Refused
+from gateway.forward.exchange import Exchange
+from gateway.forward.parts import Parts
+from gateway.forward.upstream import Failed, Ready, Refused
 from routing.deadlines import Deadlines
 from routing.outcome import Outcome
 from routing.plan import Candidate
@@ -66,52 +66,57 @@ class Won:
     result: Ready | Refused
 
 
-class FirstToken:
-    """One race for a first token over ``candidates`` (an iterator the caller controls)."""
+OnIdle = Callable[[int], Awaitable[None]]  # called with the attempts so far while no token has come
 
-    def __init__(self, proxy: object, ex: Exchange, body_for: object, path: str,
-                 deadlines: Callable[[Candidate], Deadlines]) -> None:
-        self.proxy = proxy
+
+class FirstToken:
+    """One race for a first token over ``candidates`` (an iterator the caller controls).
+    ``on_idle`` (None: nothing to hold open) is awaited while the attempts wait."""
+
+    def __init__(self, parts: Parts, ex: Exchange, body_for: Callable[[Candidate], bytes], path: str,
+                 deadlines: Callable[[Candidate], Deadlines], on_idle: OnIdle | None = None) -> None:
+        self.parts = parts
         self.ex = ex
-        self.body_for = body_for  # Callable[[Candidate], bytes]
+        self.body_for = body_for
         self.path = path
         self.deadlines = deadlines  # the model's (gateway.deadlines.candidate_deadlines)
+        self.on_idle = on_idle
         self.pending: dict[asyncio.Task[Ready | Failed | Refused], Candidate] = {}
         self.keepalive_task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
 
-    async def run(self, candidates: Iterator[Candidate], stream: bool) -> Won | None:
+    async def run(self, candidates: Iterator[Candidate]) -> Won | None:
         if not self.ex.mcfg.hedge.enabled:
-            return await self._walk(candidates, stream)
-        return await self._race(candidates, stream)
+            return await self._walk(candidates)
+        return await self._race(candidates)
 
-    async def _walk(self, candidates: Iterator[Candidate], stream: bool) -> Won | None:
+    async def _walk(self, candidates: Iterator[Candidate]) -> Won | None:
         """One attempt at a time, awaited in this task (no task per attempt: the common case).
         Keep-alive comments come from a timer that starts a small task only when it fires."""
         ex = self.ex
         first, wait = True, None
-        candidates = _Peekable(candidates)
+        peekable = _Peekable(candidates)
         again: set[str] = set()  # endpoints already given their one same-endpoint retry
         attempts = 0
-        while (picked := await self._pick(candidates, first, wait=wait)) is not None:
+        while (picked := await self._pick(peekable, first, wait=wait)) is not None:
             first = False
             attempts += 1
             cand, deadline = picked
-            timer = self._arm_keepalive() if stream else None
+            timer = self._arm_keepalive() if self.on_idle is not None else None
             try:
-                result = await self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, ex.req.stream,
-                                                  ex.cfg.upstream_limits)
+                result = await self.parts.dialer.attempt(cand, self.body_for(cand), self.path, deadline,
+                                                         ex.req.stream, ex.cfg.upstream_limits)
             finally:
                 if timer is not None:
                     timer.cancel()
                 if self.keepalive_task is not None:
                     with contextlib.suppress(ConnectionResetError):  # the client left: seen later
                         await self.keepalive_task  # the head must be fully sent before anything else
-            ex.note_stale(cand, result.stale, ex.req.model)
+            self.parts.ledger.stale(ex, cand, result.stale, ex.req.model)
             if not isinstance(result, Failed):
                 return Won(cand, result)
-            self._failed(cand, result)
-            wait = self._same_endpoint_retry(cand, result, candidates, again, alone=len(again) + 1 == attempts)
+            self.parts.ledger.failed(ex, cand, result, ex.req.model)
+            wait = self._same_endpoint_retry(cand, result, peekable, again, alone=len(again) + 1 == attempts)
         return None
 
     def _same_endpoint_retry(self, cand: Candidate, failed: Failed, candidates: _Peekable,
@@ -126,7 +131,7 @@ class FirstToken:
             return None
         wait = None
         if failed.outcome is Outcome.HTTP_429:
-            wait = parse_retry_after(failed.retry_after, time.time())
+            wait = parse_retry_after(failed.retry_after, self.parts.rt.wall())
             if wait is None or wait > self.ex.cfg.retry.max_wait_s or wait >= self.ex.time_left():
                 return None
         elif failed.outcome not in (Outcome.HTTP_5XX, Outcome.RESET) or len(cand.pool.endpoints) != 1 or not alone:
@@ -147,7 +152,7 @@ class FirstToken:
             self.keepalive_task = loop.create_task(self._keepalive(inflight=1))
         self.timer = loop.call_later(self.ex.cfg.gateway.keepalive_comment_s, self._fire)
 
-    async def _race(self, candidates: Iterator[Candidate], stream: bool) -> Won | None:
+    async def _race(self, candidates: Iterator[Candidate]) -> Won | None:
         """Hedged: attempts as tasks, the first token wins."""
         ex, cfg = self.ex, self.ex.mcfg
         keepalive = ex.cfg.gateway.keepalive_comment_s
@@ -164,11 +169,11 @@ class FirstToken:
                 for task in done:
                     cand = self.pending.pop(task)
                     result = task.result()
-                    ex.note_stale(cand, result.stale, ex.req.model)
+                    self.parts.ledger.stale(ex, cand, result.stale, ex.req.model)
                     if not isinstance(result, Failed):
                         await self._cancel_pending(Outcome.CANCELLED, "lost the hedge race")
                         return Won(cand, result)
-                    self._failed(cand, result)
+                    self.parts.ledger.failed(ex, cand, result, ex.req.model)
                     if not self.pending and not await self._launch(candidates):
                         return None
                     if self.pending and hedge_at == float("inf") and hedges < cfg.hedge.max_hedges:
@@ -177,7 +182,7 @@ class FirstToken:
                 if now >= ex.deadline:
                     await self._cancel_pending(Outcome.TIMEOUT, "no first token before the request's total deadline")
                     return None
-                if stream and now >= next_keepalive:
+                if self.on_idle is not None and now >= next_keepalive:
                     try:
                         await self._keepalive()
                     except ConnectionResetError:  # the client left while the attempts ran
@@ -197,7 +202,7 @@ class FirstToken:
             return float("inf")
         after = hedge.after_ms
         if after == "p95":
-            p95 = self.proxy.obs.ttft_quantile(cand.pool.name, 0.95)
+            p95 = self.parts.obs.ttft_quantile(cand.pool.name, 0.95)
             after = max(hedge.min_after_ms, p95 if p95 is not None else hedge.min_after_ms)
         return asyncio.get_running_loop().time() + float(after) / 1000
 
@@ -209,10 +214,9 @@ class FirstToken:
         if not first and not hedge:
             retry = ex.cfg.retry
             await asyncio.sleep(wait if wait is not None else backoff_delay(
-                len(ex.tried), retry.backoff_base_ms / 1000, retry.backoff_max_ms / 1000, self.proxy.rt.rng))
+                len(ex.tried), retry.backoff_base_ms / 1000, retry.backoff_max_ms / 1000, self.parts.rt.rng))
         for cand in candidates:
-            if not first and not self.proxy.budget.try_spend():
-                ex.tried.append(Tried(cand, Outcome.CANCELLED, "retry budget exhausted", ex.req.model))
+            if not first and not self.parts.ledger.spend_retry(ex, cand):
                 return None
             deadline = min(self._ttft(cand), ex.time_left())
             return (cand, deadline) if deadline > 0 else None
@@ -223,8 +227,8 @@ class FirstToken:
         if picked is None:
             return False
         cand, deadline = picked
-        task = asyncio.create_task(self.proxy.attempt(cand, self.body_for(cand), self.path, deadline, self.ex.req.stream,
-                                                       self.ex.cfg.upstream_limits))
+        task = asyncio.create_task(self.parts.dialer.attempt(cand, self.body_for(cand), self.path, deadline,
+                                                             self.ex.req.stream, self.ex.cfg.upstream_limits))
         self.pending[task] = cand
         return True
 
@@ -233,24 +237,9 @@ class FirstToken:
             return self.ex.time_left()
         return self.deadlines(cand).ttft_s
 
-    def _failed(self, cand: Candidate, failed: Failed) -> None:
-        ex = self.ex
-        ex.tried.append(Tried(cand, failed.outcome, failed.detail, ex.req.model))
-        # a deadline the gateway's own stalled loop fired late says nothing about the endpoint:
-        # it must not feed outlier detection or the breaker (issue 10, defect 5)
-        self.proxy.record(cand, Outcome.CANCELLED if failed.local_stall else failed.outcome)
-        if failed.outcome is Outcome.HTTP_429:
-            delay = parse_retry_after(failed.retry_after, time.time())
-            if delay is not None:
-                ex.retry_after_s = delay if ex.retry_after_s is None else min(ex.retry_after_s, delay)
-                # only the model that answered 429: the endpoint's other models keep their traffic
-                self.proxy.obs.throttle_model(cand.endpoint.id, cand.upstream_model,
-                                              min(delay, ex.cfg.retry.max_retry_after_s))
-
     async def _keepalive(self, inflight: int = 0) -> None:
-        ex = self.ex
-        response = await ex.commit_head(None, None, {}, attempts=len(ex.tried) + len(self.pending) + inflight)
-        await response.write(KEEPALIVE)
+        assert self.on_idle is not None
+        await self.on_idle(len(self.ex.tried) + len(self.pending) + inflight)
 
     async def _cancel_pending(self, outcome: Outcome | None, detail: str) -> None:
         """Cancel the attempts still running (closing them upstream); with an ``outcome``
@@ -262,9 +251,7 @@ class FirstToken:
         for task, cand in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 result = await task
-                if isinstance(result, Ready):  # finished as it was cancelled: drop it
+                if isinstance(result, Ready):  # finished as it was cancelled: drop it (its lease ends)
                     result.close()
-                    self.proxy.obs.release(result.endpoint_id)
             if outcome is not None:
-                self.ex.tried.append(Tried(cand, outcome, detail, self.ex.req.model))
-                self.proxy.record(cand, outcome)
+                self.parts.ledger.attempt(self.ex, cand, outcome, detail, self.ex.req.model)

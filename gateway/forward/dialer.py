@@ -1,23 +1,77 @@
-"""One upstream attempt before anything is committed to the client: connect (or reuse),
-send, and classify what came back within the first-token deadline."""
+"""The dialer owns the upstream connections: one attempt before anything is committed to the
+client (connect or reuse, send, classify what came back within the first-token deadline), under
+the endpoint's in-flight lease.
+
+The lease is taken once per attempt (``async with dialer.lease(cand)``) and ends once: when the
+attempt fails, is cancelled or raises, at the end of the ``async with``; when it produced an
+answer (:class:`Ready`), when that answer ends (``Ready.close``/``release``), which is why the
+winner's lease outlives the race that found it."""
 from __future__ import annotations
 
 import asyncio
 import functools
-import time
+from collections.abc import Callable
+from types import TracebackType
 from urllib.parse import urlsplit
 
 from gateway.config import UpstreamLimitsCfg
-from gateway.upstream import (DEFAULT_LIMITS, Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool,
-                              UpstreamTooLarge, _first_token_seen)
+from gateway.forward.upstream import (DEFAULT_LIMITS, Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool,
+                                      UpstreamTooLarge, _first_token_seen)
+from routing.observations import Observations
 from routing.outcome import Outcome
+from routing.plan import Candidate
 from routing.retry import parse_retry_after
+
+NOT_SERVED = "does not serve"
+_OPTIONAL_PATHS = frozenset({"/v1/responses", "/tokenize", "/detokenize", "/v1/embeddings", "/v1/score",
+                             "/v1/rerank"})
 
 STALL_S = 0.05  # how late a deadline may fire before the gateway blames its own loop
 # what of an upstream's head reaches the client: OpenAI's informational headers; never cookies,
 # CORS grants, hop-by-hop or caching headers of someone else's server.  The gateway sets the
 # Content-Type itself (JSON, or an event stream): a pool cannot make a client render HTML.
 _RELAYED = frozenset({"openai-model", "openai-processing-ms", "openai-version"})
+_STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+def not_served(path: str, refused: Refused) -> bool:
+    """A pool's 404 for a path it has no route for (FastAPI's bare ``{"detail": "Not Found"}``,
+    as vLLM answers an endpoint its model does not serve), not its 404 for a model."""
+    return refused.status == 404 and path in _OPTIONAL_PATHS and b'"error"' not in refused.body
+
+
+class Lease:
+    """An endpoint's in-flight count (and half-open breaker slot), held by one attempt."""
+
+    __slots__ = ("obs", "endpoint_id", "held", "handed")
+
+    def __init__(self, obs: Observations, endpoint_id: str) -> None:
+        self.obs = obs
+        self.endpoint_id = endpoint_id
+        self.held = False
+        self.handed = False
+
+    async def __aenter__(self) -> Lease:
+        self.obs.acquire(self.endpoint_id)
+        self.held = True
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if not self.handed or kind is not None:
+            self.end()
+
+    def hand_to(self, ready: Ready) -> None:
+        """The attempt produced an answer: the lease ends when the answer does."""
+        self.handed = True
+        ready.on_end = self.end
+
+    def end(self) -> None:
+        """The one release of the lease (later calls do nothing)."""
+        if self.held:
+            self.held = False
+            self.obs.release(self.endpoint_id)
 
 
 @functools.lru_cache(maxsize=4096)  # a handful of endpoint URLs, parsed once each
@@ -29,12 +83,36 @@ def _key(url: str) -> tuple[tuple[str, str, int], str]:
     return (parts.scheme, host, port), (path + ("?" + parts.query if parts.query else ""))
 
 
-class UpstreamClient:
-    def __init__(self, connect_s: float) -> None:
+class Dialer:
+    """Upstream attempts for one gateway; ``clock`` is the runtime's monotonic clock."""
+
+    def __init__(self, connect_s: float, obs: Observations, clock: Callable[[], float]) -> None:
         self.pool = UpstreamPool(connect_s)
+        self.obs = obs
+        self.clock = clock
 
     async def close(self) -> None:
         self.pool.close()
+
+    def lease(self, cand: Candidate) -> Lease:
+        return Lease(self.obs, cand.endpoint.id)
+
+    async def attempt(self, cand: Candidate, body: bytes, path: str, deadline_s: float, stream: bool,
+                      limits: UpstreamLimitsCfg) -> Ready | Failed | Refused:
+        """One request to one endpoint, under its lease (held on by a Ready until it ends)."""
+        headers = _STREAM_HEADERS if stream else _JSON_HEADERS
+        async with self.lease(cand) as lease:
+            result = await self.open(cand.endpoint.url + path, body, headers, stream, deadline_s, limits)
+            if isinstance(result, Refused) and not_served(path, result):
+                # this pool does not serve the endpoint (an embeddings path on a generation model):
+                # the next candidate may; not the endpoint's fault, nor the request's
+                return Failed(Outcome.CLIENT_ERROR, f"{NOT_SERVED} {path} (404)", 404, result.body)
+            if isinstance(result, Ready):
+                result.endpoint_id = cand.endpoint.id
+                lease.hand_to(result)
+                if stream:
+                    self.obs.record_ttft(cand.endpoint.id, result.ttfb_s * 1000)
+            return result
 
     async def open(self, url: str, body: bytes, headers: dict[str, str], stream: bool,
                    first_token_s: float, limits: UpstreamLimitsCfg = DEFAULT_LIMITS) -> Ready | Failed | Refused:
@@ -42,7 +120,7 @@ class UpstreamClient:
         body (non-stream) or the first event that carries a token (stream)."""
         key, path = _key(url)
         head = _request_head(path, key, headers, len(body))
-        t0 = time.monotonic()
+        t0 = self.clock()
         loop = asyncio.get_running_loop()
         due = loop.time() + first_token_s
         conn: UpstreamConn | None = None
@@ -72,7 +150,7 @@ class UpstreamClient:
             late = loop.time() - due
             stall = late > max(STALL_S, first_token_s * 0.25)
             return Failed(Outcome.TIMEOUT if conn is not None else Outcome.CONNECT_ERROR,
-                          f"no {what} within {time.monotonic() - t0:.3g} s"
+                          f"no {what} within {self.clock() - t0:.3g} s"
                           + (f" (the gateway's loop ran {late:.3g} s late)" if stall else ""), local_stall=stall)
         except UpstreamLost as exc:
             if conn is not None:
@@ -93,7 +171,7 @@ class UpstreamClient:
         conn.got_bytes = False
         conn.send(data)
         await conn.head
-        headers_s = time.monotonic() - t0
+        headers_s = self.clock() - t0
         if conn.status != 200 or not stream:
             if not conn.complete:
                 await _wait(conn)
@@ -102,7 +180,7 @@ class UpstreamClient:
                 result = _not_ok(conn, body)
                 conn.release()
                 return result
-            return Ready(conn, body, time.monotonic() - t0, _relay_headers(conn))
+            return Ready(conn, body, self.clock() - t0, _relay_headers(conn))
         if not _token_or_end(conn):
             await _wait(conn)
         conn.hold()
@@ -110,7 +188,7 @@ class UpstreamClient:
         if not first:
             conn.abort()
             return Failed(Outcome.BAD_STREAM, "upstream closed the stream before any data")
-        return Ready(conn, first, time.monotonic() - t0, _relay_headers(conn), headers_s)
+        return Ready(conn, first, self.clock() - t0, _relay_headers(conn), headers_s)
 
 
 async def _wait(conn: UpstreamConn) -> None:
@@ -146,9 +224,10 @@ def _retry_after(conn: UpstreamConn) -> str | None:
     return next((v.decode("latin-1") for k, v in conn.headers if k.lower() == b"retry-after"), None)
 
 
-def capped_retry_after(value: str | None, cap_s: float) -> str | None:
-    """An upstream's Retry-After as whole seconds within ``cap_s`` (None when unparsable)."""
-    delay = parse_retry_after(value, time.time())
+def capped_retry_after(value: str | None, cap_s: float, now: float) -> str | None:
+    """An upstream's Retry-After as whole seconds within ``cap_s`` (None when unparsable);
+    ``now``: the wall clock (an HTTP date is read against it)."""
+    delay = parse_retry_after(value, now)
     return None if delay is None else str(max(1, round(min(delay, cap_s))))
 
 

@@ -19,10 +19,11 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import Unavailable
-from gateway.resume import choices_of
-from gateway.resume_loop import StreamSession
+from gateway.forward.exchange import Exchange
+from gateway.forward.ledger import Ledger
+from gateway.forward.resume import choices_of
+from gateway.forward.upstream import UpstreamTooLarge
 from gateway.sse import events, parse_event
-from gateway.upstream import Ready, UpstreamTooLarge
 from routing.plan import Candidate
 
 # fields whose non-stream answer is more than text + finish reason + usage
@@ -128,78 +129,70 @@ def stream_error(raw: bytes) -> tuple[int, bytes] | None:
     return None
 
 
-class _Buffer:
-    """Where the pump writes after the first event (in place of the client's transport)."""
+class AssembledAnswer:
+    """A :class:`~gateway.forward.client_stream.ClientStream` that collects the events (up to
+    ``upstream_limits.max_body_bytes``: an endless stream fails the attempt) and answers them
+    as one JSON object, or a 503 when the generation could not be completed on any pool.
+    Nothing reaches the client before the end, so it is never committed."""
 
-    __slots__ = ("data", "limit")
-
-    def __init__(self, limit: int) -> None:
+    def __init__(self, ex: Exchange, ledger: Ledger, limit: int) -> None:
+        self.ex = ex
+        self.ledger = ledger
+        self.limit = limit
         self.data = bytearray()
-        self.limit = limit  # upstream_limits.max_body_bytes: an endless stream fails the attempt
 
-    def write(self, data: bytes) -> None:
+    @property
+    def committed(self) -> bool:
+        return False
+
+    async def keepalive(self, attempts: int) -> None:
+        return None  # nothing is sent before the answer is whole
+
+    async def open(self, cand: Candidate, model: str | None, upstream_headers: dict[str, str]) -> bytes:
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        self.push(data)
+
+    def push(self, data: bytes) -> None:
         if len(self.data) + len(data) > self.limit:
             self.data = bytearray()
             raise UpstreamTooLarge(f"an upstream answer over {self.limit} bytes")
         self.data += data
 
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
+    def backlog(self) -> int:
         return 0
 
+    def gone(self) -> bool:
+        return False
 
-class _Collector:
-    """The response the first event and any ending are written to (in place of the client's)."""
-
-    headers: Mapping[str, str] = {}  # no chunked framing: the buffer gets the events as they are
-
-    def __init__(self, buffer: _Buffer) -> None:
-        self.buffer = buffer
-
-    async def write(self, data: bytes) -> None:
-        self.buffer.write(data)
-
-
-class AssembledSession(StreamSession):
-    """A :class:`StreamSession` whose events are collected, then answered as one JSON object
-    (or a 503 when the generation could not be completed on any pool)."""
-
-    def __init__(self, proxy: Any, ex: Any, plan: Any, strip_ids: bool, chain: Any = None) -> None:
-        # token ids stay in the collected events (assemble() reads past them): no stripping
-        super().__init__(proxy, ex, plan, strip_ids=False, chain=chain)
-        self.buffer = _Buffer(ex.cfg.upstream_limits.max_body_bytes)
-        self.include_usage = True  # asked for upstream; the non-stream answer always has usage
-
-    async def _open(self, cand: Candidate, ready: Ready) -> bytes:
-        self.response = _Collector(self.buffer)
-        self.transport = self.buffer
-        return b""
-
-    async def _give_up(self, cand: Candidate, message: str) -> web.StreamResponse:
-        self.proxy.count(self.ex, cand.region, "503")
+    async def give_up(self, cand: Candidate, message: str) -> web.StreamResponse:
+        self.ledger.count(self.ex, cand.region, "503", committed=False)
         raise Unavailable(message.replace("the stream was cut", "the answer was cut", 1),
                           headers=self.ex.headers(cand, self.ex.served_model))
 
-    async def _finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
+    async def fail(self, message: str, type_: str, code: str | None) -> web.StreamResponse:
+        raise Unavailable(message)  # never committed: the error is the answer's own
+
+    async def finish(self, cand: Candidate, usage: dict[str, Any] | None, status: str) -> web.StreamResponse:
         # the first attempt's events, then what a resume spliced on (or an ending written)
-        raw = bytes(self.buffer.data)
-        doc = assemble(raw, self.ex.req.kind)
+        ex = self.ex
+        raw = bytes(self.data)
+        doc = assemble(raw, ex.req.kind)
         if doc is None:
             error = stream_error(raw)
             if error is not None:
-                self.proxy.count(self.ex, cand.region, str(error[0]))
+                self.ledger.count(ex, cand.region, str(error[0]), committed=False)
                 return web.Response(status=error[0], body=error[1], headers={
-                    "Content-Type": "application/json", **self.ex.headers(cand, self.ex.served_model)})
-            return await self._give_up(cand, "the upstream stream ended without an answer")
+                    "Content-Type": "application/json", **ex.headers(cand, ex.served_model)})
+            return await self.give_up(cand, "the upstream stream ended without an answer")
         try:
             body = orjson.dumps(doc)
         except TypeError:  # a pool's field nested deeper than JSON can be written again
-            return await self._give_up(cand, "the upstream answer could not be assembled")
-        self.proxy.usage(self.ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)
-        self.proxy.count(self.ex, cand.region, status)
+            return await self.give_up(cand, "the upstream answer could not be assembled")
+        self.ledger.usage(ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)
+        self.ledger.count(ex, cand.region, status, committed=False)
         # headers go out last here: x-infercdn-model names every model the answer came from
-        models = ", ".join(self.ex.served_models) or self.ex.served_model
-        headers = {"Content-Type": "application/json", **self.ex.headers(cand, models)}
+        models = ", ".join(ex.served_models) or ex.served_model
+        headers = {"Content-Type": "application/json", **ex.headers(cand, models)}
         return web.Response(status=200, body=body, headers=headers)

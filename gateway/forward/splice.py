@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.resume import Continuation, ResumeMismatch, StreamState
+from gateway.forward.resume import Continuation, ResumeMismatch, StreamState
 from gateway.sse import DONE_EVENT, encode_event, events, parse_event
 
 

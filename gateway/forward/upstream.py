@@ -2,7 +2,7 @@
 
 Body bytes go from ``data_received`` straight into a sink — the client's transport once a
 stream is committed — with no coroutine switch per token (an aiohttp client stream reader
-costs about three times as much user CPU per token here; see docs/perf.md).  ``open``
+costs about three times as much user CPU per token here; docs/bench.md has the figures).  ``open``
 returns before anything reaches the client: ``Ready`` (a 200 with its first token, or a
 whole non-stream body), ``Failed`` (try the next candidate) or ``Refused`` (a 4xx to relay).
 
@@ -243,12 +243,26 @@ class Ready:
     headers_s: float | None = None  # request sent → response head: a network round trip for streams
     endpoint_id: str = ""
     stale: int = 0  # reused connections the upstream had closed, retried at once on a fresh one
+    # the end of the endpoint's lease (gateway.forward.dialer.Lease), called once, when the
+    # answer ends whichever way (close or release)
+    on_end: Callable[[], None] | None = None
+    ended: bool = False  # closed or released (whichever came first; the other is then a no-op)
 
     def close(self) -> None:
-        self.conn.abort()  # the upstream sees the disconnect and stops generating
+        if not self.ended:
+            self.conn.abort()  # the upstream sees the disconnect and stops generating
+            self._end()
 
     def release(self) -> None:
-        self.conn.release()
+        if not self.ended:
+            self.conn.release()
+            self._end()
+
+    def _end(self) -> None:
+        self.ended = True
+        end, self.on_end = self.on_end, None
+        if end is not None:
+            end()
 
     async def pump(self, sink: Callable[[bytes], None]) -> None:
         """Deliver the rest of the body to ``sink`` from ``data_received`` until the body ends

@@ -3,7 +3,7 @@ fallback chain (issue 9).
 
 When no endpoint of the model that was answering is left, the generation goes on on
 ``models.<m>.fallbacks``, in order, each bounded by the tenant's models as the first tokens were
-(``gateway.proxy``), each planned by the same router.  Across models a continuation is by text
+(``gateway.forward.orchestrator``), each planned by the same router.  Across models a continuation is by text
 only: token ids belong to one model's vocabulary.  A pool that takes an assistant prefill
 (``pools[].prefill``, default true, and ``can_continue``) is asked to continue the text so far
 (chat: an open assistant message with ``continue_final_message``; completions: prompt + text);
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Protocol
 
 from gateway.request import ParsedRequest
-from gateway.resume import Continuation, StreamState, deterministic, plan_continuation
+from gateway.forward.resume import Continuation, StreamState, deterministic, plan_continuation
 from routing.plan import Candidate, Plan, RequestContext
 
 UNRENDERED = "\ufffd"  # what a detokenizer writes for bytes that are not (yet) valid UTF-8
@@ -34,12 +34,18 @@ class Target:
     model: str
 
 
+class Planning(Protocol):
+    """What plans a request (routing.planner.Planner)."""
+
+    def plan(self, ctx: RequestContext) -> Plan: ...
+
+
 class ModelChain:
     """The candidates a cut stream may continue on, in order: the served model's plan, then each
     later fallback model's plan (planned when first needed).  Endpoints already tried are passed
     over (``tried``), as are targets the request cannot be continued on (:meth:`skip`)."""
 
-    def __init__(self, served: str, plan: Plan, later: Sequence[str] = (), planner: Any = None,
+    def __init__(self, served: str, plan: Plan, later: Sequence[str] = (), planner: Planning | None = None,
                  ctx: RequestContext | None = None) -> None:
         self.planner = planner
         self.ctx = ctx
