@@ -23,7 +23,7 @@ from gateway.forward.exchange import Exchange
 from gateway.forward.ledger import Ledger
 from gateway.forward.resume import choices_of
 from gateway.forward.upstream import UpstreamTooLarge
-from gateway.sse import events, parse_event
+from gateway.sse import DONE_EVENT, events, parse_event
 from routing.plan import Candidate
 
 # fields whose non-stream answer is more than text + finish reason + usage
@@ -47,10 +47,7 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
     role, texts, reasoning_key, reasoning = "assistant", [], "reasoning_content", []
     finish = stop = fingerprint = None
     seen = False
-    for payload in events(raw):
-        doc = parse_event(payload)
-        if doc is None:
-            continue
+    for doc in _documents(raw):
         if head is None:
             head = doc
         if isinstance(doc.get("usage"), dict):
@@ -99,6 +96,22 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
     if vllm:
         _vllm_fields(out, kind)
     return out
+
+
+def _documents(raw: bytes) -> list[dict[str, Any]]:
+    """The JSON objects of the events in ``raw``, in order.  Events as the relay keeps them
+    (``data: {...}`` only, then [DONE]) are read with one parse of them all as one array (a
+    parse per event costs more than the parsing); anything else (comments, named events, an
+    event holding more than one value) event by event, dropping what does not parse."""
+    body = raw[:-len(DONE_EVENT)] if raw.endswith(DONE_EVENT) else raw
+    if body.startswith(b"data: {") and body.endswith(b"}\n\n"):
+        try:
+            docs = orjson.loads(b"[" + body[6:-2].replace(b"}\n\ndata: {", b"},{") + b"]")
+        except orjson.JSONDecodeError:
+            docs = None
+        if isinstance(docs, list) and len(docs) == body.count(b"\n\n"):
+            return [d for d in docs if isinstance(d, dict)]
+    return [d for d in map(parse_event, events(raw)) if d is not None]
 
 
 def _vllm_fields(out: dict[str, Any], kind: str) -> None:

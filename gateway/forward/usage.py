@@ -12,6 +12,10 @@ def find_usage(data: bytes) -> dict[str, Any] | None:
     if at < 0:
         return None
     start = data.rfind(b"data: ", 0, at)
+    if start < 0:  # a JSON body: its usage is a top-level field, most often near the end
+        usage = _tail_usage(data, at)
+        if usage is not None:
+            return usage
     body = data[start + 6:] if start >= 0 else data
     end = body.find(b"\n\n")
     if end >= 0:
@@ -24,3 +28,16 @@ def find_usage(data: bytes) -> dict[str, Any] | None:
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return usage if isinstance(usage, dict) else None
+
+
+def _tail_usage(data: bytes, at: int) -> dict[str, Any] | None:
+    """The usage of a JSON body read from ``"usage"`` to the end as an object of its own (what
+    follows it is parsed, not the whole answer); None when that is not JSON (the match was not
+    a top-level field), and the caller reads the whole body."""
+    try:
+        doc = orjson.loads(b"{" + data[at:])
+    except orjson.JSONDecodeError:
+        return None
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    return usage if isinstance(usage, dict) else None
+

@@ -9,7 +9,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.forward.assembled import assemble, can_assemble
+from gateway.forward.assembled import _documents, assemble, can_assemble
+from gateway.sse import events, parse_event
 from tests.conftest import LONDON, base_config
 
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "tell me a story"}], "max_tokens": 12,
@@ -150,3 +151,15 @@ async def test_fallback_model_answers_a_non_stream_request(sim_factory, gateway_
     status, got, headers, _ = await _post(gw.url, CHAT)
     assert status == 200 and got["model"] == "other-model" == headers["x-infercdn-model"]
     assert got["choices"][0]["message"]["content"] and got["usage"]["completion_tokens"] == 12
+
+
+def test_the_events_are_read_as_one_array_yet_each_on_its_own_terms() -> None:
+    """One parse of all the events gives what a parse per event gives: a malformed event, one
+    holding two values or a non-object is dropped, [DONE] is no document."""
+    good = b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: [DONE]\n\n'
+    assert _documents(good) == _documents(good[:-14]) == [{"a": 1}, {"b": 2}]
+    for bad in (b'data: {"x": \n\n', b'data: {"x": 1},{"y": 2}\n\n', b"data: 7\n\n", b"data: \n\n", b": hi\n\n",
+                b"data: [DONE]\n\n"):
+        assert _documents(b'data: {"a": 1}\n\n' + bad + b'data: {"b": 2}\n\n') == [{"a": 1}, {"b": 2}], bad
+    named = b'data: {"a": 1}\n\nevent: x\ndata: {"x": 1}\n\n'
+    assert _documents(named) == [d for d in map(parse_event, events(named)) if d is not None] == [{"a": 1}, {"x": 1}]
