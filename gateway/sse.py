@@ -5,7 +5,6 @@ gateway asked for (for exact resume) are set back to the nulls vLLM sends unaske
 searches.  Full parsing happens only when a stream must be resumed."""
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,9 +13,7 @@ import orjson
 DATA = b"data: "
 DONE_EVENT = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
-# the id fields as vLLM writes them (no whitespace, a flat list of numbers): one regex pass for
-# a read of many events, where the general scan below costs Python work per event
-_COMPACT_IDS = re.compile(rb'("(?:prompt_)?token_ids":)\[[^\[\]"]*\]')
+_COMPACT_IDS = b'"token_ids":['  # as vLLM writes the field after the first event
 
 
 def null_token_ids(data: bytes) -> bytes:
@@ -28,9 +25,9 @@ def null_token_ids(data: bytes) -> bytes:
     at = data.find(b'token_ids"')
     if at < 0:
         return data
-    compact, n = _COMPACT_IDS.subn(rb"\1null", data)
-    if n + data.count(b'token_ids":null') == data.count(b'token_ids"'):
-        return compact  # every id field was a compact list (replaced) or already null
+    compact = _compact_ids(data)
+    if compact is not None:
+        return compact
     out = []
     start = 0
     while at >= 0:
@@ -50,6 +47,23 @@ def null_token_ids(data: bytes) -> bytes:
         start = end
         at = data.find(b'token_ids"', end)
     out.append(data[start:])
+    return b"".join(out)
+
+
+def _compact_ids(data: bytes) -> bytes | None:
+    """``null_token_ids`` of a read whose id fields are all ``"token_ids":[n,...]`` (a flat list,
+    no whitespace) or ``"prompt_token_ids":null``, with one split (a read of many events costs
+    less than the scan event by event); None for anything else."""
+    parts = data.split(_COMPACT_IDS)
+    if len(parts) - 1 + data.count(b'"prompt_token_ids":null') != data.count(b'token_ids"'):
+        return None
+    out = [parts[0]]
+    for part in parts[1:]:
+        end = part.find(b"]")
+        if end < 0 or part.find(b"[", 0, end) >= 0 or part.find(b'"', 0, end) >= 0:
+            return None
+        out.append(b'"token_ids":null')
+        out.append(part[end + 1:])
     return b"".join(out)
 
 
