@@ -288,7 +288,10 @@ class Config(_Model):
     def model_cfg(self, model: str) -> ModelCfg:
         """Settings of ``model``: its own entry over the ``"*"`` entry over the defaults, field by
         field (see ``gateway.config_models``); cached per models section."""
-        models, cache = self._model_cache if self._model_cache else (None, {})
+        # the private attributes' dict read directly: pydantic's __getattr__ is slow on this path
+        private = self.__pydantic_private__
+        assert private is not None
+        models, cache = private["_model_cache"] or (None, {})
         if models is not self.models:
             cache = {}
             self._model_cache = (self.models, cache)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
@@ -93,14 +93,13 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
     parts: list[bytes] = []
-    size = 0
+    content = request.content
     try:
-        async with asyncio.timeout(timeout_s):
-            while chunk := await request.content.readany():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                parts.append(chunk)
+        if content.is_eof():  # the whole body came with the head: nothing to wait for, no timer
+            await _read_all(content, parts, limit)
+        else:
+            async with asyncio.timeout(timeout_s):
+                await _read_all(content, parts, limit)
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
     except (PayloadTooLarge, ConnectionError):
@@ -108,6 +107,15 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
     except Exception as exc:  # broken chunked framing, a truncated body (RequestPayloadError, ...)
         raise BadRequest(f"the request body could not be read ({type(exc).__name__})") from None
     return b"".join(parts)
+
+
+async def _read_all(content: StreamReader, parts: list[bytes], limit: int) -> None:
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
 
 
 def _too_deep(doc: object) -> bool:

@@ -13,6 +13,7 @@ busy event loop) would stick for about a half-life, however many good samples fo
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
 
@@ -58,7 +59,8 @@ class LatencyEwma:
 class QuantileWindow:
     """The last ``size`` samples (a bounded ring), for quantiles such as the p95 time to first
     token that sets a hedging threshold.  Quantiles are nearest-rank (always a value that was
-    seen) and need at least ``min_samples``; the sorted copy is cached until the next sample."""
+    seen) and need at least ``min_samples``; a sorted copy is kept up to date with each sample
+    (two bisections), not sorted again per quantile: a quantile is read on every request."""
     __slots__ = ("min_samples", "_ring", "_sorted")
 
     def __init__(self, size: int = 256, min_samples: int = 20) -> None:
@@ -66,7 +68,7 @@ class QuantileWindow:
             raise ValueError("size and min_samples must be >= 1")
         self.min_samples = min_samples
         self._ring: deque[float] = deque(maxlen=size)
-        self._sorted: list[float] | None = None
+        self._sorted: list[float] = []
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -74,8 +76,11 @@ class QuantileWindow:
     def add(self, sample: float) -> None:
         """Feed one sample (negative or non-finite samples are ignored)."""
         if 0.0 <= sample < math.inf:
-            self._ring.append(sample)
-            self._sorted = None
+            ring, ordered = self._ring, self._sorted
+            if len(ring) == ring.maxlen:
+                del ordered[bisect_left(ordered, ring[0])]  # the sample the ring drops now
+            ring.append(sample)
+            insort(ordered, sample)
 
     def quantile(self, q: float, min_samples: int | None = None) -> float | None:
         """The nearest-rank ``q`` quantile (0 < q <= 1; q <= 0 gives the minimum), or None
@@ -83,7 +88,5 @@ class QuantileWindow:
         n = len(self._ring)
         if n < max(self.min_samples if min_samples is None else min_samples, 1):
             return None
-        if self._sorted is None:
-            self._sorted = sorted(self._ring)
         rank = math.ceil(min(max(q, 0.0), 1.0) * n)
         return self._sorted[max(rank, 1) - 1]

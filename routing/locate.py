@@ -58,6 +58,9 @@ class ClientLocator:
         self._fallback = Location(fallback.lat, fallback.lon, fallback.country, fallback.continent,
                                   fallback.city, source="fallback")
         self._cached = functools.lru_cache(maxsize=cache_size)(self._lookup)
+        # a request with no forwarding header is placed by its peer alone: cached by the peer's
+        # text (parsing it and is_global cost more than the rest of placing it)
+        self._by_peer = functools.lru_cache(maxsize=cache_size)(self._place_peer)
 
     @property
     def fallback(self) -> Location:
@@ -93,7 +96,13 @@ class ClientLocator:
               forwarded: bool = False) -> tuple[str | None, Location]:
         """(client IP, its location) for a request from ``peer`` carrying ``xff`` (see
         ``client_ip``); the location is cached by the address chosen."""
+        if not xff:
+            return self._by_peer(peer)
         ip = self.client_ip(peer, xff, forwarded)
+        return ip, self.locate(ip)
+
+    def _place_peer(self, peer: str | None) -> tuple[str | None, Location]:
+        ip = self.client_ip(peer, None)
         return ip, self.locate(ip)
 
     def locate(self, ip: str | None) -> Location:

@@ -94,7 +94,7 @@ class Orchestrator:
         plan: Plan | None = None
         fallbacks = [m for m in mcfg.fallbacks if not allowed_models or m in allowed_models]
         for model in (req.model, *fallbacks):
-            plan = planner.plan(replace(ctx, model=model))
+            plan = planner.plan(ctx if model == ctx.model else replace(ctx, model=model))  # replace() is dear
             ex.deadlines = candidate_deadlines(ex.cfg, model, self.parts.obs)
             won = await self._race(ex, out, resume).run(self._candidates(ex, plan))
             if won is None:

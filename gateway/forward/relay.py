@@ -272,6 +272,7 @@ async def pump(out: ClientStream, ready: Ready, feeder: StreamTracker | SpliceFe
     push = out.push
     backlog = out.backlog
     tick = meter.tick
+    pending = feeder.pending  # its error read per read as an attribute, not the feeder's property
 
     def sink(chunk: bytes) -> None:
         watchdog.last = now = loop_time()
@@ -282,8 +283,8 @@ async def pump(out: ClientStream, ready: Ready, feeder: StreamTracker | SpliceFe
             if backlog() > HIGH_WATER:
                 conn.transport.pause_reading()  # type: ignore[union-attr]
                 watchdog.loop.call_later(0.005, _Drained(out, conn, watchdog))
-        if feeder.error is not None:
-            raise feeder.error  # after the complete events before it went out
+        if pending.error is not None:
+            raise pending.error  # after the complete events before it went out
         if feeder.done:
             conn.finish()
 

@@ -162,4 +162,8 @@ def test_the_events_are_read_as_one_array_yet_each_on_its_own_terms() -> None:
                 b"data: [DONE]\n\n"):
         assert _documents(b'data: {"a": 1}\n\n' + bad + b'data: {"b": 2}\n\n') == [{"a": 1}, {"b": 2}], bad
     named = b'data: {"a": 1}\n\nevent: x\ndata: {"x": 1}\n\n'
+    # a cut inside an event's JSON (whitespace) or between two values, braces in strings
+    for raw in (b'data: {"a": 1},\n\n{"b": 2}\n\n',
+                b'data: {"a":\n\n1}\n\ndata: {"b": 2}\n\n', b'data: {"a": "}"}\n\ndata: {"b": "\\n"}\n\n'):
+        assert _documents(raw) == [d for d in map(parse_event, events(raw)) if d is not None], raw
     assert _documents(named) == [d for d in map(parse_event, events(named)) if d is not None] == [{"a": 1}, {"x": 1}]

@@ -33,6 +33,17 @@ def test_null_token_ids_everywhere_they_appear() -> None:
     assert null_token_ids(b'{"content":"say \\"token_ids\\": [1]"}') == b'{"content":"say \\"token_ids\\": [1]"}'
 
 
+def test_null_token_ids_of_a_read_of_many_events_equals_event_by_event() -> None:
+    """A read of many compact events (one regex pass) gives what each event gives alone, and a
+    read where one event is not compact (the general scan) does too."""
+    events = [CHAT_FIRST, CHAT_NEXT, COMPLETION_FIRST, COMPLETION_NEXT, CHAT_NEXT]
+    spaced = b'data: {"choices": [{"token_ids": [1, 2], "prompt_token_ids": null}]}\n\n'
+    for batch in (events, [*events, spaced], [spaced, *events]):
+        want = b"".join(null_token_ids(e) for e in batch)
+        assert null_token_ids(b"".join(batch)) == want
+        assert want.count(b'token_ids":null') + want.count(b'token_ids": null') == \
+            want.count(b'token_ids"')
+
 def test_tracker_strips_cuts_and_retains() -> None:
     for first, nxt in ((CHAT_FIRST, CHAT_NEXT), (COMPLETION_FIRST, COMPLETION_NEXT)):
         t = StreamTracker(strip_ids=True, retain=True)

@@ -75,3 +75,23 @@ def test_quantile_window_needs_min_samples_and_forgets_old_ones() -> None:
     assert w.quantile(0.95) == 10.0 and len(w) == 30
     with pytest.raises(ValueError):
         QuantileWindow(size=0)
+
+
+def test_quantiles_equal_a_sort_of_the_last_samples_as_the_ring_turns() -> None:
+    """The sorted copy kept per sample is the ring's samples sorted, after the ring wraps
+    (repeated values included); ignored samples change nothing."""
+    import math
+    import random
+    rng = random.Random(7)
+    w = QuantileWindow(size=16, min_samples=1)
+    seen: list[float] = []
+    for i in range(200):
+        sample = float(rng.randint(0, 20)) if i % 7 else rng.choice([-1.0, float("inf"), float("nan"), 3.0])
+        w.add(sample)
+        if 0.0 <= sample < float("inf"):
+            seen.append(sample)
+        last = sorted(seen[-16:])
+        assert len(w) == len(last)
+        for q in (0.0, 0.25, 0.5, 0.95, 1.0):
+            want = last[max(1, math.ceil(q * len(last))) - 1] if last else None
+            assert w.quantile(q) == want, (i, q)

@@ -162,3 +162,15 @@ def test_forwarded_for_values_are_the_hops(locator) -> None:  # type: ignore[no-
     assert locator.client_ip("127.0.0.1", lines, forwarded=True) == LONDON_IP
     assert locator.client_ip("127.0.0.1", ["for=_hidden, for=unknown"], forwarded=True) == "127.0.0.1"
     assert locator.client_ip("8.8.8.8", [f"for={LONDON_IP}"], forwarded=True) == "8.8.8.8"  # untrusted peer
+
+
+def test_a_request_without_a_forwarding_header_is_placed_by_its_peer_once(reader) -> None:  # type: ignore[no-untyped-def]
+    """Placing by the peer alone is cached by its text (the per-request cost), with the same
+    answer as the uncached path; a forwarding header still goes through client_ip."""
+    loc = ClientLocator(["127.0.0.0/8"], reader, GATEWAY, cache_size=2)
+    for peer in (LONDON_IP, f"::ffff:{LONDON_IP}", "10.0.0.1", None, "not an ip"):
+        want = (loc.client_ip(peer, None), loc.locate(loc.client_ip(peer, None)))
+        assert loc.place(peer, ()) == want and loc.place(peer, None) == want
+    assert loc.place(LONDON_IP, ())[1].city == "London"
+    assert loc.place("127.0.0.1", (SINGAPORE_IP,)) == (SINGAPORE_IP, loc.locate(SINGAPORE_IP))
+    assert loc._by_peer.cache_info().currsize == 2  # bounded by cache_size
