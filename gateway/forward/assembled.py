@@ -212,6 +212,6 @@ class AssembledAnswer:
         self.ledger.usage(ex, doc["usage"] if isinstance(doc["usage"], dict) else usage)
         self.ledger.count(ex, cand.region, status, committed=False)
         # headers go out last here: x-infercdn-model names every model the answer came from
-        models = ", ".join(ex.served_models) or ex.served_model
+        models = ", ".join(ex.served_models) or None
         headers = {"Content-Type": "application/json", **ex.headers(cand, models)}
         return web.Response(status=200, body=body, headers=headers)

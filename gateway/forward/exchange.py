@@ -34,9 +34,8 @@ class Exchange:
     deadline: float  # event-loop time by which everything must be over
     tried: list[Tried] = field(default_factory=list)
     served_by: Candidate | None = None
-    served_model: str | None = None
     # every model whose text reached the client, the first one first (a continuation on a
-    # fallback model adds its own; gateway.forward.continuation)
+    # fallback model adds its own; gateway.forward.continuation); the first is ``served_model``
     served_models: list[str] = field(default_factory=list)
     retry_after_s: float | None = None
     assembled: bool = False  # a non-stream request served from an upstream stream (req is the stream)
@@ -47,6 +46,11 @@ class Exchange:
     stream_events: int = 0  # events relayed (vLLM sends one token per event), for token budgets
     # the deadlines of the model being tried (gateway.deadlines.candidate_deadlines), per candidate
     deadlines: Callable[[Candidate], Deadlines] | None = None
+
+    @property
+    def served_model(self) -> str | None:
+        """The model of the first token (None until one came)."""
+        return self.served_models[0] if self.served_models else None
 
     @property
     def client_stream(self) -> bool:

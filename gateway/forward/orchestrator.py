@@ -107,7 +107,7 @@ class Orchestrator:
                     if not may_fall_back(won.result, mcfg.fallback_on):
                         break  # the request's fault: another model would refuse it too, or answer what it must not
                     continue
-            ex.served_by, ex.served_model, ex.served_models = won.cand, model, [model]
+            ex.served_by, ex.served_models = won.cand, [model]
             # a stream cut later may continue on this model's other endpoints, then on the later fallbacks
             chain = ModelChain(model, plan, later_fallbacks(fallbacks, model), planner, ctx)
             return await self._deliver(ex, out, won.cand, won.result, resume, chain)

@@ -182,7 +182,7 @@ class StreamSession:
     def _models(self) -> list[str]:
         """Every model whose text the client has so far, the first one first."""
         ex = self.ex
-        return list(ex.served_models) or [ex.served_model or ex.req.model]
+        return list(ex.served_models) or [ex.req.model]
 
     async def _open_continuation(self, target: Target, st: StreamState, cont: Continuation,
                                  left_s: float) -> tuple[Ready | Failed | Refused, Continuation]:
