@@ -39,6 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-idle", action="store_true", help="skip the 10,000 idle streams memory test")
     p.add_argument("--idle-streams", type=int, help="streams in the memory test (default 10000, --quick 2000)")
     p.add_argument("--rev", help="run infercdn from this git revision (a snapshot; default: the working tree)")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run each infercdn system from this git revision (a snapshot), named "
+                        "<system>@base, in the same rounds against the same upstreams: before/after in one run")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -53,6 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for w in args.workloads:
         if w not in WORKLOADS:
             p.error(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
+    if args.baseline:
+        args.systems += [s + BASE for s in args.systems if s.startswith("infercdn")]
     if "direct" not in args.systems:
         args.systems.insert(0, "direct")  # every ratio is against direct in the same round
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -64,25 +69,35 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def install_all(systems: list[str], rev: str | None) -> dict[str, dict]:
+BASE = "@base"  # suffix of the systems run from --baseline's snapshot
+
+
+def install_all(systems: list[str], rev: str | None, baseline: str | None = None) -> dict[str, dict]:
     status: dict[str, dict] = {}
     for name in systems:
         log(f"install {name}")
         try:
-            status[name] = {"status": "ok", "version": peers.install(name, rev)}
+            base = name.endswith(BASE)
+            status[name] = {"status": "ok", "version": peers.install(name.removesuffix(BASE), baseline if base else rev)}
         except (PeerError, OSError, Exception) as exc:  # noqa: BLE001 - reported, never dropped
             status[name] = {"status": "install failed", "error": str(exc)[:500]}
             log(f"  {name}: install failed: {exc}")
     return status
 
 
-def one(name: str, wl_name: str, ups: Upstreams, timing: Timing, work: Path, rnd: int, tree: Path) -> dict:
-    """Start ``name`` in front of ``ups``, measure one workload, stop it; failures become records."""
+def one(name: str, wl_name: str, ups: Upstreams, timing: Timing, work: Path, rnd: int, tree: Path,
+        base_tree: Path | None = None) -> dict:
+    """Start ``name`` in front of ``ups``, measure one workload, stop it; failures become records.
+    A ``<system>@base`` name runs that system from ``base_tree`` (--baseline)."""
     wl = WORKLOADS[wl_name]
     rec = {"round": rnd, "workload": wl_name, "system": name}
     run = None
+    if name.endswith(BASE):
+        assert base_tree is not None
+        tree = base_tree
     try:
-        run = peers.start(name, ups.urls, work / f"r{rnd}-{wl_name}-{name}", regions=wl.failover, tree=tree)
+        run = peers.start(name.removesuffix(BASE), ups.urls, work / f"r{rnd}-{wl_name}-{name}",
+                          regions=wl.failover, tree=tree)
         if wl.tool == "wrk":
             rec.update(measure_wrk(run, wl, timing, work))
         else:
@@ -102,7 +117,8 @@ def one(name: str, wl_name: str, ups: Upstreams, timing: Timing, work: Path, rnd
     return rec
 
 
-def run_rounds(args: argparse.Namespace, ok: list[str], timing: Timing, work: Path, tree: Path) -> list[dict]:
+def run_rounds(args: argparse.Namespace, ok: list[str], timing: Timing, work: Path, tree: Path,
+               base_tree: Path | None = None) -> list[dict]:
     runs: list[dict] = []
     for rnd in range(1, args.rounds + 1):
         k = (rnd - 1) % len(ok)
@@ -111,19 +127,19 @@ def run_rounds(args: argparse.Namespace, ok: list[str], timing: Timing, work: Pa
             wl = WORKLOADS[wl_name]
             log(f"round {rnd}/{args.rounds} {wl_name}: {wl.text}")
             if wl.failover:
-                for name in [s for s in order if s in FAILOVER]:
+                for name in [s for s in order if s.removesuffix(BASE) in FAILOVER]:
                     ups = start_upstreams(2, wl.itl_ms, work / f"r{rnd}-{wl_name}-{name}-up", tree)
                     try:
-                        runs.append(one(name, wl_name, ups, timing, work, rnd, tree))
+                        runs.append(one(name, wl_name, ups, timing, work, rnd, tree, base_tree))
                     finally:
                         ups.stop()
                 continue
             ups = start_upstreams(2, wl.itl_ms, work / f"r{rnd}-{wl_name}-up", tree)
             try:
                 for name in order:
-                    if name == "infercdn-passthrough" and wl.stream:
+                    if name.removesuffix(BASE) == "infercdn-passthrough" and wl.stream:
                         continue  # streams are relayed the same either way
-                    runs.append(one(name, wl_name, ups, timing, work, rnd, tree))
+                    runs.append(one(name, wl_name, ups, timing, work, rnd, tree, base_tree))
             finally:
                 ups.stop()
     return runs
@@ -146,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing(wrk_s=3, warmup_s=1, window_s=5, failover_window_s=9) if args.quick else Timing()
     args.out.mkdir(parents=True, exist_ok=True)
     peers.apt_install("wrk")
-    systems = install_all(args.systems, args.rev)
+    systems = install_all(args.systems, args.rev, args.baseline)
     ok = [s for s in args.systems if systems[s]["status"] == "ok"]
     runs: list[dict] = [{"round": 0, "workload": w, "system": s, "status": st["status"], "error": st.get("error")}
                         for s, st in systems.items() if st["status"] != "ok" for w in args.workloads]
@@ -154,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         tree = (peers.snapshot(args.rev, work / "src") if args.rev and any(s.startswith("infercdn") for s in ok)
                 else peers.ROOT)
-        runs += run_rounds(args, ok, timing, work, tree)
+        base_tree = peers.snapshot(args.baseline, work / "base-src") if args.baseline else None
+        runs += run_rounds(args, ok, timing, work, tree, base_tree)
         idle = None
         profiles: list[dict] = []
         if not args.no_idle and "infercdn" in ok:

@@ -20,6 +20,20 @@ class TenantState:
     inflight: int = 0
     budget: float | None = None  # tokens left of tokens_per_minute (may be negative); None: full
     budget_at: float = 0.0
+    # the policy's sets as the planner takes them (built with the state and on reload, not per request)
+    required_tags: frozenset[str] = frozenset()
+    jurisdictions: frozenset[str] | None = None
+    models: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.use(self.cfg)
+
+    def use(self, cfg: TenantCfg) -> None:
+        """Take ``cfg`` (a reload keeps the state's buckets)."""
+        self.cfg = cfg
+        self.required_tags = frozenset(cfg.required_tags)
+        self.jurisdictions = frozenset(cfg.jurisdictions) if cfg.jurisdictions is not None else None
+        self.models = frozenset(cfg.models)
 
     def admit(self, now: float) -> None:
         """Take one request from the bucket and a concurrency slot, or raise 429."""
@@ -54,7 +68,7 @@ class Authenticator:
         out = cls(cfg, clock)
         for tenant in cfg.tenants:
             state = old.get(tenant.name) or TenantState(tenant, float(tenant.burst), clock())
-            state.cfg = tenant
+            state.use(tenant)
             for key in tenant.api_keys:
                 out.by_digest[_digest(key)] = state
             for digest in tenant.api_key_sha256:

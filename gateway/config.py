@@ -75,6 +75,9 @@ class GatewayCfg(_Model):
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=10000, ge=1)
+    # the generation endpoints served by the gateway's own HTTP/1.1 protocol, everything else by
+    # aiohttp on the same connection (gateway/front.py); false: aiohttp serves every request
+    fast_lane: bool = True
     metrics_networks: tuple[str, ...] | None = None  # who may scrape /metrics; default: admin_networks
     # the header trusted proxies write the client's address into (RFC 7239 `forwarded` or the
     # de-facto `x-forwarded-for`); the other one is ignored, so a client cannot choose it

@@ -17,6 +17,7 @@ aiohttp offers no public hook for these, so the handler and server classes are e
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,15 +42,18 @@ class EdgeLimits:
     clock: Callable[[], float]  # the runtime's (gateway/state.py)
     header_timeout_s: float = 10.0
     max_connections: int = 10000
+    fast_lane: bool = False  # connections start in gateway.front's protocol
     refused_connections: int = 0  # closed at once: over max_connections
     slow_heads: int = 0  # closed: no complete head within header_timeout_s
     bad_requests: int = 0
+    fast_requests: int = 0  # served by the fast lane (gateway.front)
+    handed_over: int = 0  # connections the fast lane gave to aiohttp
     _logged_at: float = float("-inf")
     _unlogged: int = 0
 
     @classmethod
     def of(cls, g: GatewayCfg, clock: Callable[[], float]) -> EdgeLimits:
-        return cls(clock, g.header_timeout_s, g.max_connections)
+        return cls(clock, g.header_timeout_s, g.max_connections, g.fast_lane)
 
     def note_bad_request(self, peer: str | None, exc: BaseException | None) -> None:
         """One line per LOG_EVERY_S at most, however many malformed requests arrive."""
@@ -130,8 +134,23 @@ class EdgeHandler(RequestHandler):
 
 class EdgeServer(web.Server):
     edge: EdgeLimits
+    app: web.Application
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> Any:
+        if self.edge.fast_lane:
+            from gateway.front import FrontProtocol  # noqa: PLC0415 - front imports this module
+            from gateway.handlers import generate  # noqa: PLC0415 - the handlers import the app's state
+            return FrontProtocol(self, generate)
+        return self.aiohttp_handler()
+
+    @functools.cached_property
+    def date(self) -> Any:
+        """The fast lane's Date header (on the runtime's wall clock)."""
+        from gateway.front import DateHeader  # noqa: PLC0415
+        from gateway.state import RUNTIME  # noqa: PLC0415
+        return DateHeader(self.app[RUNTIME].wall)
+
+    def aiohttp_handler(self) -> EdgeHandler:
         return EdgeHandler(self, loop=self._loop, edge=self.edge, **self._kwargs)
 
 
@@ -148,6 +167,7 @@ class EdgeRunner(web.AppRunner):
         server = await super()._make_server()
         server.__class__ = EdgeServer  # same object, a handler factory that builds EdgeHandlers
         server.edge = self.edge  # type: ignore[attr-defined]
+        server.app = self.app  # type: ignore[attr-defined]
         return server
 
 

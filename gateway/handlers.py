@@ -35,15 +35,18 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
-def client_location(request: web.Request) -> tuple[str | None, Location]:
-    locator = request.app[LOCATOR]
+def client_location(request: web.Request, app: web.Application | None = None) -> tuple[str | None, Location]:
+    app = app if app is not None else request.app
+    locator = app[LOCATOR]
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    header = request.app[SNAPSHOT].current.config.gateway.forwarded_header
+    header = app[SNAPSHOT].current.config.gateway.forwarded_header
     # every line of the header, as one list (RFC 7230 section 3.2.2)
     return locator.place(peer[0] if peer else None, request.headers.getall(header, ()), header == "forwarded")
 
 
-async def _generate(request: web.Request, kind: str, path: str) -> web.StreamResponse:
+async def generate(request: web.Request, kind: str, path: str) -> web.StreamResponse:
+    """A generation request (chat, completions and the routed kinds), from aiohttp's routes or
+    the fast lane (gateway/front.py)."""
     note = Note(kind)
     try:
         response = await _serve(request, kind, path, note)
@@ -53,59 +56,60 @@ async def _generate(request: web.Request, kind: str, path: str) -> web.StreamRes
         note.status = 499  # the client left first (nginx's convention)
         raise
     finally:
-        log = request.app[ACCESS_LOG]
+        app = request.app
+        log = app[ACCESS_LOG]
         if log.enabled:
             log.write(access_line(request, note))
         ex = request.pop(EXCHANGE, None)  # the exchange holds the request: no cycle left for the collector
         if ex is not None:
-            record_exchange(request.app[TRAFFIC], ex)  # the fleet page's live traffic per region
+            record_exchange(app[TRAFFIC], ex)  # the fleet page's live traffic per region
 
 
 async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.StreamResponse:
-    snapshot = request.app[SNAPSHOT].current
-    rid = note.request_id = request_id(request.headers.get("X-Request-Id"), request.app[RUNTIME].new_id)
-    shared = request.app[SHARED_LIMITS]
+    app = request.app
+    snapshot = app[SNAPSHOT].current
+    runtime = app[RUNTIME]
+    rid = note.request_id = request_id(request.headers.get("X-Request-Id"), runtime.new_id)
+    shared = app[SHARED_LIMITS]
+    metrics = app[METRICS]
     g = snapshot.config.gateway
     try:
         tenant = snapshot.auth.tenant(request.headers.get("Authorization"))
         note.tenant = tenant.cfg.name
         raw = await read_body(request, g.max_body_bytes, g.body_timeout_s)
-        req = parse(kind, path, raw, rid, started=request.app[RUNTIME].clock())
+        req = parse(kind, path, raw, rid, started=runtime.clock())
         note.model = req.model
         check_model(tenant, req.model)
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
-        ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time(),
-                                    estimate_prompt_tokens(req.kind, req.body))
+        ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time(), estimate_prompt_tokens(req.kind, req.body))
         request[QUOTA_HEADERS] = ticket.quota.headers()
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)
         if note.tenant is not None:  # the tenant's x-ratelimit-* headers; a 429 brings its own
             request[QUOTA_HEADERS] = limits.peek(shared, tenant, asyncio.get_running_loop().time())
         if isinstance(exc, RateLimited):
-            request.app[METRICS].of(request.app[METRICS].tenant_limited, tenant.cfg.name, exc.limit).inc()
+            metrics.of(metrics.tenant_limited, tenant.cfg.name, exc.limit).inc()
         _count_rejection(request, exc, note.model if note.model in snapshot.models else "-")
         return exc.response({"x-request-id": rid})
     try:
-        note.client_ip, location = client_location(request)
+        note.client_ip, location = client_location(request, app)
         t = tenant.cfg
         prefix = prefix_hash(req) if snapshot.config.routing.balancer == "prefix_affinity" else None
-        ctx = RequestContext(model=req.model, client=location, required_tags=frozenset(t.required_tags),
-                             allowed_jurisdictions=frozenset(t.jurisdictions) if t.jurisdictions is not None else None,
-                             prefix_hash=prefix, policy=t.policy, cost_slack_ms=t.cost_slack_ms)
-        return await request.app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx,
-                                              frozenset(t.models))
+        ctx = RequestContext(req.model, location, tenant.required_tags, tenant.jurisdictions, prefix, frozenset(),
+                             t.policy, t.cost_slack_ms)
+        return await app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx, tenant.models)
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)
         return exc.response({"x-request-id": req.request_id})
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client's connection closes; the relay turns a
         # write to a closed client into the same cancellation
-        request.app[METRICS].of(request.app[METRICS].client_disconnects, req.model).inc()
+        metrics.of(metrics.client_disconnects, req.model).inc()
         raise
     finally:
-        limits.done(shared, tenant, ticket, count_usage(request, request.app[METRICS], tenant.cfg.name, ticket))
+        limits.done(shared, tenant, ticket, count_usage(request, metrics, tenant.cfg.name, ticket))
 
 
 def _count_rejection(request: web.Request, exc: GatewayError, model: str) -> None:
@@ -128,16 +132,16 @@ def prefix_hash(req: ParsedRequest) -> int:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, "chat", "/v1/chat/completions")
+    return await generate(request, "chat", "/v1/chat/completions")
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, "completions", "/v1/completions")
+    return await generate(request, "completions", "/v1/completions")
 
 
 def _routed(kind: str, path: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _generate(request, kind, path)
+        return await generate(request, kind, path)
     return handler
 
 

@@ -10,6 +10,8 @@ health and ejection the worst live worker's view, latency the most recent)."""
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,11 +62,12 @@ class GatewayMetrics:
 
     def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
         """``metric.labels(*values)``, cached: prometheus_client's lookup takes a lock and
-        builds a key on every call, a cost paid several times per request otherwise."""
+        builds a key on every call, a cost paid several times per request otherwise.  Counters'
+        ``inc`` and histograms' ``observe`` go straight to the child's values (see :class:`Child`)."""
         key = (id(metric), values)
         child = self.children.get(key)
         if child is None:
-            child = self.children[key] = metric.labels(*values)
+            child = self.children[key] = Child.of(metric.labels(*values))
         return child
 
     def render(self) -> bytes:
@@ -73,6 +76,43 @@ class GatewayMetrics:
         host = CollectorRegistry()
         MultiProcessCollector(host, path=self.multiprocess_dir)
         return generate_latest(host)
+
+
+class Child:
+    """A labelled metric whose hot calls skip prometheus_client's per-call checks (about half
+    of their cost; several are made per request): ``inc`` of a counter adds to its value, and
+    ``observe`` of a histogram finds its bucket by bisection, as the library's own methods do
+    once their checks pass (the metric is labelled, the amount not negative).  Everything else
+    goes to the child itself."""
+
+    __slots__ = ("child", "inc", "observe")
+
+    def __init__(self, child: Any, inc: Callable[..., None], observe: Callable[[float], None]) -> None:
+        self.child = child
+        self.inc = inc
+        self.observe = observe
+
+    @classmethod
+    def of(cls, child: Any) -> Any:
+        value = getattr(child, "_value", None)
+        if isinstance(child, Counter) and hasattr(value, "inc"):
+            def inc(amount: float = 1.0) -> None:
+                if amount < 0:
+                    child.inc(amount)  # the library's error
+                value.inc(amount)
+            return cls(child, inc, child.inc)
+        bounds, buckets, total = (getattr(child, n, None) for n in ("_upper_bounds", "_buckets", "_sum"))
+        if isinstance(child, Histogram) and bounds and buckets and len(bounds) == len(buckets) and total is not None:
+            def observe(amount: float) -> None:
+                total.inc(amount)
+                i = bisect_left(bounds, amount)  # the first bound >= amount (the last is +Inf)
+                if i < len(buckets):
+                    buckets[i].inc(1)
+            return cls(child, child.observe, observe)
+        return child
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.child, name)
 
 
 def build_metrics() -> GatewayMetrics:

@@ -23,6 +23,7 @@ RESTART = frozenset({
     "gateway.trusted_proxies", "gateway.max_body_bytes", "gateway.access_log",
     "gateway.drain_notice_s", "gateway.drain_timeout_s", "gateway.config_watch_s",
     "gateway.header_timeout_s", "gateway.body_timeout_s", "gateway.max_connections",  # the edge runner (start)
+    "gateway.fast_lane",
     "geoip.database", "geoip.cache_size",
     "health.interval_s", "load.scrape_interval_s", "load.enabled",
     "timeouts.connect_s", "budget.window_s",

@@ -17,6 +17,7 @@ KEEPALIVE = b": keep-alive\n\n"
 # the field as vLLM writes it after the first event; a pattern that starts with a literal (no
 # group) lets the regex engine search for it instead of trying every position
 _COMPACT_IDS = re.compile(rb'"token_ids":\[[^\[\]"]*\]')
+_COMPACT_PROMPT_IDS = re.compile(rb'"prompt_token_ids":\[[^\[\]"]*\]')  # the first event's
 
 
 def null_token_ids(data: bytes) -> bytes:
@@ -54,11 +55,17 @@ def null_token_ids(data: bytes) -> bytes:
 
 
 def _compact_ids(data: bytes) -> bytes | None:
-    """``null_token_ids`` of a read whose id fields are all ``"token_ids":[n,...]`` (a flat list,
-    no whitespace) or ``"prompt_token_ids":null``, in one pass (a read of many events costs
-    less than the scan event by event); None for anything else."""
+    """``null_token_ids`` of a read whose id fields are all written compactly by vLLM: flat
+    lists ``"token_ids":[n,...]`` and ``"prompt_token_ids":[n,...]`` (no whitespace), or
+    nulls, in one pass (a read of many events costs less than the scan event by event; the
+    first read of a stream holds the prompt's ids and often most of the answer); None for
+    anything else."""
+    if b'"prompt_token_ids":[' in data:
+        data = _COMPACT_PROMPT_IDS.sub(b'"prompt_token_ids":null', data)
     out, n = _COMPACT_IDS.subn(b'"token_ids":null', data)
-    if n + data.count(b'"prompt_token_ids":null') != data.count(b'token_ids"'):
+    # every field counted: a list just set to null, or a null already (the first event's
+    # prompt ids included); anything else (whitespace, nesting) takes the careful scan
+    if n + data.count(b'"prompt_token_ids":null') + data.count(b'"token_ids":null') != data.count(b'token_ids"'):
         return None
     return out
 

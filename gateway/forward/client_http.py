@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -17,11 +17,26 @@ from gateway.sse import KEEPALIVE
 from routing.plan import Candidate
 
 
+class DirectRequest(Protocol):
+    """A request of the gateway's fast lane (``gateway.front.FrontRequest``): a streamed answer's
+    head is written by it, not by aiohttp."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+
+    async def open_stream(self, headers: CIMultiDict[str]) -> web.StreamResponse: ...
+
+
+ClientRequest = web.Request | DirectRequest
+
+
 class HttpStream:
     """A :class:`~gateway.forward.client_stream.ClientStream` to the client's HTTP response.
-    The only part of the forwarding path that holds the client's ``web.Request``."""
+    The only part of the forwarding path that holds the client's request."""
 
-    def __init__(self, request: web.Request, ex: Exchange, ledger: Ledger) -> None:
+    def __init__(self, request: ClientRequest, ex: Exchange, ledger: Ledger) -> None:
         self.request = request
         self.ex = ex
         self.ledger = ledger
@@ -42,8 +57,11 @@ class HttpStream:
             headers.setdefault("Content-Type", "text/event-stream; charset=utf-8")
             headers.update(self.ex.headers(cand, model, attempts))
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            self.response = web.StreamResponse(status=200, headers=headers)
-            await self.response.prepare(self.request)
+            if isinstance(self.request, web.BaseRequest):
+                self.response = web.StreamResponse(status=200, headers=headers)
+                await self.response.prepare(self.request)
+            else:  # the fast lane writes the head itself
+                self.response = await self.request.open_stream(headers)
         return self.response
 
     async def keepalive(self, attempts: int) -> None:

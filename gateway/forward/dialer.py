@@ -121,12 +121,13 @@ class Dialer:
         key, path = _key(url)
         head = _request_head(path, key, headers, len(body))
         t0 = self.clock()
-        loop = asyncio.get_running_loop()
+        loop = self.pool.loop()
         due = loop.time() + first_token_s
         conn: UpstreamConn | None = None
         stale = 0
+        timer = _Deadline(loop, due)
         try:
-            async with asyncio.timeout_at(due):
+            try:
                 for _ in range(2):  # a reused connection the server had closed: once more, fresh
                     conn, reused = await self.pool.acquire(key)
                     conn.limits, conn.stream = limits, stream
@@ -140,6 +141,12 @@ class Dialer:
                         conn.abort()
                         stale += 1
                 raise UpstreamLost("upstream closed the connection")
+            except asyncio.CancelledError:
+                if timer.stop():
+                    raise asyncio.TimeoutError() from None
+                raise
+            finally:
+                timer.stop()
         except asyncio.TimeoutError:
             if conn is not None:
                 conn.abort()
@@ -189,6 +196,38 @@ class Dialer:
             conn.abort()
             return Failed(Outcome.BAD_STREAM, "upstream closed the stream before any data")
         return Ready(conn, first, self.clock() - t0, _relay_headers(conn), headers_s)
+
+
+class _Deadline:
+    """Cancels the current task at ``when`` (event-loop time): what ``asyncio.timeout_at`` does,
+    for less than half its cost on the path every request takes.  ``stop`` ends it and says
+    whether it fired (its cancellation is then taken back: the caller raises TimeoutError)."""
+
+    __slots__ = ("task", "handle", "fired", "base")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        task = asyncio.current_task(loop)
+        assert task is not None
+        self.task = task
+        self.fired = False
+        self.base = task.cancelling()  # cancellations requested before: not ours to take back
+        self.handle: asyncio.TimerHandle | None = loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        self.fired = True
+        self.task.cancel()
+
+    def stop(self) -> bool:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+            return False
+        if self.fired:
+            self.fired = False
+            # someone else cancelled the task too (the client left): that cancellation stands
+            return self.task.uncancel() <= self.base
+        return False
 
 
 async def _wait(conn: UpstreamConn) -> None:

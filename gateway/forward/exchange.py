@@ -46,6 +46,8 @@ class Exchange:
     stream_events: int = 0  # events relayed (vLLM sends one token per event), for token budgets
     # the deadlines of the model being tried (gateway.deadlines.candidate_deadlines), per candidate
     deadlines: Callable[[Candidate], Deadlines] | None = None
+    # the event loop's clock (``deadline`` is on it); None: the running loop's, looked up per call
+    now: Callable[[], float] | None = None
 
     @property
     def served_model(self) -> str | None:
@@ -61,7 +63,8 @@ class Exchange:
         return len(self.tried) + (1 if self.served_by is not None else 0)
 
     def time_left(self) -> float:
-        return self.deadline - asyncio.get_running_loop().time()
+        now = self.now
+        return self.deadline - (now() if now is not None else asyncio.get_running_loop().time())
 
     def endpoints_tried(self) -> set[str]:
         return {t.cand.endpoint.id for t in self.tried}

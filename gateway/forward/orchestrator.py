@@ -21,7 +21,7 @@ from gateway.deadlines import candidate_deadlines
 from gateway.errors import GatewayError
 from gateway.forward.answers import context_too_long, exhausted, may_fall_back, refusal, refusal_message
 from gateway.forward.assembled import AssembledAnswer, can_assemble
-from gateway.forward.client_http import HttpStream
+from gateway.forward.client_http import ClientRequest, HttpStream
 from gateway.forward.client_stream import ClientStream
 from gateway.forward.continuation import ModelChain, Planning, later_fallbacks
 from gateway.forward.exchange import Exchange
@@ -51,7 +51,7 @@ class Orchestrator:
         """The retry budget (a reload retunes it)."""
         return self.ledger.budget
 
-    async def serve(self, request: web.Request, req: ParsedRequest, planner: Planning, cfg: Config,
+    async def serve(self, request: ClientRequest, req: ParsedRequest, planner: Planning, cfg: Config,
                     ctx: RequestContext, allowed_models: frozenset[str] = frozenset()) -> web.StreamResponse:
         """The answer to ``req``.  ``allowed_models`` (the tenant's; empty: all) bounds every
         model the request may reach, fallbacks included.  Once a stream's head is out (keep-alive
@@ -61,7 +61,8 @@ class Orchestrator:
             and can_assemble(req.body)
         if assembled:
             req = req.as_stream()
-        ex = Exchange(req, cfg, mcfg, asyncio.get_running_loop().time() + mcfg.total_deadline_s, assembled=assembled)
+        now = asyncio.get_running_loop().time
+        ex = Exchange(req, cfg, mcfg, now() + mcfg.total_deadline_s, assembled=assembled, now=now)
         request[EXCHANGE] = ex  # for the access log
         # the only holder of the client's request from here on
         out: ClientStream = AssembledAnswer(ex, self.ledger, cfg.upstream_limits.max_body_bytes) if assembled \

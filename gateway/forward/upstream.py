@@ -368,6 +368,15 @@ class UpstreamPool:
         self.connect_s = connect_s
         self.idle: dict[tuple[str, str, int], list[UpstreamConn]] = {}
         self._ssl: ssl.SSLContext | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the pool's connections live on (looked up once: each lookup is a
+        system call, getpid, in CPython 3.11)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def put(self, conn: UpstreamConn) -> None:
         idle = self.idle.setdefault(conn.key, [])
