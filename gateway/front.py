@@ -144,7 +144,7 @@ class FrontStreamResponse(web.StreamResponse):
     def __init__(self, request: FrontRequest, headers: CIMultiDict[str]) -> None:
         super().__init__(status=200, headers=headers)
         self.front = request
-        self.sent = False
+        self.head = b""  # goes out with the first bytes of the body (one write, as aiohttp does)
         self.ended = False
 
     async def start(self) -> None:
@@ -152,23 +152,27 @@ class FrontStreamResponse(web.StreamResponse):
         self.headers.popall("Content-Length", None)
         self.headers["Transfer-Encoding"] = "chunked"
         self.headers.setdefault("Date", self.front.protocol.date.now())
-        self.sent = True
-        self.front.protocol.write(_head(self.status, self.reason, self.headers, "\r\n"))
+        self.head = _head(self.status, self.reason, self.headers, "\r\n")
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
         protocol = self.front.protocol
-        protocol.write(b"%x\r\n%b\r\n" % (len(data), bytes(data)))
+        protocol.write(self.head + b"%x\r\n%b\r\n" % (len(data), bytes(data)))
+        self.head = b""
         await protocol.drain()
 
-    async def write_eof(self, data: bytes = b"") -> None:
+    async def write_eof(self, data: bytes | bytearray | memoryview = b"") -> None:
         if self.ended:
             return
-        if data:
-            await self.write(data)
         self.ended = True
-        self.front.protocol.write(b"0\r\n\r\n")
+        chunk = b"%x\r\n%b\r\n" % (len(data), bytes(data)) if data else b""
+        self.front.protocol.write(self.head + chunk + b"0\r\n\r\n")
+        self.head = b""
+
+    def ended_inline(self) -> None:
+        """The end of the body went out with the last events (``HttpStream.push``)."""
+        self.ended = True
 
 
 class FrontProtocol(asyncio.Protocol):

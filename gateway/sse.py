@@ -65,7 +65,7 @@ def _compact_ids(data: bytes) -> bytes | None:
     out, n = _COMPACT_IDS.subn(b'"token_ids":null', data)
     # every field counted: a list just set to null, or a null already (the first event's
     # prompt ids included); anything else (whitespace, nesting) takes the careful scan
-    if n + data.count(b'"prompt_token_ids":null') + data.count(b'"token_ids":null') != data.count(b'token_ids"'):
+    if n + data.count(b'token_ids":null') != data.count(b'token_ids"'):
         return None
     return out
 

@@ -170,10 +170,10 @@ class AssembledAnswer:
     async def open(self, cand: Candidate, model: str | None, upstream_headers: dict[str, str]) -> bytes:
         return b""
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, last: bool = False) -> None:
         self.push(data)
 
-    def push(self, data: bytes) -> None:
+    def push(self, data: bytes, last: bool = False) -> None:
         if len(self.data) + len(data) > self.limit:
             self.data = bytearray()
             raise UpstreamTooLarge(f"an upstream answer over {self.limit} bytes")

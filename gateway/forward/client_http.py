@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -43,6 +44,7 @@ class HttpStream:
         self.response: web.StreamResponse | None = None  # once the head is sent
         self.transport: asyncio.Transport | None = None  # where push writes, once the answer opened
         self.chunked = False
+        self.ends_inline: Callable[[], None] | None = None
 
     @property
     def committed(self) -> bool:
@@ -73,20 +75,31 @@ class HttpStream:
         response = await self._head(cand, model, upstream_headers)
         self.transport = self.request.transport
         self.chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        # a response that can be told its chunked body was ended by push (the fast lane's)
+        self.ends_inline = getattr(response, "ended_inline", None)
         return f": served by region={cand.region} pool={cand.pool.name}\n\n".encode() if early else b""
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, last: bool = False) -> None:
         assert self.response is not None
         try:
-            await self.response.write(data)
+            if last:  # the events and the end of the chunked body in one write
+                await self.response.write_eof(data)
+            else:
+                await self.response.write(data)
         except ConnectionResetError as exc:
             raise ClientGone() from exc
 
-    def push(self, data: bytes) -> None:
+    def push(self, data: bytes, last: bool = False) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ClientGone()
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        if not self.chunked:
+            transport.write(data)
+        elif last and self.ends_inline is not None:  # the fast lane's: the end in the same write
+            transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
+            self.ends_inline()
+        else:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
     def backlog(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0

@@ -28,12 +28,14 @@ class ClientStream(Protocol):
     async def open(self, cand: Candidate, model: str | None, upstream_headers: dict[str, str]) -> bytes:
         """The answer starts (served by ``cand``): what to write before its first event."""
 
-    async def write(self, data: bytes) -> None:
-        """Write events (the first write also sends the head); raises ClientGone."""
+    async def write(self, data: bytes, last: bool = False) -> None:
+        """Write events (the first write also sends the head); raises ClientGone.  ``last``:
+        nothing follows, the answer's end may go out with them."""
 
-    def push(self, data: bytes) -> None:
-        """Write events from the upstream's read callback (the hot path, no await); raises
-        ClientGone, or UpstreamTooLarge for a collected answer over its bound."""
+    def push(self, data: bytes, last: bool = False) -> None:
+        """Write events from the upstream's read callback (the hot path, no await), after the
+        first ``write``; raises ClientGone, or UpstreamTooLarge for a collected answer over its
+        bound.  ``last`` as for ``write``."""
 
     def backlog(self) -> int:
         """Bytes written but not yet taken by the client (flow control)."""

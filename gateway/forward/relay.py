@@ -259,7 +259,8 @@ async def pump(out: ClientStream, ready: Ready, feeder: StreamTracker | SpliceFe
     first write.  ``meter`` is ticked once per upstream read."""
     meter = meter if meter is not None else GapMeter()
     meter.tick(watchdog.loop.time())
-    await out.write(prefix + feeder.feed(ready.first) or b": \n\n")
+    first = prefix + feeder.feed(ready.first) or b": \n\n"
+    await out.write(first, last=feeder.done and feeder.error is None)  # a whole answer in the first read
     if feeder.error is not None:
         raise feeder.error
     if feeder.done:
@@ -279,7 +280,7 @@ async def pump(out: ClientStream, ready: Ready, feeder: StreamTracker | SpliceFe
         tick(now)
         data = feed(chunk)
         if data:
-            push(data)
+            push(data, feeder.done and pending.error is None)
             if backlog() > HIGH_WATER:
                 conn.transport.pause_reading()  # type: ignore[union-attr]
                 watchdog.loop.call_later(0.005, _Drained(out, conn, watchdog))
