@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import RequestTimeout, error_body
 
@@ -198,7 +198,12 @@ class FrontProtocol(asyncio.Protocol):
         self.handed = False
         self.closing = False  # close once the request in flight is answered
         self.keep_alive = True
-        self.timer: asyncio.TimerHandle | None = None  # the head timeout, or the keep-alive one
+        self.timer: asyncio.TimerHandle | None = None  # see _arm
+        self.timer_at = 0.0
+        self.due = 0.0
+        self.due_kind: str | None = None
+        from gateway.state import SNAPSHOT  # noqa: PLC0415 - the state module imports the forwarding path
+        self.snapshots = self.app[SNAPSHOT]
         self.head_started = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.paused = False
@@ -220,11 +225,14 @@ class FrontProtocol(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.head_started = True  # the first head is timed from the connection's start
-        self._arm(self.edge.header_timeout_s, self._head_timeout)
+        self._arm(self.edge.header_timeout_s, "head")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.pop(self, None)  # type: ignore[call-overload]
         self._disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.transport = None
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client left: its request ends (upstream closed, counted)
@@ -262,7 +270,7 @@ class FrontProtocol(asyncio.Protocol):
         if self.request is None and not self.lingering:
             if not self.head_started:
                 self.head_started = True
-                self._arm(self.edge.header_timeout_s, self._head_timeout)
+                self._arm(self.edge.header_timeout_s, "head")
             self.buf.append(data)  # a hand-over replays the request from its first byte
             self.head_size += len(data)
             if self.head_size > MAX_HEAD:
@@ -306,7 +314,7 @@ class FrontProtocol(asyncio.Protocol):
             if low == b"content-length":
                 length = int(value) if value.isdigit() and length is None else -1
         route = HOT.get(self.url)
-        g = self.app_config().gateway
+        g = self.snapshots.current.config.gateway
         if (route is None or parser.get_method() != b"POST" or parser.get_http_version() != "1.1"
                 or length is None or length < 0 or length > g.max_body_bytes):
             self.hand_off = True
@@ -321,9 +329,8 @@ class FrontProtocol(asyncio.Protocol):
         self._disarm()  # the head is complete
         self.head_started = False
         self.keep_alive = parser.should_keep_alive() and not self.closing
-        headers = CIMultiDictProxy(CIMultiDict(
-            (istr(n.decode("utf-8", "surrogateescape")), v.decode("utf-8", "surrogateescape"))
-            for n, v in self.raw_headers))
+        headers = CIMultiDictProxy(CIMultiDict([(n.decode("utf-8", "surrogateescape"),
+                                                 v.decode("utf-8", "surrogateescape")) for n, v in self.raw_headers]))
         request = self.request = FrontRequest(self, self.app, route[1], headers, length)
         self.edge.fast_requests += 1
         self.head_size = 0
@@ -352,9 +359,6 @@ class FrontProtocol(asyncio.Protocol):
         if extra > 0:
             self._queue(self.last[-extra:])
 
-    def app_config(self) -> Any:
-        from gateway.state import SNAPSHOT  # noqa: PLC0415 - the state module imports the forwarding path
-        return self.app[SNAPSHOT].current.config
 
     # -- serving
     async def _serve(self, request: FrontRequest, route: tuple[str, str]) -> None:
@@ -409,7 +413,7 @@ class FrontProtocol(asyncio.Protocol):
             # answered before its body came (a refusal): closing now, with unread data, would
             # reset the connection and could lose the answer; the rest is read for a while
             self.lingering = True
-            self._arm(LINGER_S, self.transport.close)
+            self._arm(LINGER_S, "linger")
             return
         if not self.keep_alive or self.closing:
             self.transport.close()
@@ -417,7 +421,7 @@ class FrontProtocol(asyncio.Protocol):
         queued, self.queued, self.queued_size = self.queued, [], 0
         self.transport.resume_reading()
         self.parser = httptools.HttpRequestParser(self)  # the old one may have read into a pipelined request
-        self._arm(KEEPALIVE_S, self._idle_timeout)
+        self._arm(KEEPALIVE_S, "idle")
         for i, data in enumerate(queued):
             if self.transport is None:
                 break
@@ -458,6 +462,9 @@ class FrontProtocol(asyncio.Protocol):
     def _hand_over(self) -> None:
         self.handed = True
         self._disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         transport = self.transport
         self.server._connections.pop(self, None)  # type: ignore[call-overload]
         if transport is None or transport.is_closing():
@@ -473,24 +480,37 @@ class FrontProtocol(asyncio.Protocol):
             handler.data_received(data)
 
     # -- timers
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(delay, callback)
+    # One timer per connection, for whichever deadline is set (the head's, the idle one, the
+    # lingering one): setting a deadline later than the timer's moves nothing (the timer re-arms
+    # when it fires early), so a kept-alive connection under load creates almost no timers.
+    def _arm(self, delay: float, kind: str) -> None:
+        self.due = due = self.loop.time() + delay
+        self.due_kind = kind
+        if self.timer is None or due < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = due
+            self.timer = self.loop.call_at(due, self._tick)
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.due_kind = None
 
-    def _head_timeout(self) -> None:
+    def _tick(self) -> None:
         self.timer = None
-        if self.request is None and not self.handed and self.transport is not None:
+        kind = self.due_kind
+        if kind is None or self.transport is None or self.handed:
+            return
+        if self.loop.time() < self.due:
+            self.timer_at = self.due
+            self.timer = self.loop.call_at(self.due, self._tick)
+            return
+        self.due_kind = None
+        if kind == "head" and self.request is None:
             self.edge.slow_heads += 1
             self.transport.close()
-
-    def _idle_timeout(self) -> None:
-        self.timer = None
-        if self.request is None and not self.head_started and not self.handed and self.transport is not None:
+        elif kind == "idle" and self.request is None and not self.head_started:
+            self.transport.close()
+        elif kind == "linger":
             self.transport.close()
 
     # -- the server's shutdown (aiohttp's Server.pre_shutdown / shutdown)
