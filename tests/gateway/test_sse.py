@@ -129,3 +129,17 @@ def test_a_responses_stream_ends_with_its_last_named_event_whatever_the_reads() 
         t = StreamTracker(strip_ids=False, retain=True)
         out = b"".join(t.feed(r) for r in reads)
         assert out == created + completed and t.done and t.dropped == 0
+
+
+def test_the_first_read_with_the_prompts_ids_takes_the_compact_path() -> None:
+    from gateway.sse import _compact_ids
+
+    first = (b'data: {"id":"a","choices":[{"index":0,"delta":{"role":"assistant","content":""},"token_ids":null}],'
+             b'"prompt_token_ids":[1,2,3]}\n\n'
+             b'data: {"id":"a","choices":[{"index":0,"delta":{"content":"x"},"token_ids":[5,6]}]}\n\n')
+    out = _compact_ids(first)
+    assert out is not None and out == null_token_ids(first)
+    assert out.count(b"null") == 3 and b"[" not in out.replace(b'"choices":[', b"")
+    # a list with whitespace is not compact: the careful scan takes it, with the same result
+    spaced = first.replace(b'"token_ids":[5,6]', b'"token_ids": [5, 6]')
+    assert _compact_ids(spaced) is None and b"[5, 6]" not in null_token_ids(spaced)

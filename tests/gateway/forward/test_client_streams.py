@@ -149,3 +149,41 @@ async def test_assembled_answer_relays_a_pool_error_event_as_its_status() -> Non
     response = await out.finish(cand, None, "200")
     assert isinstance(response, web.Response) and response.status == 400 and ex.status == "400"
     assert orjson.loads(response.body)["error"]["message"] == "too long"
+
+
+async def test_a_last_write_ends_the_chunked_body_in_the_same_write() -> None:
+    ex = fakes.exchange()
+    _, cand, _ = parts()
+    out, transport = http_stream(ex)
+    await out.open(cand, "m", {})
+    await out.write(EVENT + b"data: [DONE]\n\n", last=True)  # a whole answer in the first read
+    await out.finish(cand, None, "200")  # the end is not written twice
+    _, _, body = bytes(transport.data).partition(b"\r\n\r\n")
+    done = EVENT + b"data: [DONE]\n\n"
+    assert body == b"%x\r\n%b\r\n0\r\n\r\n" % (len(done), done)
+
+
+class FastLaneResponse(web.StreamResponse):
+    """What the fast lane's stream response offers push: being told the body ended inline."""
+
+    def __init__(self) -> None:
+        super().__init__(status=200, headers={"Transfer-Encoding": "chunked"})
+        self.ended = 0
+
+    def ended_inline(self) -> None:
+        self.ended += 1
+
+
+async def test_a_last_push_ends_the_body_inline_only_where_the_response_can_be_told() -> None:
+    ex = fakes.exchange()
+    _, cand, _ = parts()
+    out, transport = http_stream(ex)
+    await out.open(cand, "m", {})
+    await out.write(EVENT)
+    out.push(LAST, last=True)  # aiohttp's response ends the body itself, in finish
+    assert not bytes(transport.data).endswith(b"0\r\n\r\n")
+    lane = FastLaneResponse()
+    out.response, out.ends_inline = lane, lane.ended_inline
+    transport.data.clear()
+    out.push(LAST, last=True)
+    assert bytes(transport.data) == b"%x\r\n%b\r\n0\r\n\r\n" % (len(LAST), LAST) and lane.ended == 1

@@ -93,3 +93,35 @@ async def test_a_lease_ends_once_however_often_it_is_ended() -> None:
 
 async def _now(answer: fakes.Answer) -> fakes.Answer:
     return answer
+
+
+async def test_the_first_token_deadline_is_a_timeout_and_a_clients_cancel_is_not_swallowed() -> None:
+    from gateway.forward.dialer import _Deadline
+
+    loop = asyncio.get_running_loop()
+    # the deadline fires: its cancellation becomes a timeout, and the task is not left cancelling
+    deadline = _Deadline(loop, loop.time() + 0.01)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.sleep(1)
+    assert deadline.stop() is True and asyncio.current_task().cancelling() == 0
+    assert deadline.stop() is False  # once
+
+    # stopped in time: nothing fires later
+    deadline = _Deadline(loop, loop.time() + 0.01)
+    assert deadline.stop() is False
+    await asyncio.sleep(0.03)
+    assert asyncio.current_task().cancelling() == 0
+
+    # the client left as the deadline fired (both in one turn of the loop): the client's
+    # cancellation stands
+    async def attempt() -> str:
+        when = loop.time() + 0.01
+        deadline = _Deadline(loop, when)
+        loop.call_at(when, asyncio.current_task().cancel)
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            return "timeout" if deadline.stop() else "cancelled"
+        return "ok"
+
+    assert await asyncio.create_task(attempt()) == "cancelled"
