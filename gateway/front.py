@@ -381,6 +381,7 @@ class FrontProtocol(asyncio.Protocol):
                 resp = web.Response(status=500, body=body, content_type="application/json")
                 await self._answer(request, resp)
         finally:
+            request.stream = None  # the answer refers to the request: no cycle left for the collector
             self._request_done(request)
 
     async def _answer(self, request: FrontRequest, response: web.StreamResponse) -> None:

@@ -16,7 +16,7 @@ from tests.security.helpers import CHAT, STREAM, call
 from tests.security.test_upstream import SMALL, endless_event, huge_body, huge_error
 
 GATEWAY_TYPES = ("Request", "ParsedRequest", "Exchange", "FirstToken", "StreamSession", "StreamTracker",
-                 "UpstreamConn", "Ready", "EdgeHandler")
+                 "UpstreamConn", "Ready", "EdgeHandler", "FrontProtocol", "FrontRequest", "FrontStreamResponse")
 
 
 @pytest.fixture
