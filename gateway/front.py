@@ -75,7 +75,11 @@ def _head(status: int, reason: str | None, headers: CIMultiDict[str], extra: str
     lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Unknown')}\r\n"]
     lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
     lines.append(extra)
-    return "".join(lines).encode("utf-8", "surrogateescape")
+    head = "".join(lines)
+    # a name or value holding a line break would split the answer: refused, as aiohttp's writer does
+    if head.count("\n") != len(lines) - 1 + extra.count("\n") or head.count("\r") != head.count("\n"):
+        raise ValueError("a line break in the status line or a header of an answer")
+    return head.encode("utf-8", "surrogateescape")
 
 
 class FrontRequest:
@@ -462,6 +466,7 @@ class FrontProtocol(asyncio.Protocol):
     # -- hand-over to aiohttp
     def _hand_over(self) -> None:
         self.handed = True
+        head_due = self.due if self.due_kind == "head" else None
         self._disarm()
         if self.timer is not None:
             self.timer.cancel()
@@ -474,6 +479,10 @@ class FrontProtocol(asyncio.Protocol):
         self.edge.handed_over += 1
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if head_due is not None and handler.head_timer is not None:
+            # the head keeps the time it had left: a hand-over does not restart its timeout
+            handler.head_timer.cancel()
+            handler.head_timer = self.loop.call_at(head_due, handler._head_timeout)
         data = b"".join(self.buf)
         self.buf = []
         self.parser = None  # type: ignore[assignment]

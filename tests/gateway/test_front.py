@@ -178,3 +178,33 @@ async def test_the_lane_can_be_turned_off(sim_factory, gateway_factory) -> None:
     (status, headers, _), = await exchange(gw.port, post(), 1)
     assert status == 200 and headers["server"] == "infercdn"
     assert gw.runner.edge.fast_requests == 0 and gw.runner.edge.handed_over == 0
+
+
+async def test_a_header_value_with_a_line_break_never_splits_an_answer() -> None:
+    from multidict import CIMultiDict
+
+    from gateway.front import _head
+
+    assert _head(200, "OK", CIMultiDict({"a": "b"}), "\r\n") == b"HTTP/1.1 200 OK\r\na: b\r\n\r\n"
+    for bad in ("x\r\nSet-Cookie: y", "x\ny", "x\ry"):
+        with pytest.raises(ValueError):
+            _head(200, "OK", CIMultiDict({"a": bad}), "\r\n")
+
+
+async def test_a_slow_head_handed_over_keeps_the_time_it_had_left(sim_factory, gateway_factory) -> None:
+    sim = await sim_factory()
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}, gateway={"header_timeout_s": 0.6}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        await asyncio.sleep(0.4)
+        # past the lane's head bound (32 KiB), still no end of the head: aiohttp has it now
+        writer.write(b"".join(b"X-Slow-%d: %b\r\n" % (i, b"y" * 7000) for i in range(5)))
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed, never answered
+    finally:
+        writer.close()
+    assert loop.time() - started < 0.6 + 0.4  # not 0.4 + a fresh 0.6
+    assert gw.runner.edge.slow_heads == 1 and gw.runner.edge.handed_over == 1
