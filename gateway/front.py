@@ -26,6 +26,7 @@ request here, a bare httptools protocol 0.008 ms."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -363,7 +364,6 @@ class FrontProtocol(asyncio.Protocol):
         if extra > 0:
             self._queue(self.last[-extra:])
 
-
     # -- serving
     async def _serve(self, request: FrontRequest, route: tuple[str, str]) -> None:
         try:
@@ -383,7 +383,8 @@ class FrontProtocol(asyncio.Protocol):
                 body = orjson.dumps(error_body("the gateway failed to handle the request", "internal_error", None,
                                                "internal_error"))
                 resp = web.Response(status=500, body=body, content_type="application/json")
-                await self._answer(request, resp)
+                with contextlib.suppress(ConnectionError):  # the client left meanwhile: nobody to tell
+                    await self._answer(request, resp)
         finally:
             request.stream = None  # the answer refers to the request: no cycle left for the collector
             self._request_done(request)
