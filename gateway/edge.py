@@ -146,7 +146,7 @@ class EdgeServer(web.Server):
     @functools.cached_property
     def date(self) -> Any:
         """The fast lane's Date header (on the runtime's wall clock)."""
-        from gateway.front import DateHeader  # noqa: PLC0415
+        from gateway.front_answer import DateHeader  # noqa: PLC0415
         from gateway.state import RUNTIME  # noqa: PLC0415
         return DateHeader(self.app[RUNTIME].wall)
 
