@@ -83,7 +83,8 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         if req.model not in snapshot.models:
             raise ModelNotFound(f"The model '{req.model}' does not exist or is not served by any pool",
                                 param="model")
-        ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time(), estimate_prompt_tokens(req.kind, req.body))
+        ticket = await limits.admit(shared, tenant, asyncio.get_running_loop().time(),
+                                    estimate_prompt_tokens(req.kind, req.body))
         request[QUOTA_HEADERS] = ticket.quota.headers()
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)
@@ -97,8 +98,9 @@ async def _serve(request: web.Request, kind: str, path: str, note: Note) -> web.
         note.client_ip, location = client_location(request, app)
         t = tenant.cfg
         prefix = prefix_hash(req) if snapshot.config.routing.balancer == "prefix_affinity" else None
-        ctx = RequestContext(req.model, location, tenant.required_tags, tenant.jurisdictions, prefix, frozenset(),
-                             t.policy, t.cost_slack_ms)
+        ctx = RequestContext(model=req.model, client=location, required_tags=tenant.required_tags,
+                             allowed_jurisdictions=tenant.jurisdictions, prefix_hash=prefix, policy=t.policy,
+                             cost_slack_ms=t.cost_slack_ms)
         return await app[PROXY].serve(request, req, snapshot.planner, snapshot.config, ctx, tenant.models)
     except GatewayError as exc:
         note.error = str(exc.code or exc.type)
