@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,40 +78,56 @@ class GatewayMetrics:
 
 
 class Child:
-    """A labelled metric whose hot calls skip prometheus_client's per-call checks (about half
-    of their cost; several are made per request): ``inc`` of a counter adds to its value, and
+    """A labelled metric whose hot call skips prometheus_client's per-call checks (about half
+    of its cost; several are made per request): ``inc`` of a counter adds to its value, and
     ``observe`` of a histogram finds its bucket by bisection, as the library's own methods do
     once their checks pass (the metric is labelled, the amount not negative).  Everything else
     goes to the child itself."""
 
-    __slots__ = ("child", "inc", "observe")
+    __slots__ = ("child",)
 
-    def __init__(self, child: Any, inc: Callable[..., None], observe: Callable[[float], None]) -> None:
+    def __init__(self, child: Any) -> None:
         self.child = child
-        self.inc = inc
-        self.observe = observe
 
-    @classmethod
-    def of(cls, child: Any) -> Any:
-        value = getattr(child, "_value", None)
-        if isinstance(child, Counter) and hasattr(value, "inc"):
-            def inc(amount: float = 1.0) -> None:
-                if amount < 0:
-                    child.inc(amount)  # the library's error
-                value.inc(amount)
-            return cls(child, inc, child.inc)
-        bounds, buckets, total = (getattr(child, n, None) for n in ("_upper_bounds", "_buckets", "_sum"))
-        if isinstance(child, Histogram) and bounds and buckets and len(bounds) == len(buckets) and total is not None:
-            def observe(amount: float) -> None:
-                total.inc(amount)
-                i = bisect_left(bounds, amount)  # the first bound >= amount (the last is +Inf)
-                if i < len(buckets):
-                    buckets[i].inc(1)
-            return cls(child, child.observe, observe)
+    @staticmethod
+    def of(child: Any) -> Any:
+        if isinstance(child, Counter) and hasattr(getattr(child, "_value", None), "inc"):
+            return CounterChild(child)
+        bounds, buckets = getattr(child, "_upper_bounds", None), getattr(child, "_buckets", None)
+        if (isinstance(child, Histogram) and bounds and buckets and len(bounds) == len(buckets)
+                and getattr(child, "_sum", None) is not None):
+            return HistogramChild(child)
         return child
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.child, name)
+
+
+class CounterChild(Child):
+    __slots__ = ("value",)
+
+    def __init__(self, child: Any) -> None:
+        super().__init__(child)
+        self.value = child._value
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            self.child.inc(amount)  # the library's error
+        self.value.inc(amount)
+
+
+class HistogramChild(Child):
+    __slots__ = ("bounds", "buckets", "total")
+
+    def __init__(self, child: Any) -> None:
+        super().__init__(child)
+        self.bounds, self.buckets, self.total = child._upper_bounds, child._buckets, child._sum
+
+    def observe(self, amount: float) -> None:
+        self.total.inc(amount)
+        i = bisect_left(self.bounds, amount)  # the first bound >= amount (the last is +Inf)
+        if i < len(self.buckets):
+            self.buckets[i].inc(1)
 
 
 def build_metrics() -> GatewayMetrics:
