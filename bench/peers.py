@@ -26,7 +26,9 @@ PYPI = {"vllm-router": ("vllm-router", "0.1.17"), "sglang-router": ("sglang-rout
         "litellm": ("litellm[proxy]", "1.108.7")}  # never 1.107.0 (a compromised release)
 # infercdn-passthrough: infercdn relaying non-stream answers as the pool's JSON (models."*".non_stream:
 # passthrough), as the other proxies do; by default it serves them from upstream streams
-SYSTEMS = ("direct", "infercdn", "infercdn-passthrough", "nginx", "vllm-router", "sglang-router", "litellm")
+# pyrelay: the floor of a Python proxy on the gateway's runtime (bench/pyrelay.py), a yardstick
+SYSTEMS = ("direct", "infercdn", "infercdn-passthrough", "nginx", "vllm-router", "sglang-router", "litellm",
+           "pyrelay")
 FAILOVER = ("infercdn", "nginx", "vllm-router", "sglang-router")
 
 
@@ -150,6 +152,9 @@ def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False,
         cmd = [str(venv_for(name) / "bin" / "python"), "-m", "sglang_router.launch_router", "--host",
                "127.0.0.1", "--port", str(port), "--worker-urls", *upstreams, "--policy", "round_robin",
                "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()), "--log-level", "warn"]
+    elif name == "pyrelay":
+        cmd = [sys.executable, "-m", "bench.pyrelay", "--port", str(port)]
+        cmd += [a for u in upstreams for a in ("--upstream", u)]
     elif name == "litellm":
         cfg = work / "litellm.yaml"
         cfg.write_text(configs.litellm_yaml(upstreams, LITELLM_KEY))

@@ -18,6 +18,7 @@ KEEPALIVE = b": keep-alive\n\n"
 # group) lets the regex engine search for it instead of trying every position
 _COMPACT_IDS = re.compile(rb'"token_ids":\[[^\[\]"]*\]')
 _COMPACT_PROMPT_IDS = re.compile(rb'"prompt_token_ids":\[[^\[\]"]*\]')  # the first event's
+_NOT_NULL = re.compile(rb'token_ids"(?!:null)')  # a field (or a value's text) not set to null
 
 
 def null_token_ids(data: bytes) -> bytes:
@@ -62,10 +63,11 @@ def _compact_ids(data: bytes) -> bytes | None:
     anything else."""
     if b'"prompt_token_ids":[' in data:
         data = _COMPACT_PROMPT_IDS.sub(b'"prompt_token_ids":null', data)
-    out, n = _COMPACT_IDS.subn(b'"token_ids":null', data)
-    # every field counted: a list just set to null, or a null already (the first event's
-    # prompt ids included); anything else (whitespace, nesting) takes the careful scan
-    if n + data.count(b'token_ids":null') != data.count(b'token_ids"'):
+    out = _COMPACT_IDS.sub(b'"token_ids":null', data)
+    # every field is now null (a list just set to null, or a null already: the first event's
+    # prompt ids included); anything else (whitespace, nesting, a value's text ending in the
+    # name) takes the careful scan.  One search of what is left costs less than counting both.
+    if _NOT_NULL.search(out) is not None:
         return None
     return out
 
