@@ -23,6 +23,7 @@ from gateway.config_resilience import (BreakerCfg, BudgetCfg, HealthCfg, Latency
 from gateway.redact import MISSING as _MISSING
 from gateway.redact import redact
 from routing.balance import BALANCERS
+from routing.deadlines import DeadlineSettings
 from routing.plan import RoutingParams
 
 DEFAULT_CONFIG = Path(__file__).parent / "data" / "local.yaml"
@@ -228,6 +229,22 @@ class Config(_Model):
     def pool_cfg(self, name: str) -> PoolCfg | None:
         return next((p for p in self.pools if p.name == name), None)
 
+    def deadline_inputs(self, model: str) -> tuple[DeadlineSettings, dict[str, float]]:
+        """``model``'s deadline settings and each pool's own ``ttft_deadline_s`` (where set),
+        read per request: built once per models and pools sections (a copy with other
+        sections builds them again)."""
+        private = self.__pydantic_private__
+        assert private is not None
+        key, cache = private["_deadline_cache"] or ((None, None), {})
+        if key[0] is not self.models or key[1] is not self.pools:
+            cache = {}
+            self._deadline_cache = ((self.models, self.pools), cache)
+        got = cache.get(model)
+        if got is None:
+            pools = {p.name: p.ttft_deadline_s for p in self.pools if p.ttft_deadline_s is not None}
+            got = cache[model] = (self.model_cfg(model).deadline_settings(), pools)
+        return got
+
     def model_cfg(self, model: str) -> ModelCfg:
         """Settings of ``model``: its own entry over the ``"*"`` entry over the defaults, field by
         field (see ``gateway.config_models``); cached per models section."""
@@ -262,6 +279,8 @@ class Config(_Model):
     registry: RegistryCfg | None = None
     canary: CanaryCfg | None = None
     _model_cache: tuple[Any, dict[str, ModelCfg]] | None = PrivateAttr(default=None)
+    _deadline_cache: tuple[tuple[Any, Any], dict[str, tuple[DeadlineSettings, dict[str, float]]]] | None = \
+        PrivateAttr(default=None)
 
 
 def _cross_checks(cfg: Config) -> list[tuple[str, Any, str]]:

@@ -19,8 +19,7 @@ from routing.plan import Candidate
 def candidate_deadlines(cfg: Config, model: str, timings: TimingSource) -> Callable[[Candidate], Deadlines]:
     """For each candidate of ``model``: the model's deadline settings (``auto`` from the pool's
     observed times, or fixed), a pool's own ``ttft_deadline_s`` first."""
-    settings = cfg.model_cfg(model).deadline_settings()
-    pool_ttft = {p.name: p.ttft_deadline_s for p in cfg.pools if p.ttft_deadline_s is not None}
+    settings, pool_ttft = cfg.deadline_inputs(model)
 
     def for_candidate(cand: Candidate) -> Deadlines:
         name = cand.pool.name

@@ -12,7 +12,7 @@ import re
 from gateway.forward.client_stream import ClientGone, ClientStream
 from gateway.forward.splice import Splicer
 from gateway.forward.upstream import Ready, UpstreamConn, UpstreamTooLarge
-from gateway.sse import null_token_ids
+from gateway.sse import DONE_EVENT, null_token_ids
 from routing.deadlines import GapMeter
 
 DEFAULT_MAX_EVENT = 4 * 1024 * 1024
@@ -110,7 +110,10 @@ class StreamTracker:
             chunk = chunk[:cut]
         single = chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == cut - 2 and chunk.startswith(b"data: {")
         if not single and _WELL_FORMED(chunk) is None:
-            chunk = self._sanitize(chunk)  # [DONE], comments or a malformed event
+            if chunk.endswith(DONE_EVENT) and (cut == len(DONE_EVENT) or _WELL_FORMED(chunk, 0, cut - len(DONE_EVENT))):
+                self.done = True  # the last read: well-formed events, then [DONE]
+            else:
+                chunk = self._sanitize(chunk)  # comments, named events or a malformed event
         if self.retain:
             if len(self.raw) + len(chunk) > self.reserved:
                 self._reserve(len(chunk))

@@ -39,9 +39,20 @@ READ_SIZE = 256 * 1024  # the most one read of the event loop delivers (asyncio'
 
 
 def _first_token_seen(buf: bytearray) -> bool:
-    """A complete event that is not the bare role announcement vLLM sends before a token."""
+    """A complete event that is not the bare role announcement vLLM sends before a token
+    (searched in place, event by event: the first or second event decides it)."""
     end = buf.rfind(b"\n\n")
-    return end >= 0 and any(ev and b'"role"' not in ev for ev in bytes(buf[:end]).split(b"\n\n"))
+    start = 0
+    while end >= 0:
+        stop = buf.find(b"\n\n", start, end)
+        if stop < 0:
+            stop = end  # the last complete event
+        if stop > start and buf.find(b'"role"', start, stop) < 0:
+            return True
+        if stop == end:
+            return False
+        start = stop + 2
+    return False
 
 
 class UpstreamConn(asyncio.Protocol):

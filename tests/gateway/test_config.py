@@ -189,6 +189,17 @@ def test_deadlines_accept_auto_or_seconds() -> None:
     assert "f.yaml: models.tiny-chat.stall_timeout_s = 0: must be auto or a number of seconds > 0" in lines
 
 
+def test_deadline_inputs_are_built_once_and_again_for_a_copy_with_other_pools() -> None:
+    cfg = parse_config(_two_models(**{"tiny-chat": {"stall_timeout_s": 4.5}}))
+    settings, pools = cfg.deadline_inputs("tiny-chat")
+    assert settings == cfg.model_cfg("tiny-chat").deadline_settings() and settings.stall == 4.5 and pools == {}
+    assert cfg.deadline_inputs("tiny-chat")[0] is settings  # built once
+    first = cfg.pools[0].model_copy(update={"ttft_deadline_s": 3.0})
+    copy = cfg.model_copy(update={"pools": (first, *cfg.pools[1:])})
+    assert copy.deadline_inputs("tiny-chat")[1] == {first.name: 3.0}
+    assert cfg.deadline_inputs("tiny-chat")[1] == {}
+
+
 def test_auto_floor_over_ceiling_is_an_error_also_when_inherited() -> None:
     (line,) = _problems(_two_models(**{"tiny-chat": {"ttft_auto": {"floor_s": 40}}}))
     assert line.startswith("f.yaml: models.tiny-chat.ttft_auto: ") and "floor_s (40) must not exceed ceiling_s (30)" in line

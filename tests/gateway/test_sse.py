@@ -61,6 +61,16 @@ def test_tracker_drops_malformed_events() -> None:
     assert t.dropped == 1
 
 
+@pytest.mark.parametrize("before", [b"", CHAT_NEXT, CHAT_NEXT * 3, CHAT_NEXT + b'data: {"broken": \n\n',
+                                    CHAT_NEXT + b": keep-alive\n\n"])
+def test_the_read_that_ends_with_done_ends_the_stream_and_keeps_only_good_events(before: bytes) -> None:
+    t = StreamTracker(strip_ids=False, retain=False)
+    out = t.feed(before + b"data: [DONE]\n\n")
+    assert t.done and out.endswith(b"data: [DONE]\n\n")
+    assert out == before.replace(b'data: {"broken": \n\n', b"") + b"data: [DONE]\n\n"
+    assert t.dropped == (b"broken" in before)
+
+
 # --- defect 10: any separators the pool's JSON uses ------------------------------------------------
 
 @pytest.mark.parametrize(("data", "want"), [
