@@ -90,8 +90,8 @@ def venv_for(name: str) -> Path:
 
 def install(name: str, rev: str | None = None) -> str:
     """Make ``name`` runnable; return its version string."""
-    if name in ("direct", "infercdn", "infercdn-passthrough"):
-        return "" if name == "direct" else _git_rev(rev)
+    if name in ("direct", "infercdn", "infercdn-passthrough", "pyrelay"):
+        return "" if name == "direct" else _git_rev(None if name == "pyrelay" else rev)
     if name == "nginx":
         apt_install("nginx")
         out = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
