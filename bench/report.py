@@ -9,6 +9,9 @@ from pathlib import Path
 METRICS = ("cpu_per_request_ms", "cpu_per_token_us", "user_per_token_us", "sys_per_token_us",
            "requests_ratio", "tokens_ratio", "ttft_p50_added_ms", "ttft_p99_added_ms", "ttft_p50_ms",
            "ttft_p99_ms", "requests_per_s", "tokens_per_s", "errors", "rss_mib", "client_cpu_util")
+# the systems each infercdn system's CPU per request is divided by, round by round
+YARDSTICKS = ("nginx", "vllm-router", "pyrelay")
+CPU_RATIOS = tuple(f"cpu_x_{y}" for y in YARDSTICKS)
 FAILOVER = ("failed_requests", "leave_s", "last_failure_after_kill_s", "routed_to_dead_region_after_kill",
             "resumed_streams", "resumed_p50_gap_ms", "resumed_max_gap_ms")
 
@@ -27,6 +30,15 @@ def add_ratios(runs: list[dict]) -> None:
             mine, theirs = r.get(f"ttft_{q}_ms"), base.get(f"ttft_{q}_ms")
             if mine is not None and theirs is not None:
                 r[f"ttft_{q}_added_ms"] = round(mine - theirs, 3)
+    # CPU per request of each infercdn system (and its @base) over each yardstick's, same round
+    ok = {(r["round"], r["workload"], r["system"]): r for r in runs if r["status"] == "ok"}
+    for r in runs:
+        if r["status"] != "ok" or not r["system"].startswith("infercdn") or not r.get("cpu_per_request_ms"):
+            continue
+        for y in YARDSTICKS:
+            other = ok.get((r["round"], r["workload"], y))
+            if other is not None and other.get("cpu_per_request_ms"):
+                r[f"cpu_x_{y}"] = round(r["cpu_per_request_ms"] / other["cpu_per_request_ms"], 2)
 
 
 def _stat(values: list[float]) -> dict | None:
@@ -46,7 +58,7 @@ def summarise(runs: list[dict]) -> dict:
         ok = [r for r in rs if r["status"] == "ok"]
         entry: dict = {"rounds_ok": len(ok), "rounds_failed": len(rs) - len(ok),
                        "failures": sorted({r.get("error", "")[:300] for r in rs if r["status"] != "ok"})}
-        for m in METRICS:
+        for m in METRICS + CPU_RATIOS:
             s = _stat([r.get(m) for r in ok])
             if s:
                 entry[m] = s
@@ -77,6 +89,19 @@ COLUMNS = (("CPU/req ms", "cpu_per_request_ms", 3), ("CPU/token µs", "cpu_per_t
            ("errors", "errors", 0), ("RSS MiB", "rss_mib", 0))
 
 
+def _cpu_ratios(systems: dict[str, dict]) -> list[str]:
+    """Each infercdn system's CPU per request as a multiple of each yardstick's in the same round
+    (median over rounds): what the issue figures are reported in."""
+    present = [y for y in YARDSTICKS if any(f"cpu_x_{y}" in e for e in systems.values())]
+    rows = [(name, e) for name, e in systems.items() if any(f"cpu_x_{y}" in e for y in present)]
+    if not rows:
+        return []
+    out = ["", "CPU per request as a multiple of the same round's:", "",
+           "| system | " + " | ".join(f"×{y}" for y in present) + " |", "|---" * (len(present) + 1) + "|"]
+    out += [f"| {name} | " + " | ".join(_fmt(e, f"cpu_x_{y}", 2) for y in present) + " |" for name, e in rows]
+    return out
+
+
 def markdown(doc: dict) -> str:
     lines = [f"# infercdn bench — {doc['date']}", "",
              f"`{doc['command']}` on {doc['host']['cpus']} CPUs ({doc['host']['kernel']}); "
@@ -97,6 +122,7 @@ def markdown(doc: dict) -> str:
                 lines.append(f"| {system} | failed: {_cell('; '.join(e['failures']))} |" + " |" * (len(COLUMNS) - 1))
                 continue
             lines.append(f"| {system} | " + " | ".join(_fmt(e, k, d) for _, k, d in COLUMNS) + " |")
+        lines += _cpu_ratios(summary[wl])
     if "W4" in summary:
         lines += ["", f"## W4: {doc['workloads']['W4']}", "",
                   "| system | failed requests | traffic left dead region after s | last failure after kill s "

@@ -64,6 +64,11 @@ class UpstreamConn(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        # httptools calls on_body once per chunk (once per event of a stream): the chunks go
+        # to a list by its own append, no Python frame each, and are handled once per read
+        # (``_flush``).  The list is kept for the connection's life (its append is bound).
+        self.batch: list[bytes] = []
+        self.on_body = self.batch.append
         self.parser = httptools.HttpResponseParser(self)
         self.limits = DEFAULT_LIMITS
         self.stream = False
@@ -86,7 +91,7 @@ class UpstreamConn(asyncio.Protocol):
         self.sink: Callable[[bytes], None] | None = None
         self.pool_on_complete = False
         self.got_bytes = False
-        self.batch: list[bytes] = []
+        self.batch.clear()
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,12 +106,12 @@ class UpstreamConn(asyncio.Protocol):
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
+            if self.batch:
+                self._flush()
             if self.status == 0 and self.head_bytes > self.limits.max_head_bytes:
                 self.overflow = UpstreamTooLarge(f"upstream response head over {self.limits.max_head_bytes} bytes")
             if self.overflow is not None:
                 raise self.overflow
-            if self.batch:
-                self._flush()
         except httptools.HttpParserError as exc:
             self._fail(self.overflow or UpstreamLost(f"unparsable HTTP from upstream: {exc}"))
             self.abort()
@@ -122,9 +127,10 @@ class UpstreamConn(asyncio.Protocol):
         # nothing of the exchange outlives the connection: buffers go, and the parser (whose
         # callbacks are this object's methods, a reference cycle) with them
         self.buf = bytearray()
-        self.batch = []
+        self.batch.clear()
         self.sink = None
         self.parser = None  # type: ignore[assignment]
+        self.on_body = _discard  # the parser's reference to the list goes with it
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -140,10 +146,14 @@ class UpstreamConn(asyncio.Protocol):
         if not self.head.done():
             self.head.set_result(None)
 
-    def on_body(self, body: bytes) -> None:
+    def _flush(self) -> None:
+        """The body chunks of one read: to the sink (one client write per read), or buffered
+        until the first token (or the whole body) is in."""
+        batch = self.batch
+        body = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
         if self.sink is not None:
-            # several chunks in one read reach the sink together: one client write per read
-            self.batch.append(body)
+            self.sink(body)
             return
         if self.overflow is not None:
             return
@@ -159,16 +169,12 @@ class UpstreamConn(asyncio.Protocol):
             self.overflow = UpstreamTooLarge(f"upstream {what} over {self.buf_limit} bytes")
             self.buf = bytearray()
 
-    def _flush(self) -> None:
-        batch = self.batch
-        body = batch[0] if len(batch) == 1 else b"".join(batch)
-        batch.clear()
-        if self.sink is not None:
-            self.sink(body)
-
     def on_message_complete(self) -> None:
         if self.batch:
             self._flush()
+        if self.overflow is not None:
+            self._fail(self.overflow)  # a body over its bound is no answer, even a complete one
+            return
         self.complete = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)

@@ -41,6 +41,21 @@ async def huge_error(w: asyncio.StreamWriter) -> None:
     await endless(w, b"e" * 65536, framed=False, max_bytes=64 << 20)
 
 
+async def whole_body_over(w: asyncio.StreamWriter) -> None:
+    """A complete answer over max_body_bytes, in one write (it arrives in one read): the read
+    that ends the body also crosses its bound."""
+    body = b'{"pad": "' + b"a" * 70000 + b'"}'
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+    await w.drain()
+
+
+async def whole_error_over(w: asyncio.StreamWriter) -> None:
+    body = b'{"error": "' + b"e" * 5000 + b'"}'
+    w.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(body), body))
+    await w.drain()
+
+
 async def endless_tokens(w: asyncio.StreamWriter) -> None:
     w.write(SSE_HEAD)
     await endless(w, FIRST, max_bytes=64 << 20)
@@ -56,7 +71,9 @@ async def endless_event(w: asyncio.StreamWriter) -> None:
     (huge_body, {"non_stream": "passthrough"}),
     (huge_error, {}),
     (endless_event, {}),
-], ids=["head", "non-stream-body", "error-body", "endless-event"])
+    (whole_body_over, {"non_stream": "passthrough"}),
+    (whole_error_over, {}),
+], ids=["head", "non-stream-body", "error-body", "endless-event", "whole-body-in-one-read", "whole-error-in-one-read"])
 async def test_an_oversized_answer_fails_over_as_upstream_too_large(script, model_cfg, sim_factory,
                                                                    gateway_factory) -> None:
     sim = await sim_factory()
