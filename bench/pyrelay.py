@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from loadtest.fastserver import FastProtocol
+
 
 class Upstream(asyncio.Protocol):
     """One kept-alive upstream connection serving one client request at a time."""
@@ -79,34 +81,20 @@ class Upstream(asyncio.Protocol):
         self.idle.append(self)
 
 
-class Client(asyncio.Protocol):
+class Client(FastProtocol):
+    """The request side of loadtest's fast server (httptools, URL and body collected); the
+    answer is the upstream's."""
+
     def __init__(self, relay: Relay) -> None:
+        super().__init__()
         self.relay = relay
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.url = b""
-        self.body: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
 
-    def on_url(self, url: bytes) -> None:
-        self.url, self.body = url, []
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
     def on_message_complete(self) -> None:
         self.relay.forward(self, self.url, b"".join(self.body))
+        self.url, self.body = b"", []
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
