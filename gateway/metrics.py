@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.values import MutexValue
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -92,11 +93,12 @@ class Child:
     @staticmethod
     def of(child: Any) -> Any:
         if isinstance(child, Counter) and hasattr(getattr(child, "_value", None), "inc"):
-            return CounterChild(child)
+            return DirectCounterChild(child) if _unlocked(child._value) else CounterChild(child)
         bounds, buckets = getattr(child, "_upper_bounds", None), getattr(child, "_buckets", None)
         if (isinstance(child, Histogram) and bounds and buckets and len(bounds) == len(buckets)
                 and getattr(child, "_sum", None) is not None):
-            return HistogramChild(child)
+            direct = _unlocked(child._sum) and all(_unlocked(b) for b in buckets)
+            return DirectHistogramChild(child) if direct else HistogramChild(child)
         return child
 
     def __getattr__(self, name: str) -> Any:
@@ -198,3 +200,30 @@ def build_metrics() -> GatewayMetrics:
         rejections=Counter("infercdn_rejected_requests", "Requests the gateway answered itself, by status and error code",
                            ["status", "code"], registry=r),
     )
+
+
+def _unlocked(value: Any) -> bool:
+    """A single process's value (prometheus_client's ``MutexValue``, not the multiprocess mode's
+    file-backed one): its lock only orders writers of other threads, and the gateway's metrics
+    are written by its event loop's thread alone (no module of gateway/ starts a thread), so
+    the hot calls add to it directly, as the locked ``inc`` would."""
+    return type(value) is MutexValue and isinstance(getattr(value, "_value", None), float)
+
+
+class DirectCounterChild(CounterChild):
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            self.child.inc(amount)  # the library's error
+        self.value._value += amount
+
+
+class DirectHistogramChild(HistogramChild):
+    __slots__ = ()
+
+    def observe(self, amount: float) -> None:
+        self.total._value += amount
+        i = bisect_left(self.bounds, amount)
+        if i < len(self.buckets):
+            self.buckets[i]._value += 1.0

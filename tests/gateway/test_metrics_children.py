@@ -6,7 +6,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from gateway.metrics import Child, build_metrics
+from gateway.metrics import (Child, CounterChild, DirectCounterChild, DirectHistogramChild, HistogramChild,
+                             build_metrics)
 
 
 def test_fast_inc_and_observe_match_the_librarys() -> None:
@@ -43,3 +44,28 @@ def test_a_negative_increment_is_the_librarys_error_and_other_calls_reach_the_ch
     gauge.inc()
     gauge.dec()
     assert gauge._value.get() == 0
+
+
+def test_values_of_another_kind_keep_their_own_locked_inc() -> None:
+    """Single-process values are added to directly (the event loop's thread is their only
+    writer); any other value class — the multiprocess mode's file-backed one — keeps its inc."""
+    m = build_metrics()
+    assert isinstance(m.of(m.requests, "a", "r", "200"), DirectCounterChild)
+    assert isinstance(m.of(m.request_seconds, "a", "true"), DirectHistogramChild)
+
+    class FileBacked:
+        def __init__(self) -> None:
+            self.calls: list[float] = []
+
+        def inc(self, amount: float) -> None:
+            self.calls.append(amount)
+
+    child = m.requests.labels("b", "r", "200")
+    child._value = FileBacked()
+    wrapped = Child.of(child)
+    assert type(wrapped) is CounterChild
+    wrapped.inc(2)
+    assert child._value.calls == [2]
+    hist = m.request_seconds.labels("b", "true")
+    hist._sum = FileBacked()
+    assert type(Child.of(hist)) is HistogramChild
