@@ -69,3 +69,14 @@ def test_values_of_another_kind_keep_their_own_locked_inc() -> None:
     hist = m.request_seconds.labels("b", "true")
     hist._sum = FileBacked()
     assert type(Child.of(hist)) is HistogramChild
+
+
+def test_no_module_of_the_gateway_starts_a_thread() -> None:
+    """What the direct children rely on: the event loop's thread is the only writer."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "gateway"
+    words = ("threading", "Thread(", "to_thread", "run_in_executor", "ThreadPoolExecutor")
+    found = [f"{p.relative_to(root.parent)}: {w}" for p in sorted(root.rglob("*.py"))
+             for w in words if w in p.read_text()]
+    assert found == []
