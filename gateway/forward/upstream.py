@@ -130,7 +130,6 @@ class UpstreamConn(asyncio.Protocol):
         self.batch.clear()
         self.sink = None
         self.parser = None  # type: ignore[assignment]
-        self.on_body = _discard  # the parser's reference to the list goes with it
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
