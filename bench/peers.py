@@ -26,9 +26,10 @@ PYPI = {"vllm-router": ("vllm-router", "0.1.17"), "sglang-router": ("sglang-rout
         "litellm": ("litellm[proxy]", "1.108.7")}  # never 1.107.0 (a compromised release)
 # infercdn-passthrough: infercdn relaying non-stream answers as the pool's JSON (models."*".non_stream:
 # passthrough), as the other proxies do; by default it serves them from upstream streams
-# pyrelay: the floor of a Python proxy on the gateway's runtime (bench/pyrelay.py), a yardstick
+# pyrelay: the floor of a Python proxy on the gateway's runtime (bench/pyrelay.py), a yardstick;
+# pyrelay-assembled: the same floor for non-stream answers assembled from streams (W1 only)
 SYSTEMS = ("direct", "infercdn", "infercdn-passthrough", "nginx", "vllm-router", "sglang-router", "litellm",
-           "pyrelay")
+           "pyrelay", "pyrelay-assembled")
 FAILOVER = ("infercdn", "nginx", "vllm-router", "sglang-router")
 
 
@@ -90,8 +91,8 @@ def venv_for(name: str) -> Path:
 
 def install(name: str, rev: str | None = None) -> str:
     """Make ``name`` runnable; return its version string."""
-    if name in ("direct", "infercdn", "infercdn-passthrough", "pyrelay"):
-        return "" if name == "direct" else _git_rev(None if name == "pyrelay" else rev)
+    if name in ("direct", "infercdn", "infercdn-passthrough", "pyrelay", "pyrelay-assembled"):
+        return "" if name == "direct" else _git_rev(None if name.startswith("pyrelay") else rev)
     if name == "nginx":
         apt_install("nginx")
         out = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
@@ -152,9 +153,9 @@ def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False,
         cmd = [str(venv_for(name) / "bin" / "python"), "-m", "sglang_router.launch_router", "--host",
                "127.0.0.1", "--port", str(port), "--worker-urls", *upstreams, "--policy", "round_robin",
                "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()), "--log-level", "warn"]
-    elif name == "pyrelay":
+    elif name in ("pyrelay", "pyrelay-assembled"):
         cmd = [sys.executable, "-m", "bench.pyrelay", "--port", str(port)]
-        cmd += [a for u in upstreams for a in ("--upstream", u)]
+        cmd += [a for u in upstreams for a in ("--upstream", u)] + (["--assemble"] if name == "pyrelay-assembled" else [])
     elif name == "litellm":
         cfg = work / "litellm.yaml"
         cfg.write_text(configs.litellm_yaml(upstreams, LITELLM_KEY))

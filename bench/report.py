@@ -10,7 +10,7 @@ METRICS = ("cpu_per_request_ms", "cpu_per_token_us", "user_per_token_us", "sys_p
            "requests_ratio", "tokens_ratio", "ttft_p50_added_ms", "ttft_p99_added_ms", "ttft_p50_ms",
            "ttft_p99_ms", "requests_per_s", "tokens_per_s", "errors", "rss_mib", "client_cpu_util")
 # the systems each infercdn system's CPU per request is divided by, round by round
-YARDSTICKS = ("nginx", "vllm-router", "pyrelay")
+YARDSTICKS = ("nginx", "vllm-router", "pyrelay", "pyrelay-assembled")
 CPU_RATIOS = tuple(f"cpu_x_{y}" for y in YARDSTICKS)
 FAILOVER = ("failed_requests", "leave_s", "last_failure_after_kill_s", "routed_to_dead_region_after_kill",
             "resumed_streams", "resumed_p50_gap_ms", "resumed_max_gap_ms")

@@ -26,6 +26,7 @@ from gateway.forward.upstream import UpstreamTooLarge
 from gateway.sse import DONE_EVENT, events, parse_event
 from routing.plan import Candidate
 
+_NO_DELTA: dict[str, Any] = {}
 # fields whose non-stream answer is more than text + finish reason + usage
 _OWN_SHAPE = ("tools", "functions", "tool_choice", "logprobs", "top_logprobs", "prompt_logprobs", "echo",
               "best_of", "suffix", "return_token_ids", "stream_options")
@@ -41,35 +42,29 @@ def can_assemble(body: Mapping[str, Any]) -> bool:
 
 def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
     """The non-stream answer (``chat.completion`` or ``text_completion``) that the SSE events
-    in ``raw`` add up to; None when they carry no choice."""
-    head: dict[str, Any] | None = None
-    usage = None
-    role, texts, reasoning_key, reasoning = "assistant", [], "reasoning_content", []
-    finish = stop = fingerprint = None
-    seen = False
-    for doc in _documents(raw):
-        if head is None:
-            head = doc
-        if isinstance(doc.get("usage"), dict):
-            usage = doc["usage"]
-        fingerprint = doc.get("system_fingerprint") or fingerprint  # vLLM sends it with the usage
-        for choice in doc.get("choices") or ():
-            seen = True
-            if kind == "chat":
-                delta = choice.get("delta") or {}
-                role = delta.get("role") or role
-                if delta.get("content"):
-                    texts.append(delta["content"])
-                for key in ("reasoning_content", "reasoning"):
-                    if delta.get(key):
-                        reasoning_key = key
-                        reasoning.append(delta[key])
-            elif choice.get("text"):
-                texts.append(choice["text"])
-            if choice.get("finish_reason") is not None:
-                finish, stop = choice["finish_reason"], choice.get("stop_reason")
-    if head is None or not seen:
+    in ``raw`` add up to; None when they carry no choice.  Read in passes over the choices (a
+    few dictionary reads per event; the fields that are rare, from the end or only where set)."""
+    docs = _documents(raw)
+    choices = [c for d in docs for c in (d.get("choices") or ())]
+    if not choices:
         return None
+    head = docs[0]
+    usage = next((u for d in reversed(docs) if isinstance(u := d.get("usage"), dict)), None)
+    fingerprint = next((f for d in reversed(docs) if (f := d.get("system_fingerprint"))), None)
+    ending = next((c for c in reversed(choices) if c.get("finish_reason") is not None), None)
+    finish, stop = (ending["finish_reason"], ending.get("stop_reason")) if ending is not None else (None, None)
+    role, reasoning_key, reasoning = "assistant", "reasoning_content", []
+    if kind == "chat":
+        deltas = [c.get("delta") or _NO_DELTA for c in choices]
+        texts = [t for d in deltas if (t := d.get("content"))]
+        for delta in [d for d in deltas if len(d) > 1 or "content" not in d]:  # role, reasoning
+            role = delta.get("role") or role
+            for key in ("reasoning_content", "reasoning"):
+                if delta.get(key):
+                    reasoning_key = key
+                    reasoning.append(delta[key])
+    else:
+        texts = [t for c in choices if (t := c.get("text"))]
     text = "".join(texts)
     vllm = isinstance(fingerprint, str) and fingerprint.startswith("vllm")
     if kind == "chat":
@@ -181,6 +176,9 @@ class AssembledAnswer:
 
     def backlog(self) -> int:
         return 0
+
+    def room(self) -> int:
+        return self.limit - len(self.data)
 
     def gone(self) -> bool:
         return False

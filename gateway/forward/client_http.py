@@ -104,6 +104,9 @@ class HttpStream:
     def backlog(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
+    def room(self) -> int | None:
+        return None
+
     def gone(self) -> bool:
         return self.transport is None or self.transport.is_closing()
 

@@ -40,6 +40,10 @@ class ClientStream(Protocol):
     def backlog(self) -> int:
         """Bytes written but not yet taken by the client (flow control)."""
 
+    def room(self) -> int | None:
+        """For an answer collected to its end (nothing reaches the client before): how many
+        more bytes it takes; None for a client the events are written to as they come."""
+
     def gone(self) -> bool:
         """Whether the client has left."""
 

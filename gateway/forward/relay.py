@@ -270,6 +270,10 @@ async def pump(out: ClientStream, ready: Ready, feeder: StreamTracker | SpliceFe
         return
     if out.gone():
         raise ClientGone()
+    room = out.room()
+    if room is not None and isinstance(feeder, StreamTracker):
+        await _collect(out, ready, feeder, watchdog, meter, room)
+        return
     conn = ready.conn
     loop_time = watchdog.loop.time
     feed = feeder.feed
@@ -293,3 +297,38 @@ async def pump(out: ClientStream, ready: Ready, feeder: StreamTracker | SpliceFe
             conn.finish()
 
     await ready.pump(sink)
+
+
+async def _collect(out: ClientStream, ready: Ready, tracker: StreamTracker, watchdog: Watchdog, meter: GapMeter,
+                   room: int) -> None:
+    """``pump`` for an answer collected to its end (nothing reaches the client before it): a
+    read is only timed, kept and bounded (``room`` bytes in all, ``max_event`` for an event
+    that has not ended); the tracker reads the events once, when the body ends or breaks (a
+    resume goes on from what arrived).  The per-read work of a relayed stream is for its client."""
+    conn = ready.conn
+    loop_time = watchdog.loop.time
+    tick = meter.tick
+    body = bytearray()
+    extend = body.extend
+    max_event = tracker.pending.max_event + 2
+
+    def sink(chunk: bytes) -> None:
+        watchdog.last = now = loop_time()
+        tick(now)
+        extend(chunk)
+        size = len(body)
+        if size > room:
+            out.push(bytes(body))  # past the answer's bound: refused (UpstreamTooLarge), what it held let go
+        if size - body.rfind(b"\n\n") > max_event:
+            raise UpstreamTooLarge(f"an upstream event over {max_event - 2} bytes")
+        if body.endswith(DONE_EVENT):
+            conn.finish()
+
+    try:
+        await ready.pump(sink)
+    finally:
+        data = tracker.feed(bytes(body)) if body else b""
+        if data and len(body) <= room:
+            out.push(data, tracker.done)
+    if tracker.error is not None:
+        raise tracker.error
