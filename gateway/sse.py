@@ -21,16 +21,18 @@ _COMPACT_PROMPT_IDS = re.compile(rb'"prompt_token_ids":\[[^\[\]"]*\]')  # the fi
 _NOT_NULL = re.compile(rb'token_ids"(?!:null)')  # a field (or a value's text) not set to null
 
 
-def null_token_ids(data: bytes) -> bytes:
+def null_token_ids(data: bytes, prompt: bool = True) -> bytes:
     """Set the lists of ``"prompt_token_ids"`` and ``"token_ids"`` fields to ``null``, whatever
     whitespace the pool's JSON has around separators: what vLLM sends when nobody asked for
     ids (it always sends both fields, null unless ``return_token_ids`` is set), so a client
     gets its own request's answer although the gateway asked for the ids.  Any other value
-    (null, a string) is left as it is."""
+    (null, a string) is left as it is.  ``prompt``: the prompt's ids may be in ``data`` (vLLM
+    sends them with the first event only; the one-pass form is then skipped for them, and a
+    later field of theirs still takes the careful scan)."""
     at = data.find(b'token_ids"')
     if at < 0:
         return data
-    compact = _compact_ids(data)
+    compact = _compact_ids(data, prompt)
     if compact is not None:
         return compact
     out = []
@@ -55,13 +57,13 @@ def null_token_ids(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _compact_ids(data: bytes) -> bytes | None:
+def _compact_ids(data: bytes, prompt: bool = True) -> bytes | None:
     """``null_token_ids`` of a read whose id fields are all written compactly by vLLM: flat
     lists ``"token_ids":[n,...]`` and ``"prompt_token_ids":[n,...]`` (no whitespace), or
     nulls, in one pass (a read of many events costs less than the scan event by event; the
     first read of a stream holds the prompt's ids and often most of the answer); None for
     anything else."""
-    if b'"prompt_token_ids":[' in data:
+    if prompt and b'"prompt_token_ids":[' in data:
         data = _COMPACT_PROMPT_IDS.sub(b'"prompt_token_ids":null', data)
     out = _COMPACT_IDS.sub(b'"token_ids":null', data)
     # every field is now null (a list just set to null, or a null already: the first event's

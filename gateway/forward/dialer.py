@@ -30,7 +30,7 @@ STALL_S = 0.05  # how late a deadline may fire before the gateway blames its own
 # what of an upstream's head reaches the client: OpenAI's informational headers; never cookies,
 # CORS grants, hop-by-hop or caching headers of someone else's server.  The gateway sets the
 # Content-Type itself (JSON, or an event stream): a pool cannot make a client render HTML.
-_RELAYED = frozenset({"openai-model", "openai-processing-ms", "openai-version"})
+_RELAYED = frozenset({b"openai-model", b"openai-processing-ms", b"openai-version"})
 _STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -244,19 +244,22 @@ def _token_or_end(conn: UpstreamConn) -> bool:
 
 
 def _request_head(path: str, key: tuple[str, str, int], headers: dict[str, str], length: int) -> bytes:
+    return _head_template(path, key, tuple(headers.items())) % length
+
+
+@functools.lru_cache(maxsize=4096)  # per endpoint, path and kind of request: a few
+def _head_template(path: str, key: tuple[str, str, int], headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The request head with its length left to fill in (``%d``)."""
     host = key[1] if key[2] in (80, 443) else f"{key[1]}:{key[2]}"
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {length}", "Connection: keep-alive"]
-    lines.extend(f"{k}: {v}" for k, v in headers.items())
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Length: %d", "Connection: keep-alive"]
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    return ("\r\n".join(line.replace("%", "%%") if i != 2 else line for i, line in enumerate(lines))
+            + "\r\n\r\n").encode("latin-1")
 
 
 def _relay_headers(conn: UpstreamConn) -> dict[str, str]:
-    out = {}
-    for name, value in conn.headers:
-        k = name.decode("latin-1")
-        if k.lower() in _RELAYED:
-            out[k] = value.decode("latin-1")
-    return out
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in conn.headers
+            if name.lower() in _RELAYED}
 
 
 def _retry_after(conn: UpstreamConn) -> str | None:

@@ -126,8 +126,21 @@ class StreamTracker:
             at = chunk.rfind(b',"token_ids":[')
             if at >= 0:
                 return chunk[:at + 13] + b"null" + chunk[chunk.index(b"]", at) + 1:]
-        self.raw_events = True
-        return null_token_ids(chunk)
+        prompt, self.raw_events = not self.raw_events, True
+        return null_token_ids(chunk, prompt)
+
+    def whole(self, events: bytearray) -> bool:
+        """Take the rest of a collected answer that ended with [DONE] as it came (its reader,
+        the assembler, parses the events it needs and skips the rest; no resume will read it:
+        it is not checked event by event).  False (nothing taken) for any other ending."""
+        if self.pending.parts or not (events.endswith(b"\n\n" + DONE_EVENT) or events == DONE_EVENT):
+            return False
+        if self.retain and len(self.raw) + len(events) > self.reserved:
+            self._reserve(len(events))
+        if self.retain:
+            self.raw += events  # what is retained of the stream serves its usage and event count
+        self.done = True
+        return True
 
     def _reserve(self, n: int) -> None:
         """Room for ``n`` more retained bytes, taken from the budget a block at a time."""
@@ -326,9 +339,16 @@ async def _collect(out: ClientStream, ready: Ready, tracker: StreamTracker, watc
 
     try:
         await ready.pump(sink)
-    finally:
-        data = tracker.feed(bytes(body)) if body else b""
+    except BaseException:
+        data = tracker.feed(bytes(body)) if body else b""  # what a resume goes on from
         if data and len(body) <= room:
-            out.push(data, tracker.done)
+            out.push(data)
+        raise
+    if not tracker.strip_ids and tracker.whole(body):
+        out.push(bytes(body), True)
+        return
+    data = tracker.feed(bytes(body)) if body else b""
+    if data:
+        out.push(data, tracker.done)
     if tracker.error is not None:
         raise tracker.error

@@ -62,9 +62,11 @@ class StreamSession:
                                 self.parts.retained, lim.resume_buffer_total_bytes)
         try:
             outcome, detail = await self._pump(cand, ready, tracker, notice)
-            ex.stream_events = tracker.raw.count(b"data: {")  # for token budgets (gateway.quota)
+            usage = find_usage(bytes(tracker.raw[-8192:]))
+            if not (usage and isinstance(usage.get("completion_tokens"), int)):
+                ex.stream_events = tracker.raw.count(b"data: {")  # token budgets' count (gateway.quota)
             if outcome is Outcome.SUCCESS:
-                return await self.out.finish(cand, find_usage(bytes(tracker.raw[-8192:])), "200")
+                return await self.out.finish(cand, usage, "200")
             # a request that cannot be resumed is relayed as it is (the in-band error if it is cut);
             # what was retained still serves the accounting (usage, events streamed)
             resume = tracker.retain and resumable(ex.req.body, ex.req.kind)

@@ -153,3 +153,14 @@ def test_the_first_read_with_the_prompts_ids_takes_the_compact_path() -> None:
     # a list with whitespace is not compact: the careful scan takes it, with the same result
     spaced = first.replace(b'"token_ids":[5,6]', b'"token_ids": [5, 6]')
     assert _compact_ids(spaced) is None and b"[5, 6]" not in null_token_ids(spaced)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=st.dictionaries(_KEYS, _DOCS, max_size=5), compact=st.booleans())
+def test_reads_after_the_first_still_null_the_prompts_ids(doc: dict, compact: bool) -> None:
+    """``prompt=False`` (a read after the first) only skips looking for the prompt's ids in the
+    one-pass form: any that come anyway are still set to null, by the careful scan."""
+    data = orjson.dumps(doc) if compact else json.dumps(doc).encode()
+    assert json.loads(null_token_ids(data, prompt=False)) == _without_ids(doc)
+    late = b'data: {"choices":[{"index":0,"delta":{"content":"x"},"token_ids":[5]}],"prompt_token_ids":[1,2]}\n\n'
+    assert b"[1,2]" not in null_token_ids(late, prompt=False) and b"[5]" not in null_token_ids(late, prompt=False)

@@ -86,8 +86,17 @@ async def test_a_collected_answer_reads_its_events_once_at_the_end() -> None:
     reads[3:5] = [reads[3][:7], reads[3][7:] + reads[4]]  # an event cut between two reads
     out, tracker, error = await collect(reads + [b"0\r\n\r\n"])
     assert error is None and tracker.done
-    assert tracker.feeds == 2  # the first token, then everything after it once (not once per read)
+    # the first token only: an answer that ended with [DONE] is taken whole, not event by event
+    # (nor read by read); a resume would never read it
+    assert tracker.feeds == 1
     assert bytes(out.data) == bytes(tracker.raw) == event(0) + b"".join(events)
+
+
+async def test_a_collected_answer_that_ends_without_done_is_read_once_at_its_end() -> None:
+    """A body that ended early (no [DONE]): the tracker reads it once, to judge the ending."""
+    out, tracker, error = await collect([chunk(event(1)), chunk(event(2)), b"0\r\n\r\n"])
+    assert error is None and not tracker.done and tracker.feeds == 2
+    assert bytes(out.data) == bytes(tracker.raw) == event(0) + event(1) + event(2)
 
 
 async def test_a_collected_answer_cut_mid_stream_leaves_the_tracker_what_arrived() -> None:
