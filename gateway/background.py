@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -168,7 +169,13 @@ def apply_loads(app: web.Application, rows: list[LoadRow]) -> None:
     """Record scraped pool load (unknown stays unknown: stale load is never read as idle)."""
     obs = app[OBSERVATIONS]
     for eid, running, waiting, kv_usage in rows:
-        obs.record_load(eid, running, waiting, kv_usage)  # type: ignore[arg-type]
+        obs.record_load(eid, _count(running), _count(waiting), kv_usage)
+
+
+def _count(value: float | None) -> int | None:
+    """A request count scraped as a Prometheus gauge (a float) as the routing core's int; a value
+    that is no count (NaN, infinite) tells nothing."""
+    return round(value) if value is not None and math.isfinite(value) else None
 
 
 async def _scrape(session: aiohttp.ClientSession, ep: Endpoint, timeout_s: float) -> dict[str, float] | None:

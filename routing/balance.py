@@ -93,8 +93,9 @@ class PrefixAffinityBalancer:
         chosen = next((e for e in by_hash if e[1] + 1 <= bound), None)
         if chosen is None:
             return self._p2c.order(ctx, endpoints, rng)
-        rest = sorted((e for e in endpoints if e is not chosen), key=_load)
-        return [chosen[0], *(e for e, _ in rest)]
+        first = chosen[0]  # compared by the endpoint, not by the identity of its (endpoint, load) pair
+        rest = sorted((e for e in endpoints if e[0] is not first), key=_load)
+        return [first, *(e for e, _ in rest)]
 
 
 BALANCERS: dict[str, type[Balancer]] = {cls.name: cls for cls in (P2CBalancer, PrefixAffinityBalancer)}

@@ -45,14 +45,23 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
     in ``raw`` add up to; None when they carry no choice.  Read in passes over the choices (a
     few dictionary reads per event; the fields that are rare, from the end or only where set)."""
     docs = _documents(raw)
-    choices = [c for d in docs for c in (d.get("choices") or ())]
+    choices: list[dict[str, Any]] = [c for d in docs for c in (d.get("choices") or ())]
     if not choices:
         return None
     head = docs[0]
-    usage = next((u for d in reversed(docs) if isinstance(u := d.get("usage"), dict)), None)
-    fingerprint = next((f for d in reversed(docs) if (f := d.get("system_fingerprint"))), None)
-    ending = next((c for c in reversed(choices) if c.get("finish_reason") is not None), None)
-    finish, stop = (ending["finish_reason"], ending.get("stop_reason")) if ending is not None else (None, None)
+    usage = fingerprint = None  # the last usage block, the last fingerprint (vLLM sends both at the end)
+    for doc in docs[::-1]:  # a reversed copy: mypyc cannot compile reversed() over these lists
+        if usage is None and isinstance(doc.get("usage"), dict):
+            usage = doc["usage"]
+        if fingerprint is None and doc.get("system_fingerprint"):
+            fingerprint = doc["system_fingerprint"]
+        if usage is not None and fingerprint is not None:
+            break
+    finish = stop = None
+    for choice in choices[::-1]:
+        if choice.get("finish_reason") is not None:
+            finish, stop = choice["finish_reason"], choice.get("stop_reason")
+            break
     role, reasoning_key, reasoning = "assistant", "reasoning_content", []
     if kind == "chat":
         deltas = [c.get("delta") or _NO_DELTA for c in choices]

@@ -165,10 +165,10 @@ class Dialer:
             exc.__traceback__ = None  # its frames hold the connection: no cycle through the future
             outcome = Outcome.UPSTREAM_TOO_LARGE if isinstance(exc, UpstreamTooLarge) else Outcome.RESET
             return Failed(outcome, str(exc))
-        except OSError as exc:
+        except OSError as error:  # a name of its own: one name, one type (compilers of typed Python rely on it)
             if conn is not None:
                 conn.abort()
-            return Failed(Outcome.CONNECT_ERROR, f"connect failed: {exc.strerror or exc}")
+            return Failed(Outcome.CONNECT_ERROR, f"connect failed: {error.strerror or error}")
         except BaseException:
             if conn is not None:
                 conn.abort()

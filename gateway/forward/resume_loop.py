@@ -92,22 +92,22 @@ class StreamSession:
                 outcome, detail = Outcome.SUCCESS, "ok"
             elif isinstance(feeder, StreamTracker) and feeder.dropped:
                 detail += f" ({feeder.dropped} malformed event(s) dropped)"
-        except asyncio.CancelledError as exc:
-            if not wd.owns(exc):
+        except asyncio.CancelledError as cancelled:  # each clause its own name: one name, one type
+            if not wd.owns(cancelled):
                 outcome, detail = Outcome.CANCELLED, "client disconnected"
                 raise
             outcome = Outcome.TIMEOUT
             detail = (f"no data for {stall_s:.3g} s (stalled)" if wd.fired == "stall"
                       else "total deadline exceeded")
-        except UpstreamLost as exc:
-            exc.__traceback__ = None  # its frames hold the connection
-            outcome = Outcome.UPSTREAM_TOO_LARGE if isinstance(exc, UpstreamTooLarge) else Outcome.RESET
-            detail = str(exc)
-        except ResumeMismatch as exc:
-            outcome, detail = Outcome.BAD_STREAM, str(exc)
+        except UpstreamLost as lost:
+            lost.__traceback__ = None  # its frames hold the connection
+            outcome = Outcome.UPSTREAM_TOO_LARGE if isinstance(lost, UpstreamTooLarge) else Outcome.RESET
+            detail = str(lost)
+        except ResumeMismatch as mismatch:
+            outcome, detail = Outcome.BAD_STREAM, str(mismatch)
             self.mismatch = True
-        except UnencodableEvent as exc:
-            outcome, detail = Outcome.BAD_STREAM, str(exc)
+        except UnencodableEvent as unencodable:
+            outcome, detail = Outcome.BAD_STREAM, str(unencodable)
         except ClientGone:
             outcome, detail = Outcome.CANCELLED, "client disconnected"
             raise asyncio.CancelledError() from None  # counted by the handler

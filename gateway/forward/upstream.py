@@ -112,8 +112,8 @@ class UpstreamConn(asyncio.Protocol):
                 self.overflow = UpstreamTooLarge(f"upstream response head over {self.limits.max_head_bytes} bytes")
             if self.overflow is not None:
                 raise self.overflow
-        except httptools.HttpParserError as exc:
-            self._fail(self.overflow or UpstreamLost(f"unparsable HTTP from upstream: {exc}"))
+        except httptools.HttpParserError as unparsable:  # each clause its own name: one name, one type
+            self._fail(self.overflow or UpstreamLost(f"unparsable HTTP from upstream: {unparsable}"))
             self.abort()
         except Exception as exc:  # raised by a sink (or a bound): the stream ends with it
             self._fail(exc)

@@ -101,3 +101,26 @@ def test_parse_matches_exact_metric_names() -> None:
         'vllm:num_requests_waiting_created{engine="0"} 1.7e9',
     ])
     assert parse_vllm_load(text) == {"running": 4.0, "waiting": 2.0, "kv_usage": 0.25}
+
+
+def test_scraped_counts_reach_the_routing_core_as_whole_numbers() -> None:
+    """vLLM's request counts are gauges (floats); the routing core's are ints. A value that is no
+    count (NaN, infinite) tells nothing, as a missing one does, and does not stop the others."""
+    from aiohttp import web
+
+    from gateway.background import apply_loads
+    from gateway.state import OBSERVATIONS
+    from routing.observations import Observations
+
+    class Recorder(Observations):
+        def __init__(self) -> None:
+            self.loads: list[tuple] = []
+
+        def record_load(self, endpoint_id, running, waiting, kv_usage) -> None:  # type: ignore[override]
+            self.loads.append((endpoint_id, running, waiting, kv_usage))
+
+    app = web.Application()
+    app[OBSERVATIONS] = obs = Recorder()
+    apply_loads(app, [("a", 3.0, 2.0, 0.25), ("b", float("nan"), float("inf"), None), ("c", None, 1.0, None)])
+    assert obs.loads == [("a", 3, 2, 0.25), ("b", None, None, None), ("c", None, 1, None)]
+    assert all(type(v) is int for _, r, w, _ in obs.loads for v in (r, w) if v is not None)
