@@ -115,10 +115,7 @@ class StreamTracker:
             else:
                 chunk = self._sanitize(chunk)  # comments, named events or a malformed event
         if self.retain:
-            if len(self.raw) + len(chunk) > self.reserved:
-                self._reserve(len(chunk))
-            if self.retain:
-                self.raw += chunk
+            self._keep(chunk)
         if not self.strip_ids:
             return chunk
         if single and self.raw_events and b"prompt_token_ids" not in chunk:
@@ -135,12 +132,17 @@ class StreamTracker:
         it is not checked event by event).  False (nothing taken) for any other ending."""
         if self.pending.parts or not (events.endswith(b"\n\n" + DONE_EVENT) or events == DONE_EVENT):
             return False
-        if self.retain and len(self.raw) + len(events) > self.reserved:
-            self._reserve(len(events))
         if self.retain:
-            self.raw += events  # what is retained of the stream serves its usage and event count
+            self._keep(events)  # what is retained of the stream serves its usage and event count
         self.done = True
         return True
+
+    def _keep(self, data: bytes | bytearray) -> None:
+        """Retain ``data`` for a resume, within the stream's bound and the gateway's budget."""
+        if len(self.raw) + len(data) > self.reserved:
+            self._reserve(len(data))
+        if self.retain:
+            self.raw += data
 
     def _reserve(self, n: int) -> None:
         """Room for ``n`` more retained bytes, taken from the budget a block at a time."""
