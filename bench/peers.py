@@ -120,7 +120,23 @@ def snapshot(rev: str, dest: Path) -> Path:
     if archive.returncode != 0:
         raise PeerError(f"git archive {rev} failed: {archive.stderr.decode(errors='replace')[-300:]}")
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    build_core(dest)
     return dest
+
+
+def build_core(tree: Path) -> str:
+    """Compile ``tree``'s core where it has one (``infercdn core build``: what ``make install``
+    does; a revision from before it runs as Python); return which build infercdn runs from it."""
+    if not (tree / "infercdn" / "core.py").exists():
+        return "Python core (before the compiled core)"
+    cmd = [sys.executable, "-m", "infercdn.cli", "core"]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("INFERCDN_CORE_DIR", None)
+    subprocess.run([*cmd, "build", "--if-possible"], cwd=tree, env=env, capture_output=True, timeout=900)
+    status = subprocess.run([*cmd, "status"], cwd=tree, env=env, capture_output=True, text=True, timeout=60)
+    if env.get("INFERCDN_CORE") == "python":
+        return "Python core (INFERCDN_CORE=python)"
+    return "compiled core" if status.returncode == 0 else f"Python core ({status.stdout.strip()})"
 
 
 def start(name: str, upstreams: list[str], work: Path, *, regions: bool = False, tree: Path = ROOT) -> Running:

@@ -107,6 +107,7 @@ class WorkerSpec:
     prepare: str | None = None  # "vllm_default": `infercdn up --engine vllm` on the embedded config
     workers: int = 1
     limits: str | None = None  # the host's tenant-limit table (gateway/hostlimits.py)
+    entry: str = "gateway.worker_proc"  # the module a worker runs (`python -m`): the composition root names its own
 
     def dump(self, path: Path) -> None:
         path.write_bytes(orjson.dumps(asdict(self)))
@@ -165,7 +166,7 @@ class Supervisor:
     async def _spawn(self, child: Child) -> asyncio.subprocess.Process:
         env = {**os.environ, MULTIPROC_ENV: str(self.metrics_dir)}
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.worker_proc", str(self.run_dir / "spec.json"), str(child.index),
+            sys.executable, "-m", self.spec.entry, str(self.run_dir / "spec.json"), str(child.index),
             str(child.restarts), env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)  # Ctrl-C reaches us alone
 
     async def _keep(self, child: Child) -> None:
@@ -319,7 +320,8 @@ class Pools(Protocol):
 
 @contextlib.asynccontextmanager
 async def running_workers(cfg: Config, config_path: str | Path, host: str, port: int, workers: int,
-                          pools: Pools, *, prepare: str | None = None) -> AsyncIterator[tuple[int, Supervisor]]:
+                          pools: Pools, *, prepare: str | None = None,
+                          entry: str = "gateway.worker_proc") -> AsyncIterator[tuple[int, Supervisor]]:
     """``pools`` (started once, here) and ``workers`` serving processes on one port."""
     clean_stale_runs(Path(tempfile.gettempdir()))
     run_dir = Path(tempfile.mkdtemp(prefix=RUN_PREFIX))
@@ -334,7 +336,7 @@ async def running_workers(cfg: Config, config_path: str | Path, host: str, port:
         endpoints = {pool: [e.model_dump() for e in eps] for pool, eps in pools.launched_endpoints().items()}
         hostlimits.create(run_dir / "limits.bin", workers)
         spec = WorkerSpec(str(config_path), str(fallback), host, bound, str(run_dir / "hub.sock"),
-                          pools.urls, endpoints, prepare, workers, str(run_dir / "limits.bin"))
+                          pools.urls, endpoints, prepare, workers, str(run_dir / "limits.bin"), entry)
         spec.dump(run_dir / "spec.json")
         supervisor = Supervisor(workers, spec, run_dir, cfg)
         await supervisor.start()

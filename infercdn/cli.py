@@ -16,6 +16,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("gateway",): ("infercdn.commands.serve", "run the gateway from a config file"),
     ("check",): ("infercdn.commands.check", "validate a config file (exit 1 with file, field path and reason)"),
     ("route",): ("infercdn.commands.route", "print the routing plan for a client IP and model, with its explanation"),
+    ("core",): ("infercdn.commands.core", "build the compiled core (mypyc), or say which build runs"),
     ("admin",): ("infercdn.commands.admin", "act on a running gateway: topology, drain/undrain an endpoint or pool, reload"),
     ("worker", "sim"): ("worker.sim.cli", "run a vLLM-compatible simulator"),
     ("worker", "vllm"): ("worker.vllm.cli", "launch and supervise a real vLLM OpenAI server"),

@@ -60,6 +60,6 @@ async def running_workers(cfg: Config, config_path: str | Path, host: str, port:
     """The local fleet of ``cfg`` (run once, here) and ``count`` serving processes on one port
     (``gateway/workers.py``)."""
     fleet = LocalFleet(processes=sim_processes, engine=engine, model_dir=model_dir)
-    async with workers.running_workers(cfg, config_path, host, port, count, fleet, prepare=prepare) as (
-            bound, supervisor):
+    async with workers.running_workers(cfg, config_path, host, port, count, fleet, prepare=prepare,
+                                       entry="infercdn.gateway_worker") as (bound, supervisor):
         yield fleet, bound, supervisor

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+import infercdn  # noqa: F401 - first: chooses the core's build (compiled when fresh) before routing/gateway load
+
 from gateway.app import build_app
 from gateway.config import Config, parse_config
 from gateway.server import start_site

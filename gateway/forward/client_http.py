@@ -3,7 +3,6 @@ client's transport with chunked framing (no coroutine switch per upstream read).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -116,8 +115,10 @@ class HttpStream:
         self.ledger.count(self.ex, cand.region, status, committed=True)
         # the client may close as soon as it reads [DONE], before the chunked terminator: the
         # answer was delivered, and aiohttp meets the closed transport again quietly
-        with contextlib.suppress(ConnectionResetError):
+        try:
             await self.response.write_eof()
+        except ConnectionResetError:
+            pass
         return self.response
 
     async def give_up(self, cand: Candidate, message: str) -> web.StreamResponse:
@@ -127,7 +128,9 @@ class HttpStream:
 
     async def fail(self, message: str, type_: str, code: str | None) -> web.StreamResponse:
         assert self.response is not None
-        with contextlib.suppress(ConnectionResetError):  # the client left: nothing to tell it
+        try:
             await self.response.write(sse_error_event(message, type_, code))
             await self.response.write_eof()
+        except ConnectionResetError:  # the client left: nothing to tell it
+            pass
         return self.response

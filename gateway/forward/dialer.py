@@ -14,6 +14,8 @@ from collections.abc import Callable
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from mypy_extensions import mypyc_attr
+
 from gateway.config import UpstreamLimitsCfg
 from gateway.forward.upstream import (DEFAULT_LIMITS, Failed, Ready, Refused, UpstreamConn, UpstreamLost, UpstreamPool,
                                       UpstreamTooLarge, _first_token_seen)
@@ -83,6 +85,7 @@ def _key(url: str) -> tuple[tuple[str, str, int], str]:
     return (parts.scheme, host, port), (path + ("?" + parts.query if parts.query else ""))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the seam to the network that tests script
 class Dialer:
     """Upstream attempts for one gateway; ``clock`` is the runtime's monotonic clock."""
 

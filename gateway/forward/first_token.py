@@ -10,7 +10,6 @@ keep-alive comments) is called every ``gateway.keepalive_comment_s``."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
@@ -103,15 +102,24 @@ class FirstToken:
             attempts += 1
             cand, deadline = picked
             timer = self._arm_keepalive() if self.on_idle is not None else None
+            # no `await` in a `finally` (nor in an `except`) in this package: compiled (mypyc), a
+            # finally that awaits re-raises an exception the awaited call had already handled
+            # (docs/design-notes.md, "The compiled core")
+            error: BaseException | None = None
             try:
                 result = await self.parts.dialer.attempt(cand, self.body_for(cand), self.path, deadline,
                                                          ex.req.stream, ex.cfg.upstream_limits)
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                if self.keepalive_task is not None:
-                    with contextlib.suppress(ConnectionResetError):  # the client left: seen later
-                        await self.keepalive_task  # the head must be fully sent before anything else
+            except BaseException as exc:
+                error = exc
+            if timer is not None:
+                timer.cancel()
+            if self.keepalive_task is not None:
+                try:  # the head must be fully sent before anything else
+                    await self.keepalive_task
+                except ConnectionResetError:  # the client left: seen later
+                    pass
+            if error is not None:
+                raise error
             self.parts.ledger.stale(ex, cand, result.stale, ex.req.model)
             if not isinstance(result, Failed):
                 return Won(cand, result)
@@ -153,48 +161,58 @@ class FirstToken:
         self.timer = loop.call_later(self.ex.cfg.gateway.keepalive_comment_s, self._fire)
 
     async def _race(self, candidates: Iterator[Candidate]) -> Won | None:
-        """Hedged: attempts as tasks, the first token wins."""
+        """Hedged: attempts as tasks, the first token wins; those still running when it ends
+        (a winner, the deadline, an error, the client gone) are cancelled."""
+        error: BaseException | None = None
+        won = None
+        try:
+            won = await self._hedged(candidates)
+        except BaseException as exc:  # cleaned up below, not in a finally (see _walk)
+            error = exc
+        await self._cancel_pending(None, "")
+        if error is not None:
+            raise error
+        return won
+
+    async def _hedged(self, candidates: Iterator[Candidate]) -> Won | None:
         ex, cfg = self.ex, self.ex.mcfg
         keepalive = ex.cfg.gateway.keepalive_comment_s
         loop = asyncio.get_running_loop()
         next_keepalive = loop.time() + keepalive
         hedge_at, hedges = self._hedge_at(None), 0
-        try:
-            if not await self._launch(candidates, first=True):
-                return None
-            hedge_at = self._hedge_at(next(iter(self.pending.values())))
-            while self.pending:
-                timeout = max(0.0, min(next_keepalive, hedge_at, ex.deadline) - loop.time())
-                done, _ = await asyncio.wait(self.pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    cand = self.pending.pop(task)
-                    result = task.result()
-                    self.parts.ledger.stale(ex, cand, result.stale, ex.req.model)
-                    if not isinstance(result, Failed):
-                        await self._cancel_pending(Outcome.CANCELLED, "lost the hedge race")
-                        return Won(cand, result)
-                    self.parts.ledger.failed(ex, cand, result, ex.req.model)
-                    if not self.pending and not await self._launch(candidates):
-                        return None
-                    if self.pending and hedge_at == float("inf") and hedges < cfg.hedge.max_hedges:
-                        hedge_at = self._hedge_at(cand)
-                now = loop.time()
-                if now >= ex.deadline:
-                    await self._cancel_pending(Outcome.TIMEOUT, "no first token before the request's total deadline")
-                    return None
-                if self.on_idle is not None and now >= next_keepalive:
-                    try:
-                        await self._keepalive()
-                    except ConnectionResetError:  # the client left while the attempts ran
-                        raise asyncio.CancelledError() from None
-                    next_keepalive = now + keepalive
-                if now >= hedge_at and hedges < cfg.hedge.max_hedges:
-                    hedges += 1
-                    hedge_at = float("inf")
-                    await self._launch(candidates, hedge=True)
+        if not await self._launch(candidates, first=True):
             return None
-        finally:
-            await self._cancel_pending(None, "")
+        hedge_at = self._hedge_at(next(iter(self.pending.values())))
+        while self.pending:
+            timeout = max(0.0, min(next_keepalive, hedge_at, ex.deadline) - loop.time())
+            done, _ = await asyncio.wait(self.pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                cand = self.pending.pop(task)
+                result = task.result()
+                self.parts.ledger.stale(ex, cand, result.stale, ex.req.model)
+                if not isinstance(result, Failed):
+                    await self._cancel_pending(Outcome.CANCELLED, "lost the hedge race")
+                    return Won(cand, result)
+                self.parts.ledger.failed(ex, cand, result, ex.req.model)
+                if not self.pending and not await self._launch(candidates):
+                    return None
+                if self.pending and hedge_at == float("inf") and hedges < cfg.hedge.max_hedges:
+                    hedge_at = self._hedge_at(cand)
+            now = loop.time()
+            if now >= ex.deadline:
+                await self._cancel_pending(Outcome.TIMEOUT, "no first token before the request's total deadline")
+                return None
+            if self.on_idle is not None and now >= next_keepalive:
+                try:
+                    await self._keepalive()
+                except ConnectionResetError:  # the client left while the attempts ran
+                    raise asyncio.CancelledError() from None
+                next_keepalive = now + keepalive
+            if now >= hedge_at and hedges < cfg.hedge.max_hedges:
+                hedges += 1
+                hedge_at = float("inf")
+                await self._launch(candidates, hedge=True)
+        return None
 
     def _hedge_at(self, cand: Candidate | None) -> float:
         hedge = self.ex.mcfg.hedge
@@ -249,8 +267,11 @@ class FirstToken:
         for task, _ in tasks:
             task.cancel()
         for task, cand in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 result = await task
+            except asyncio.CancelledError:
+                pass
+            else:
                 if isinstance(result, Ready):  # finished as it was cancelled: drop it (its lease ends)
                     result.close()
             if outcome is not None:

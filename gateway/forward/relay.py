@@ -89,6 +89,7 @@ class StreamTracker:
         self.done = False
         self.dropped = 0  # malformed events removed
         self.raw_events = False  # the first event (with the prompt's ids) is behind us
+        self.fed = 0  # reads this tracker was fed (an answer collected to its end: once, at its end)
 
     @property
     def error(self) -> UpstreamTooLarge | None:
@@ -96,6 +97,7 @@ class StreamTracker:
 
     def feed(self, chunk: bytes) -> bytes:
         # complete events out, the incomplete tail kept: this runs once per upstream read
+        self.fed += 1
         if self.pending.parts:
             joined = self.pending.join(chunk)
             if joined is None:

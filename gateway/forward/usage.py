@@ -22,12 +22,14 @@ def find_usage(data: bytes) -> dict[str, Any] | None:
         body = body[:end]
     try:
         doc = orjson.loads(body)
-        usage = doc.get("usage")
-        if usage is None and isinstance(doc.get("response"), dict):  # a Responses API event
-            usage = doc["response"].get("usage")
+        # a name of its own, typed Any: what the pool sent is checked here, not by the name's type
+        # (compiled, binding a non-dict to `usage` would raise a TypeError)
+        found: Any = doc.get("usage")
+        if found is None and isinstance(doc.get("response"), dict):  # a Responses API event
+            found = doc["response"].get("usage")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    return usage if isinstance(usage, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def _tail_usage(data: bytes, at: int) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from gateway.config import Config
 from gateway.server import run, wait_for_signal
 from gateway.tuning import settle_gc
 from gateway.workers import default_workers, wait_for_stop
+from infercdn import core
 from infercdn.commands import load_or_report
 from infercdn.local import running_gateway, running_workers
 from routing.locate import EMBEDDED, embedded_db_notice
@@ -34,6 +35,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     async def serve() -> int:
+        print(f"infercdn gateway: {core.describe()}", file=sys.stderr)
         if cfg.geoip.database == EMBEDDED:
             print(embedded_db_notice(), file=sys.stderr)
         if workers > 1:

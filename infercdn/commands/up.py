@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from gateway.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from gateway.server import run, vllm_default, wait_for_signal
 from gateway.workers import wait_for_stop
+from infercdn import core
 from infercdn.fleet import LaunchError, LocalFleet
 from infercdn.local import running_gateway, running_workers
 from routing.locate import EMBEDDED, embedded_db_notice
@@ -91,6 +92,7 @@ def main(args: argparse.Namespace) -> int:
     config_path = Path(args.config or DEFAULT_CONFIG).resolve()  # the file to edit (not a symlink)
 
     async def serve() -> int:
+        print(f"infercdn up: {core.describe()}", file=sys.stderr)
         if cfg.geoip.database == EMBEDDED:
             print(embedded_db_notice(), file=sys.stderr)
         try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -76,15 +75,15 @@ async def test_a_first_token_deadline_a_stalled_loop_fired_late_blames_no_endpoi
     assert "loop ran" in result.detail
 
 
-def test_a_stalled_attempt_is_recorded_as_saying_nothing_of_the_endpoint() -> None:
+async def test_a_stalled_attempt_is_recorded_as_saying_nothing_of_the_endpoint() -> None:
     clock = FakeClock()
     topo = fakes.topology()
-    ledger = fakes.ledger(fakes.observations(topo, clock), clock)
-    recorded = []
-    ledger.record = lambda cand, outcome, ttfb_ms=None: recorded.append(outcome)  # type: ignore[method-assign]
-    ex = SimpleNamespace(tried=[], req=SimpleNamespace(model="m"))
+    obs = fakes.observations(topo, clock)
+    ledger = fakes.ledger(obs, clock)
+    ex = fakes.exchange()
     cand = fakes.candidates(topo)[0]
-    ledger.failed(ex, cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s", local_stall=True), "m")  # type: ignore[arg-type]
-    ledger.failed(ex, cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s"), "m")  # type: ignore[arg-type]
-    assert recorded == [Outcome.CANCELLED, Outcome.TIMEOUT]
+    ledger.failed(ex, cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s", local_stall=True), "m")
+    assert obs.view(cand.endpoint.id).consecutive_failures == 0  # recorded as cancelled: not the endpoint's
+    ledger.failed(ex, cand, Failed(Outcome.TIMEOUT, "no first token within 0.4 s"), "m")
+    assert obs.view(cand.endpoint.id).consecutive_failures == 1
     assert [t.outcome for t in ex.tried] == [Outcome.TIMEOUT, Outcome.TIMEOUT]  # the log still says what happened

@@ -13,7 +13,7 @@ import pytest
 from gateway.forward.continuation import ModelChain, Target, continuation_for, later_fallbacks, with_models
 from gateway.request import ParsedRequest
 from gateway.forward.resume import StreamState
-from routing.plan import Candidate, Plan, RequestContext
+from routing.plan import Candidate, Plan, RequestContext, ScoreComponents
 from routing.topology import Endpoint, Location, Pool
 from tests.conftest import LONDON, base_config
 
@@ -37,7 +37,8 @@ def state(kind: str, text: str = "once upon", ids: bool = True) -> StreamState:
 
 def cand(model: str, eid: str = "e0", **pool: Any) -> Candidate:
     ep = Endpoint(eid, "http://127.0.0.1:1", f"{model}-pool")
-    return Candidate(Pool(f"{model}-pool", "eu-west", {model: model}, (ep,), **pool), ep, model, 0.0, None)  # type: ignore[arg-type]
+    return Candidate(Pool(f"{model}-pool", "eu-west", {model: model}, (ep,), **pool), ep, model, 0.0,
+                     ScoreComponents(0.0, 0.0, 0.0, 0.0))
 
 
 def plan(model: str, *cands: Candidate) -> Plan:

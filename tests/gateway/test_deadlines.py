@@ -43,7 +43,8 @@ def test_each_candidate_gets_its_pools_deadlines() -> None:
         obs.record_stream_gaps("eu-west-0", ms * 10, gaps=20)
     deadlines = candidate_deadlines(cfg, "tiny-chat", obs)
     by_pool = {c.pool.name: deadlines(c) for c in plan.candidates}
-    assert by_pool["eu-west-pool"].ttft == Deadline(pytest.approx(1.2), "auto", 4, 0.4)  # type: ignore[arg-type]
+    ttft = by_pool["eu-west-pool"].ttft
+    assert ttft.seconds == pytest.approx(1.2) and ttft == Deadline(ttft.seconds, "auto", 4, 0.4)
     assert by_pool["eu-west-pool"].stall == Deadline(8.0, "auto", 4, 4.0)
     assert by_pool["us-east-pool"].ttft == Deadline(3.0, "pool")  # its own ttft_deadline_s
     assert by_pool["us-east-pool"].stall == Deadline(8.0, "fallback", 0)  # no streams seen there

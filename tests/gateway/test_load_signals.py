@@ -110,17 +110,14 @@ def test_scraped_counts_reach_the_routing_core_as_whole_numbers() -> None:
 
     from gateway.background import apply_loads
     from gateway.state import OBSERVATIONS
-    from routing.observations import Observations
+    from routing.observations import ObservationParams, Observations
+    from tests.gateway.forward import fakes
 
-    class Recorder(Observations):
-        def __init__(self) -> None:
-            self.loads: list[tuple] = []
-
-        def record_load(self, endpoint_id, running, waiting, kv_usage) -> None:  # type: ignore[override]
-            self.loads.append((endpoint_id, running, waiting, kv_usage))
-
+    topo = fakes.topology(endpoints=3, pool="p")  # endpoints p-0, p-1, p-2
     app = web.Application()
-    app[OBSERVATIONS] = obs = Recorder()
-    apply_loads(app, [("a", 3.0, 2.0, 0.25), ("b", float("nan"), float("inf"), None), ("c", None, 1.0, None)])
-    assert obs.loads == [("a", 3, 2, 0.25), ("b", None, None, None), ("c", None, 1, None)]
-    assert all(type(v) is int for _, r, w, _ in obs.loads for v in (r, w) if v is not None)
+    app[OBSERVATIONS] = obs = Observations(ObservationParams(), lambda: 0.0)
+    obs.sync(topo)
+    apply_loads(app, [("p-0", 3.0, 2.0, 0.25), ("p-1", float("nan"), float("inf"), None), ("p-2", None, 1.0, None)])
+    loads = [(v.running, v.waiting, v.kv_usage) for v in map(obs.view, ("p-0", "p-1", "p-2"))]
+    assert loads == [(3, 2, 0.25), (None, None, None), (None, 1, None)]
+    assert all(type(v) is int for r, w, _ in loads for v in (r, w) if v is not None)

@@ -3,7 +3,6 @@ attempt the client and the access log see."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 from gateway.forward.dialer import Dialer
 from gateway.forward.exchange import Exchange
@@ -55,8 +54,8 @@ async def test_a_reused_connection_closed_upstream_is_retried_and_counted() -> N
         srv.close()
         await srv.wait_closed()
     assert [r.stale for r in results] == [0, 1] and connections == 2
-    ex = Exchange(SimpleNamespace(request_id="r", model="m"), None, None, 0.0)  # type: ignore[arg-type]
-    cand = SimpleNamespace(endpoint=SimpleNamespace(id="e"))
-    fakes.ledger(obs, clock).stale(ex, cand, results[1].stale, "m")  # type: ignore[arg-type]
+    ex = fakes.exchange()
+    cand = fakes.candidates(fakes.topology())[0]
+    fakes.ledger(obs, clock).stale(ex, cand, results[1].stale, "m")
     assert [(t.outcome, t.detail) for t in ex.tried] == [(Outcome.RESET, STALE_DETAIL)]
     assert ex.attempts == 1 and ex.headers(None)["x-infercdn-attempts"] == "1"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 
 import aiohttp
 import orjson
@@ -13,6 +12,9 @@ from gateway.forward.exchange import Exchange, Tried
 from gateway.state import DRAINING, STATUS
 from gateway.traffic import RATE_S, WINDOW_S, Traffic, record_exchange
 from routing.outcome import Outcome
+from routing.plan import Candidate, ScoreComponents
+from routing.topology import Endpoint, Pool
+from tests.gateway.forward import fakes
 from tests.conftest import LONDON, base_config
 from tests.routing.helpers import FakeClock
 from tests.gateway.test_resume import CHAT as STREAM_CHAT
@@ -122,21 +124,26 @@ def test_traffic_windows_with_a_fake_clock() -> None:
     assert len(traffic._regions["eu-west"]) == 1  # old buckets are dropped, memory stays bounded
 
 
-def test_record_exchange_counts_where_requests_were_served_and_where_attempts_failed() -> None:
+async def test_record_exchange_counts_where_requests_were_served_and_where_attempts_failed() -> None:
     clock = FakeClock()
     traffic = Traffic(clock)
 
-    def cand(region: str) -> SimpleNamespace:
-        return SimpleNamespace(region=region)
+    def cand(region: str) -> Candidate:
+        ep = Endpoint(f"{region}-0", "http://127.0.0.1:9", f"{region}-a")
+        return Candidate(Pool(f"{region}-a", region, {"tiny-chat": "tiny-chat"}, (ep,)), ep, "tiny-chat", 0.0,
+                         ScoreComponents(0.0, 0.0, 0.0, 0.0))
 
-    ex = Exchange(None, None, None, 0.0)  # type: ignore[arg-type]
-    ex.tried = [Tried(cand("eu-west"), Outcome.RESET, "reset", "tiny-chat")]  # type: ignore[arg-type]
-    ex.served_by, ex.status, ex.usage = cand("us-east"), "200", {"completion_tokens": 7}  # type: ignore[assignment]
+    ex = fakes.exchange()
+    ex.tried = [Tried(cand("eu-west"), Outcome.RESET, "reset", "tiny-chat")]
+    ex.served_by, ex.status, ex.usage = cand("us-east"), "200", {"completion_tokens": 7}
     record_exchange(traffic, ex)
-    failed = Exchange(None, None, None, 0.0, status="503")  # type: ignore[arg-type]
-    failed.tried = [Tried(cand("ap-southeast"), Outcome.CONNECT_ERROR, "refused", "tiny-chat")]  # type: ignore[arg-type]
+    failed = fakes.exchange()
+    failed.status = "503"
+    failed.tried = [Tried(cand("ap-southeast"), Outcome.CONNECT_ERROR, "refused", "tiny-chat")]
     record_exchange(traffic, failed)
-    record_exchange(traffic, Exchange(None, None, None, 0.0, status="503"))  # type: ignore[arg-type]
+    nowhere = fakes.exchange()
+    nowhere.status = "503"
+    record_exchange(traffic, nowhere)
     snap = traffic.snapshot([])
     assert snap["us-east"]["requests_1m"] == 1 and snap["us-east"]["failovers_1m"] == 1
     assert snap["us-east"]["tokens_per_s"] == 7 / RATE_S

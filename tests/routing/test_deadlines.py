@@ -83,7 +83,7 @@ def test_observations_feed_the_deadlines(topology: Topology, clock: FakeClock) -
     assert obs.pool_timings("us-east-a") == PoolTimings()  # per pool
     settings = DeadlineSettings(AutoParams(3.0, 0.1, 30.0, 100, 30.0), AutoParams(4.0, 0.1, 30.0, 4, 10.0))
     d = effective_deadlines(settings, t)
-    assert d.ttft == Deadline(pytest.approx(0.297), "auto", 100, 0.099)  # type: ignore[arg-type]
+    assert d.ttft.seconds == pytest.approx(0.297) and d.ttft == Deadline(d.ttft.seconds, "auto", 100, 0.099)
     assert d.stall == Deadline(0.4, "auto", 4, 0.1)
 
 

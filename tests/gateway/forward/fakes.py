@@ -13,7 +13,7 @@ from gateway.forward.exchange import Exchange
 from gateway.request import parse
 from gateway.forward.dialer import Dialer
 from gateway.forward.ledger import Ledger
-from gateway.forward.upstream import DEFAULT_LIMITS, Failed, Ready, Refused
+from gateway.forward.upstream import DEFAULT_LIMITS, Failed, Ready, Refused, UpstreamConn, UpstreamPool
 from gateway.metrics import GatewayMetrics, build_metrics
 from routing.budget import RetryBudget
 from routing.observations import ObservationParams, Observations
@@ -73,22 +73,43 @@ def inflight(obs: Observations, endpoint_id: str) -> int:
     return obs.view(endpoint_id).inflight
 
 
-class FakeConn:
-    """What a Ready's end does to its upstream connection, counted."""
+class _Transport:
+    """Under a real connection: what its end does to the socket, counted."""
 
     def __init__(self) -> None:
         self.aborted = 0
-        self.released = 0
 
     def abort(self) -> None:
         self.aborted += 1
 
-    def release(self) -> None:
-        self.released += 1
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.aborted > 0
+
+    def get_extra_info(self, name: str) -> None:
+        return None
 
 
 def ready(first: bytes = b'data: {"choices":[{"text":"a"}]}\n\n') -> Ready:
-    return Ready(FakeConn(), first, 0.01, {})  # type: ignore[arg-type]
+    """An answer on a real upstream connection whose exchange is complete (released, it goes
+    back to its pool; aborted, its transport is aborted): see :func:`fate`."""
+    conn = UpstreamConn(UpstreamPool(1.0), ("http", "127.0.0.1", 9))
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    conn.complete = conn.keep_alive = True
+    return Ready(conn, first, 0.01, {})
+
+
+def fate(answer: Ready) -> tuple[int, int]:
+    """(times its connection went back to the pool, times it was aborted)."""
+    conn = answer.conn
+    transport = conn.transport
+    assert isinstance(transport, _Transport)
+    return len(conn.pool.idle.get(conn.key, [])), transport.aborted
 
 
 def exchange(model: str = "m", stream: bool = True, deadline_s: float = 30.0, **sections: Any) -> Exchange:

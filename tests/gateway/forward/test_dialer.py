@@ -31,7 +31,7 @@ async def test_an_answer_holds_the_lease_until_it_ends() -> None:
     result.release()
     result.close()  # a second ending does nothing: not a second release, not an abort
     assert fakes.inflight(obs, cands[0].endpoint.id) == 0
-    assert (answer.conn.released, answer.conn.aborted) == (1, 0)
+    assert fakes.fate(answer) == (1, 0)
 
 
 @pytest.mark.parametrize("answer", [Failed(Outcome.HTTP_5XX, "upstream returned 502", 502),

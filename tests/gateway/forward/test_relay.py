@@ -4,13 +4,12 @@ a relayed stream goes to its client read by read."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from gateway.forward.assembled import AssembledAnswer
 from gateway.forward.relay import StreamTracker, Watchdog, pump
-from gateway.forward.upstream import Ready, UpstreamConn, UpstreamLost
+from gateway.forward.upstream import Ready, UpstreamConn, UpstreamLost, UpstreamPool
 from tests.gateway.forward import fakes
 from tests.gateway.forward.test_client_streams import FakeTransport, parts
 
@@ -27,24 +26,6 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-class _Pool:
-    def forget(self, conn: Any) -> None:
-        pass
-
-    def put(self, conn: Any) -> None:
-        pass
-
-
-class CountingTracker(StreamTracker):
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(strip_ids=False, retain=True, **kw)
-        self.feeds = 0
-
-    def feed(self, chunk: bytes) -> bytes:
-        self.feeds += 1
-        return super().feed(chunk)
-
-
 def first_token(conn: UpstreamConn) -> Ready:
     """The connection as the first-token race leaves it: the head and first event read, paused."""
     conn.connection_made(FakeTransport())  # type: ignore[arg-type]
@@ -57,14 +38,14 @@ def first_token(conn: UpstreamConn) -> Ready:
 
 
 async def collect(reads: list[bytes], room: int = 1 << 20, max_event: int = 4096,
-                  lost: bool = False) -> tuple[AssembledAnswer, CountingTracker, UpstreamLost | None]:
+                  lost: bool = False) -> tuple[AssembledAnswer, StreamTracker, UpstreamLost | None]:
     """``reads`` through the pump to an assembled answer; ``lost``: then the connection breaks."""
     ex = fakes.exchange(stream=False)
     ledger, _, _ = parts()
     out = AssembledAnswer(ex, ledger, room)
-    conn = UpstreamConn(_Pool(), ("http", "127.0.0.1", 9))  # type: ignore[arg-type]
+    conn = UpstreamConn(UpstreamPool(1.0), ("http", "127.0.0.1", 9))
     ready = first_token(conn)
-    tracker = CountingTracker(max_event=max_event)
+    tracker = StreamTracker(strip_ids=False, retain=True, max_event=max_event)
     task = asyncio.ensure_future(pump(out, ready, tracker, Watchdog(30.0, asyncio.get_running_loop().time() + 30)))
     await asyncio.sleep(0)  # the pump takes over the connection
     for data in reads:
@@ -88,14 +69,14 @@ async def test_a_collected_answer_reads_its_events_once_at_the_end() -> None:
     assert error is None and tracker.done
     # the first token only: an answer that ended with [DONE] is taken whole, not event by event
     # (nor read by read); a resume would never read it
-    assert tracker.feeds == 1
+    assert tracker.fed == 1
     assert bytes(out.data) == bytes(tracker.raw) == event(0) + b"".join(events)
 
 
 async def test_a_collected_answer_that_ends_without_done_is_read_once_at_its_end() -> None:
     """A body that ended early (no [DONE]): the tracker reads it once, to judge the ending."""
     out, tracker, error = await collect([chunk(event(1)), chunk(event(2)), b"0\r\n\r\n"])
-    assert error is None and not tracker.done and tracker.feeds == 2
+    assert error is None and not tracker.done and tracker.fed == 2
     assert bytes(out.data) == bytes(tracker.raw) == event(0) + event(1) + event(2)
 
 
@@ -103,7 +84,7 @@ async def test_a_collected_answer_cut_mid_stream_leaves_the_tracker_what_arrived
     """The state a resume continues from: every complete event that came before the break."""
     out, tracker, error = await collect([chunk(event(1)), chunk(event(2)[:20])], lost=True)
     assert error is not None and "closed the connection" in str(error) and not tracker.done
-    assert bytes(tracker.raw) == event(0) + event(1) and tracker.feeds == 2
+    assert bytes(tracker.raw) == event(0) + event(1) and tracker.fed == 2
 
 
 @pytest.mark.parametrize("what", ["event", "answer"])
