@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import Unavailable
+import gateway.forward.fields as fields
 from gateway.forward.exchange import Exchange
 from gateway.forward.ledger import Ledger
 from gateway.forward.resume import choices_of
@@ -45,7 +46,8 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
     in ``raw`` add up to; None when they carry no choice.  Read in passes over the choices (a
     few dictionary reads per event; the fields that are rare, from the end or only where set)."""
     docs = _documents(raw)
-    choices: list[dict[str, Any]] = [c for d in docs for c in (d.get("choices") or ())]
+    # kinds checked where they matter (gateway/forward/fields.py): a pool's junk reads as absent
+    choices: list[dict[str, Any]] = [c for d in docs for c in fields.choices(d)]
     if not choices:
         return None
     head = docs[0]
@@ -64,16 +66,17 @@ def assemble(raw: bytes, kind: str) -> dict[str, Any] | None:
             break
     role, reasoning_key, reasoning = "assistant", "reasoning_content", []
     if kind == "chat":
-        deltas = [c.get("delta") or _NO_DELTA for c in choices]
-        texts = [t for d in deltas if (t := d.get("content"))]
+        deltas = [fields.delta(c) or _NO_DELTA for c in choices]
+        texts = [t for d in deltas if isinstance(t := d.get("content"), str)]
         for delta in [d for d in deltas if len(d) > 1 or "content" not in d]:  # role, reasoning
-            role = delta.get("role") or role
+            role = fields.text(delta.get("role")) or role
             for key in ("reasoning_content", "reasoning"):
-                if delta.get(key):
+                part = delta.get(key)
+                if part and isinstance(part, str):
                     reasoning_key = key
-                    reasoning.append(delta[key])
+                    reasoning.append(part)
     else:
-        texts = [t for c in choices if (t := c.get("text"))]
+        texts = [t for c in choices if isinstance(t := c.get("text"), str)]
     text = "".join(texts)
     vllm = isinstance(fingerprint, str) and fingerprint.startswith("vllm")
     if kind == "chat":
@@ -204,7 +207,10 @@ class AssembledAnswer:
         # the first attempt's events, then what a resume spliced on (or an ending written)
         ex = self.ex
         raw = bytes(self.data)
-        doc = assemble(raw, ex.req.kind)
+        try:
+            doc = assemble(raw, ex.req.kind)
+        except (TypeError, AttributeError, ValueError):  # a pool's events with fields of the wrong kinds
+            return await self.give_up(cand, "the upstream answer could not be assembled")
         if doc is None:
             error = stream_error(raw)
             if error is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import gateway.forward.fields as fields
 from gateway.request import ParsedRequest
 from gateway.sse import events, parse_event
 
@@ -50,28 +51,29 @@ class StreamState:
 
     def observe(self, doc: dict[str, Any]) -> None:
         """Account one upstream event (as the client saw it, ids included)."""
-        self.id = self.id or doc.get("id")
-        self.created = self.created or doc.get("created")
-        self.model = self.model or doc.get("model")
-        if isinstance(doc.get("prompt_token_ids"), list) and self.prompt_ids is None:
-            self.prompt_ids = doc["prompt_token_ids"]
-        if isinstance(doc.get("usage"), dict):
-            self.usage = doc["usage"]
-            self.prompt_tokens = self.usage.get("prompt_tokens", self.prompt_tokens)
-        for choice in doc.get("choices") or ():
-            if choice.get("index", 0) == 0:
+        # each field read with its kind checked (gateway/forward/fields.py): a pool's junk reads as absent
+        self.id = self.id or fields.text(doc.get("id"))
+        self.created = self.created or fields.whole(doc.get("created"))
+        self.model = self.model or fields.text(doc.get("model"))
+        if self.prompt_ids is None:
+            self.prompt_ids = fields.token_ids(doc.get("prompt_token_ids"))
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+            prompt = fields.whole(usage.get("prompt_tokens"))
+            self.prompt_tokens = self.prompt_tokens if prompt is None else prompt
+        for choice in fields.choices(doc):
+            if fields.index(choice) == 0:
                 self._choice(choice)
 
     def _choice(self, choice: dict[str, Any]) -> None:
-        if isinstance(choice.get("prompt_token_ids"), list) and self.prompt_ids is None:
-            self.prompt_ids = choice["prompt_token_ids"]
-        delta = choice.get("delta")
-        text = (delta or {}).get("content") if delta is not None else choice.get("text")
+        if self.prompt_ids is None:
+            self.prompt_ids = fields.token_ids(choice.get("prompt_token_ids"))
+        delta = fields.delta(choice)
         if delta is not None and delta.get("role"):
             self.role_sent = True
-        ids = choice.get("token_ids")
-        self.add(text or "", ids if isinstance(ids, list) else None, choice.get("finish_reason"),
-                 choice.get("stop_reason"))
+        self.add(fields.content(choice), fields.token_ids(choice.get("token_ids")),
+                 fields.text(choice.get("finish_reason")), choice.get("stop_reason"))
 
     def add(self, text: str, ids: list[int] | None, finish: str | None, stop_reason: Any) -> None:
         """Account text and token ids that reached the client (and the end, if it came)."""

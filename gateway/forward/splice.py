@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import gateway.forward.fields as fields
 from gateway.forward.resume import Continuation, ResumeMismatch, StreamState
 from gateway.sse import DONE_EVENT, encode_event, events, parse_event
 
@@ -62,8 +63,8 @@ class Splicer:
                 frame["system_fingerprint"] = doc["system_fingerprint"]
             return [encode_event(frame)]
         out = []
-        for choice in doc.get("choices") or ():
-            if choice.get("index", 0) != 0:
+        for choice in fields.choices(doc):
+            if fields.index(choice) != 0:
                 continue
             ev = self._choice(choice, doc.get("system_fingerprint"))
             if ev is not None:
@@ -71,11 +72,9 @@ class Splicer:
         return out
 
     def _choice(self, choice: dict[str, Any], fingerprint: Any = None) -> bytes | None:
-        delta = choice.get("delta")
-        text = (delta or {}).get("content") if delta is not None else choice.get("text")
-        text = text or ""
-        ids = choice.get("token_ids") if isinstance(choice.get("token_ids"), list) else None
-        finish = choice.get("finish_reason")
+        text = fields.content(choice)  # kinds checked (gateway/forward/fields.py)
+        ids = fields.token_ids(choice.get("token_ids"))
+        finish = fields.text(choice.get("finish_reason"))
         if self.skip:
             text, ids = self._skip(text, ids)
             if not text and not finish:
@@ -110,12 +109,12 @@ class Splicer:
         return text[n:], (ids if n == 0 else None)
 
     def _usage(self, cont_usage: dict[str, Any]) -> dict[str, Any]:
-        completion = int(cont_usage.get("completion_tokens") or 0) + self.base_generated
+        completion = (fields.whole(cont_usage.get("completion_tokens")) or 0) + self.base_generated
         prompt = self.st.prompt_tokens
         if prompt is None and self.st.prompt_ids is not None:
             prompt = len(self.st.prompt_ids)
         if prompt is None:  # text-level continuation: its prompt holds the text generated so far
-            prompt = max(0, int(cont_usage.get("prompt_tokens") or 0) - self.base_generated)
+            prompt = max(0, (fields.whole(cont_usage.get("prompt_tokens")) or 0) - self.base_generated)
         return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
 
     def _client_choice(self, text: str, ids: list[int] | None, finish: str | None, stop_reason: Any) -> dict[str, Any]:
