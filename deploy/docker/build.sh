@@ -53,6 +53,14 @@ export SOURCE_DATE_EPOCH=315532800
 "$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$ctx/wheels/project" "$src" >&2
 rm -rf "$src"
 cp "$here/Dockerfile" "$here/healthcheck.py" "$here/gateway.yaml" "$ctx/"
+# the compiled core (infercdn/core.py) where this tree has a fresh build: the images' Python (3.11 on
+# Debian, as here) loads the same extensions; without one (an empty folder) they run it as Python
+mkdir -p "$ctx/core"
+if (cd "$root" && "$PYTHON" -m infercdn.cli core status >/dev/null 2>&1); then
+  cp -r "$root/build/core/." "$ctx/core/"
+else
+  echo "build.sh: no fresh compiled core in $root/build/core (make install builds it): the images run the core as Python" >&2
+fi
 
 # BuildKit needs the buildx plugin with a recent client; the classic builder does the same here.
 if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
