@@ -91,13 +91,13 @@ def profile(work: Path, tree: Path, svg: Path, name: str, seconds: float = 10.0)
         run = peers.start(system, ups.urls, here, tree=tree)
         assert run.proc is not None
         raw = here / "stacks.raw"
-        # --native: the compiled core's functions (C, infercdn/core.py) are frames of their own
-        # (native stacks need the process paused while sampled: no --nonblocking)
-        common = ["record", "--pid", str(run.proc.pid), "--duration", str(int(seconds + 3)), "--rate", "200",
-                  "--native"]
-        spies = [subprocess.Popen([str(exe), *common, "--format", fmt, "-o", str(path)],
+        common = ["record", "--pid", str(run.proc.pid), "--duration", str(int(seconds + 3)), "--rate", "200"]
+        # the flame graph with --native: the compiled core's functions (C, infercdn/core.py) are
+        # frames of their own (native stacks pause the process as it is sampled, and only one
+        # sampler can: the self-time table's sampler reads without pausing, Python frames only)
+        spies = [subprocess.Popen([str(exe), *common, *flags, "--format", fmt, "-o", str(path)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for fmt, path in (("flamegraph", svg), ("raw", raw))]
+                 for fmt, path, flags in (("flamegraph", svg, ["--native"]), ("raw", raw, ["--nonblocking"]))]
         if wl.tool == "wrk":
             measure_wrk(run, wl, Timing(wrk_s=seconds), here)
         else:
