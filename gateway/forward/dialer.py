@@ -12,6 +12,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 from mypy_extensions import mypyc_attr
@@ -211,7 +212,7 @@ class _Deadline:
     def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         task = asyncio.current_task(loop)
         assert task is not None
-        self.task = task
+        self.task: asyncio.Task[Any] | None = task
         self.fired = False
         self.base = task.cancelling()  # cancellations requested before: not ours to take back
         self.handle: asyncio.TimerHandle | None = loop.call_at(when, self._fire)
@@ -219,17 +220,21 @@ class _Deadline:
     def _fire(self) -> None:
         self.handle = None
         self.fired = True
-        self.task.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
     def stop(self) -> bool:
+        # once stopped it lets go of the task: a cancelled task keeps its CancelledError, whose
+        # traceback holds the attempt's frame and so this timer (tests/security/test_no_cycles.py)
+        task, self.task = self.task, None
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
             return False
-        if self.fired:
+        if self.fired and task is not None:
             self.fired = False
             # someone else cancelled the task too (the client left): that cancellation stands
-            return self.task.uncancel() <= self.base
+            return task.uncancel() <= self.base
         return False
 
 
@@ -239,7 +244,13 @@ async def _wait(conn: UpstreamConn) -> None:
     if conn.closed:
         raise conn.lost()
     conn.waiter = conn.loop.create_future()
-    await conn.waiter
+    try:
+        await conn.waiter
+    except BaseException:
+        # the future keeps what ended it (a cancellation: the client left), whose traceback
+        # holds this frame and so the connection: no cycle (tests/security/test_no_cycles.py)
+        conn.waiter = None
+        raise
 
 
 def _token_or_end(conn: UpstreamConn) -> bool:

@@ -119,7 +119,10 @@ class FirstToken:
                 except ConnectionResetError:  # the client left: seen later
                     pass
             if error is not None:
-                raise error
+                try:
+                    raise error
+                finally:
+                    error = None  # no cycle through this frame's traceback (tests/security/test_no_cycles.py)
             self.parts.ledger.stale(ex, cand, result.stale, ex.req.model)
             if not isinstance(result, Failed):
                 return Won(cand, result)
@@ -171,7 +174,10 @@ class FirstToken:
             error = exc
         await self._cancel_pending(None, "")
         if error is not None:
-            raise error
+            try:
+                raise error
+            finally:
+                error = None  # as in _walk
         return won
 
     async def _hedged(self, candidates: Iterator[Candidate]) -> Won | None:

@@ -294,7 +294,11 @@ class Ready:
         conn.waiter = conn.loop.create_future()
         conn.sink = sink
         conn.resume()
-        await conn.waiter
+        try:
+            await conn.waiter
+        except BaseException:
+            conn.waiter = None  # as in the dialer's wait: no cycle through what ended it
+            raise
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ cycle is memory kept for thousands of requests: old code kept every request (its
 included) in one, through the exchange stored on the request and a keep-alive timer closure."""
 from __future__ import annotations
 
+import asyncio
 import collections
 import gc
 
@@ -62,4 +63,32 @@ async def test_failed_upstream_exchanges_leave_no_cycle(gateway_factory, collect
             for _ in range(3):
                 await call(gw.url, CHAT)
                 await call(gw.url, STREAM)
+    assert cycles_left() == {}
+
+
+@pytest.mark.parametrize("hedge", [False, True], ids=["walk", "race"])
+async def test_a_client_gone_before_the_first_token_leaves_no_cycle(sim_factory, gateway_factory, collector_off,
+                                                                     hedge: bool) -> None:
+    """The attempt is cancelled while it waits (the walk, or the hedged race): a cancelled task
+    keeps its CancelledError, whose traceback holds every frame it passed; nothing in those frames
+    may hold the task (the first-token deadline's timer did) or the exception (a future it ended)."""
+    import aiohttp
+
+    from gateway.state import OBSERVATIONS
+
+    sim = await sim_factory(ttft_ms=5000)
+    models = {"*": {"hedge": {"enabled": True, "after_ms": 4000}}} if hedge else {}
+    gw = await gateway_factory(base_config({"eu-west": [sim.url]}, models=models))
+    obs = gw.app[OBSERVATIONS]
+    cycles_left()  # start-up's own
+    for _ in range(3):
+        with pytest.raises(asyncio.TimeoutError):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.2)) as session:
+                async with session.post(gw.url + "/v1/chat/completions", json=STREAM) as r:
+                    await r.read()
+        for _ in range(200):  # the gateway sees the client go and ends the attempt (bounded: 2 s)
+            if obs.view("eu-west-0").inflight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert obs.view("eu-west-0").inflight == 0
     assert cycles_left() == {}
