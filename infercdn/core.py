@@ -162,8 +162,19 @@ def activate(mode: str | None = None, directory: Path | None = None) -> Core:
         return _active
     manifest = json.loads((directory / MANIFEST).read_text())
     files = {name: directory / entry["file"] for name, entry in manifest["modules"].items()}
-    files[manifest["library_module"]] = directory / manifest["library"]
-    sys.meta_path.insert(0, _Finder(files))
+    library = manifest["library_module"]
+    files[library] = directory / manifest["library"]
+    finder = _Finder(files)
+    sys.meta_path.insert(0, finder)
+    try:  # the library holds every module's code: loaded now, a build that cannot load is found now
+        importlib.import_module(library)
+    except ImportError as exc:
+        sys.meta_path.remove(finder)
+        sys.modules.pop(library, None)
+        if mode == "compiled":
+            raise CoreError(f"{ENV}=compiled: the build in {directory} does not load: {exc}") from None
+        _active = Core("python", f"the build in {directory} does not load: {exc}")
+        return _active
     _active = Core("compiled", f"mypyc {manifest.get('mypy', '?')}, {len(manifest['modules'])} modules", directory)
     return _active
 

@@ -92,3 +92,26 @@ def test_the_build_in_the_tree_is_what_processes_run() -> None:
     early = probe("import routing.plan, infercdn; print(infercdn.CORE.kind, infercdn.CORE.reason, routing.plan.__file__)")
     assert early.stdout.startswith("python ") and "imported before the build was chosen" in early.stdout
     assert early.stdout.strip().endswith("routing/plan.py")
+
+
+def test_a_build_that_does_not_load_leaves_the_process_on_python(tmp_path: Path) -> None:
+    """A manifest that matches the sources over extensions that cannot load (a copy cut short, a
+    library of another machine): the process starts on the sources and says why; required, it stops."""
+    suffix = core._ext_suffix()
+    modules = {}
+    for name, src in core.sources().items():
+        so = Path(*name.split(".")).with_suffix(suffix)
+        (tmp_path / so).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / so).write_bytes(b"not an ELF file")
+        modules[name] = {"file": str(so), "sha256": core._sha256(src)}
+    (tmp_path / f"{core.GROUP}__mypyc{suffix}").write_bytes(b"not an ELF file")
+    (tmp_path / core.MANIFEST).write_text(json.dumps({
+        "ext_suffix": suffix, "library": f"{core.GROUP}__mypyc{suffix}", "library_module": f"{core.GROUP}__mypyc",
+        "modules": modules, "mypy": "test"}))
+    assert core.stale(tmp_path) is None  # by its manifest, a fresh build
+    probe_reason = ("import infercdn, routing.plan; "
+                    "print(infercdn.CORE.kind, routing.plan.__file__.endswith('.py'), infercdn.CORE.reason, sep='|')")
+    kind, source, reason = probe(probe_reason, INFERCDN_CORE_DIR=str(tmp_path)).stdout.strip().split("|")
+    assert (kind, source) == ("python", "True") and f"the build in {tmp_path} does not load" in reason
+    done = probe(INFERCDN_CORE="compiled", INFERCDN_CORE_DIR=str(tmp_path))
+    assert done.returncode != 0 and "does not load" in done.stderr
