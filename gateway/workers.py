@@ -349,16 +349,29 @@ async def running_workers(cfg: Config, config_path: str | Path, host: str, port:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def wait_for_stop(supervisor: Supervisor) -> None:
-    """Until SIGINT or SIGTERM (a second one cuts the workers' drain short)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+class StopSignals:
+    """SIGINT and SIGTERM, caught from the moment this is made: make it before the workers start.
+    A signal that arrives while they start is kept (the run stops as soon as it is up); without a
+    handler it would be lost, and as PID 1 of a container it is ignored, so the workers would
+    serve on and never drain.  A second signal cuts the workers' drain short."""
 
-    def on_stop() -> None:
-        if stop.is_set():
-            supervisor.interrupt()
-        stop.set()
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.supervisor: Supervisor | None = None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_stop)
-    await stop.wait()
+    def _on_signal(self) -> None:
+        if self.stop.is_set() and self.supervisor is not None:
+            self.supervisor.interrupt()
+        self.stop.set()
+
+    async def wait(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        await self.stop.wait()
+
+
+async def wait_for_stop(supervisor: Supervisor, signals: StopSignals | None = None) -> None:
+    """Until SIGINT or SIGTERM (``signals``: caught since before the workers started)."""
+    await (signals or StopSignals()).wait(supervisor)

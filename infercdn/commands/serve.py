@@ -7,7 +7,7 @@ import sys
 from gateway.config import Config
 from gateway.server import run, wait_for_signal
 from gateway.tuning import settle_gc
-from gateway.workers import default_workers, wait_for_stop
+from gateway.workers import StopSignals, default_workers, wait_for_stop
 from infercdn import core
 from infercdn.commands import load_or_report
 from infercdn.local import running_gateway, running_workers
@@ -51,12 +51,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def serve_workers(cfg: Config, config: str, host: str, port: int, workers: int) -> int:
+    signals = StopSignals()  # before the workers serve: a signal while they start is not lost (PID 1)
     try:
         async with running_workers(cfg, config, host, port, workers) as (fleet, bound, supervisor):
             print(f"infercdn gateway listening on http://{host}:{bound} ({workers} workers, pids "
                   f"{' '.join(map(str, supervisor.pids))}; {len(cfg.pools)} pools, "
                   f"{len(fleet.sims)} simulated endpoints)", flush=True)
-            await wait_for_stop(supervisor)
+            await wait_for_stop(supervisor, signals)
     except (OSError, RuntimeError) as exc:
         print(f"infercdn gateway: {exc}", file=sys.stderr)
         return 1

@@ -331,3 +331,39 @@ async def test_a_reload_waits_for_a_worker_still_starting(tmp_path: Path) -> Non
         writer.close()
     finally:
         hub.close()
+
+
+async def test_a_stop_signal_while_the_workers_start_is_kept() -> None:
+    """`infercdn gateway --workers N` catches SIGTERM before its workers serve: as PID 1 of a
+    container a signal without a handler is ignored, and one that came while they started was
+    lost (the workers then served on, never drained).  A second signal cuts the drain short."""
+    import os
+    import signal as signals_module
+
+    from gateway.workers import StopSignals
+
+    class Supervisor:
+        interrupted = 0
+
+        def interrupt(self) -> None:
+            self.interrupted += 1
+
+    loop = asyncio.get_running_loop()
+    signals = StopSignals()
+    try:
+        os.kill(os.getpid(), signals_module.SIGTERM)  # the workers are still starting
+        for _ in range(100):  # the handler runs on the loop (bounded: 1 s)
+            if signals.stop.is_set():
+                break
+            await asyncio.sleep(0.01)
+        sup = Supervisor()
+        await asyncio.wait_for(signals.wait(sup), 1)  # up: it returns at once, the drain begins
+        os.kill(os.getpid(), signals_module.SIGTERM)
+        for _ in range(100):
+            if sup.interrupted:
+                break
+            await asyncio.sleep(0.01)
+        assert sup.interrupted == 1
+    finally:
+        for sig in (signals_module.SIGINT, signals_module.SIGTERM):
+            loop.remove_signal_handler(sig)
