@@ -28,22 +28,28 @@ def fake_build(tmp_path: Path) -> tuple[Path, Path]:
     (the extension files are empty: only :func:`core.stale` reads this build)."""
     root, build = tmp_path / "tree", tmp_path / "build"
     files = {"routing.plan": "x = 1\n", "routing.policies.cost": "y = 2\n", "gateway.forward.relay": "z = 3\n"}
-    modules = {}
-    suffix = core._ext_suffix()
     for name, text in files.items():
         src = root.joinpath(*name.split(".")).with_suffix(".py")
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_text(text)
         (src.parent / "__init__.py").write_text("")
+    write_build(build, core.sources(root), b"")
+    return root, build
+
+
+def write_build(build: Path, sources: dict[str, Path], content: bytes) -> None:
+    """A build of ``sources`` whose manifest is right and whose extension files hold ``content``."""
+    suffix = core._ext_suffix()
+    modules = {}
+    for name, src in sources.items():
         so = Path(*name.split(".")).with_suffix(suffix)
         (build / so).parent.mkdir(parents=True, exist_ok=True)
-        (build / so).write_bytes(b"")
+        (build / so).write_bytes(content)
         modules[name] = {"file": str(so), "sha256": core._sha256(src)}
-    (build / f"{core.GROUP}__mypyc{suffix}").write_bytes(b"")
+    (build / f"{core.GROUP}__mypyc{suffix}").write_bytes(content)
     (build / core.MANIFEST).write_text(json.dumps({
         "ext_suffix": suffix, "library": f"{core.GROUP}__mypyc{suffix}", "library_module": f"{core.GROUP}__mypyc",
         "modules": modules, "mypy": "test"}))
-    return root, build
 
 
 def test_a_build_serves_exactly_the_sources_it_was_made_from(tmp_path: Path) -> None:
@@ -97,17 +103,7 @@ def test_the_build_in_the_tree_is_what_processes_run() -> None:
 def test_a_build_that_does_not_load_leaves_the_process_on_python(tmp_path: Path) -> None:
     """A manifest that matches the sources over extensions that cannot load (a copy cut short, a
     library of another machine): the process starts on the sources and says why; required, it stops."""
-    suffix = core._ext_suffix()
-    modules = {}
-    for name, src in core.sources().items():
-        so = Path(*name.split(".")).with_suffix(suffix)
-        (tmp_path / so).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / so).write_bytes(b"not an ELF file")
-        modules[name] = {"file": str(so), "sha256": core._sha256(src)}
-    (tmp_path / f"{core.GROUP}__mypyc{suffix}").write_bytes(b"not an ELF file")
-    (tmp_path / core.MANIFEST).write_text(json.dumps({
-        "ext_suffix": suffix, "library": f"{core.GROUP}__mypyc{suffix}", "library_module": f"{core.GROUP}__mypyc",
-        "modules": modules, "mypy": "test"}))
+    write_build(tmp_path, core.sources(), b"not an ELF file")
     assert core.stale(tmp_path) is None  # by its manifest, a fresh build
     probe_reason = ("import infercdn, routing.plan; "
                     "print(infercdn.CORE.kind, routing.plan.__file__.endswith('.py'), infercdn.CORE.reason, sep='|')")
