@@ -172,11 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         tree = (peers.snapshot(args.rev, work / "src") if args.rev and any(s.startswith("infercdn") for s in ok)
                 else peers.ROOT)
         base_tree = peers.snapshot(args.baseline, work / "base-src") if args.baseline else None
-        for name in systems:  # which build of the core each infercdn ran (bench/peers.build_core)
+        cores: dict[Path, str] = {}  # which build of the core each tree runs (bench/peers.build_core), once per tree
+        for name in systems:
             if name.startswith("infercdn") and systems[name]["status"] == "ok":
                 from_tree = base_tree if name.endswith(BASE) else tree
                 assert from_tree is not None
-                systems[name]["version"] += f", {peers.build_core(from_tree)}"
+                if from_tree not in cores:
+                    cores[from_tree] = peers.build_core(from_tree)
+                systems[name]["version"] += f", {cores[from_tree]}"
         runs += run_rounds(args, ok, timing, work, tree, base_tree)
         idle = None
         profiles: list[dict] = []

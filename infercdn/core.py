@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # packages whose modules are compiled (their __init__ stays Python: it is what imports them)
@@ -92,21 +93,31 @@ def _ext_suffix() -> str:
 
 def stale(directory: Path, root: Path = ROOT) -> str | None:
     """Why the build in ``directory`` cannot serve the sources under ``root`` (None: it can)."""
+    return _check(directory, root)[1]
+
+
+def _check(directory: Path, root: Path) -> tuple[dict[str, Any], None] | tuple[None, str]:
+    """The build's manifest when it serves the sources under ``root``; else why not."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
+        why = _mismatch(manifest, directory, root)
     except FileNotFoundError:
-        return f"no compiled build in {directory} (infercdn core build)"
-    except (OSError, ValueError) as exc:
-        return f"unreadable manifest in {directory}: {exc}"
-    if manifest.get("ext_suffix") != _ext_suffix():
-        return f"built for {manifest.get('ext_suffix')}, this Python loads {_ext_suffix()}"
-    modules: dict[str, dict[str, str]] = manifest.get("modules", {})
+        return None, f"no compiled build in {directory} (infercdn core build)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, f"unreadable manifest in {directory}: {exc!r}"
+    return (manifest, None) if why is None else (None, why)
+
+
+def _mismatch(manifest: Any, directory: Path, root: Path) -> str | None:
+    if manifest["ext_suffix"] != _ext_suffix():
+        return f"built for {manifest['ext_suffix']}, this Python loads {_ext_suffix()}"
+    modules: dict[str, dict[str, str]] = manifest["modules"]
     current = sources(root)
     if set(modules) != set(current):
         changed = sorted(set(modules) ^ set(current))
         return f"modules added or removed since the build: {', '.join(changed[:5])}"
     for name, path in current.items():
-        if _sha256(path) != modules[name].get("sha256"):
+        if _sha256(path) != modules[name]["sha256"]:
             return f"{path.relative_to(root)} changed since the build"
         if not (directory / modules[name]["file"]).is_file():
             return f"{modules[name]['file']} missing from {directory}"
@@ -150,17 +161,16 @@ def activate(mode: str | None = None, directory: Path | None = None) -> Core:
         _active = Core("python", f"{ENV}=python")
         return _active
     directory = directory or default_dir()
-    why = stale(directory)
-    if why is None:
-        loaded = sorted(name for name in sources() if name in sys.modules)
+    manifest, why = _check(directory, ROOT)
+    if manifest is not None:
+        loaded = sorted(name for name in manifest["modules"] if name in sys.modules)
         if loaded:
             why = f"{', '.join(loaded[:3])} imported before the build was chosen"
-    if why is not None:
+    if manifest is None or why is not None:
         if mode == "compiled":
             raise CoreError(f"{ENV}=compiled: {why}")
-        _active = Core("python", why)
+        _active = Core("python", str(why))
         return _active
-    manifest = json.loads((directory / MANIFEST).read_text())
     files = {name: directory / entry["file"] for name, entry in manifest["modules"].items()}
     library = manifest["library_module"]
     files[library] = directory / manifest["library"]
@@ -199,8 +209,9 @@ def build(directory: Path | None = None, *, root: Path = ROOT, jobs: int = 0) ->
         import mypyc  # noqa: F401
     except ImportError as exc:
         raise CoreError(f"mypyc is not installed ({exc}): pip install mypy") from None
-    if shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "cc") is None:
-        raise CoreError("no C compiler on PATH (the compiled core needs one, e.g. gcc)")
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        raise CoreError(f"no C compiler ({compiler}) on PATH (the compiled core needs one, e.g. gcc)")
     mods = sources(root)
     directory.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix=".core-", dir=directory.parent))
